@@ -1,0 +1,171 @@
+"""The oracle: Hugging Face transformers' own Qwen3-VL, with nothing of ours in the arithmetic.
+
+* Exact spec: ``Qwen3VLForConditionalGeneration`` on the full vision-first sequence (transformers'
+  tokenizer, image processor, rope index and attention), score = logit(yes) - logit(no) at the last token.
+* Approximate specs: the same model, with
+
+  - a layer-dependent mask through transformers' attention interface (the registered attention function
+    sees ``module.layer_idx``): outside layers ``A..B`` query rows cannot see document columns;
+  - pruned visual tokens dropped from the sequence (and from the DeepStack features), every remaining
+    token keeping its position from transformers' rope index (the query's replaced by the spec's fixed
+    ``query_position`` when there is one);
+  - the hidden state read at the output of layer ``E`` through the final norm and the yes/no rows.
+
+Used by the tests (parity) and by nothing at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..runtime.documents import Document
+from ..runtime.spec import RerankSpec
+
+_BAND_ATTENTION = "minireranker_band"
+_active_mask: dict[int, torch.Tensor] = {}
+
+
+def _band_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention with the mask of ``module.layer_idx`` from :data:`_active_mask`."""
+    visible = _active_mask[module.layer_idx]  # bool [T, T]
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = (query @ key.transpose(2, 3)) * scaling
+    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return (probs @ value).transpose(1, 2).contiguous(), probs
+
+
+class TransformersOracle:
+    """Scores (query, document) pairs with transformers for a checkpoint and a spec."""
+
+    def __init__(self, checkpoint_dir: str | Path, spec: RerankSpec | None = None) -> None:
+        from transformers import AttentionInterface, AutoTokenizer, Qwen3VLForConditionalGeneration
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        AttentionInterface.register(_BAND_ATTENTION, _band_attention)
+        self.dir = Path(checkpoint_dir)
+        self.model = Qwen3VLForConditionalGeneration.from_pretrained(self.dir, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.dir)
+        self.processor = Qwen2VLImageProcessorPil.from_pretrained(self.dir)
+        num_layers = self.model.config.text_config.num_hidden_layers
+        self.spec = (spec or RerankSpec()).resolve(num_layers)
+        self.exact = self.spec.is_exact(num_layers)
+        self.yes = self._one(self.spec.yes_token)
+        self.no = self._one(self.spec.no_token)
+
+    def _one(self, text: str) -> int:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        assert len(ids) == 1, f"{text!r} is not one token"
+        return ids[0]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def build(self, query: str, doc: Document) -> dict:
+        """Token ids (three segments), pixel values, grid, token types and segment lengths."""
+        spec = self.spec
+        system = self._ids(f"<|im_start|>system\n{spec.system}<|im_end|>\n<|im_start|>user\n")
+        inputs: dict = {}
+        doc_ids = self._ids("<Document>:")
+        if doc.image is not None:
+            from ..runtime.preprocess import load_image  # PIL loading only; the pixels are transformers'
+
+            feats = self.processor(images=[load_image(doc.image)], return_tensors="pt")
+            inputs["pixel_values"], inputs["image_grid_thw"] = feats["pixel_values"], feats["image_grid_thw"]
+            n = int(feats["image_grid_thw"].prod()) // self.model.config.vision_config.spatial_merge_size**2
+            doc_ids += self._ids("<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>")
+        doc_ids += self._ids(f"{doc.text or ''}\n")
+        query_ids = self._ids(f"<Instruct>: {spec.instruction}\n<Query>:{query}<|im_end|>\n<|im_start|>assistant\n")
+        ids = torch.tensor([system + doc_ids + query_ids])
+        inputs["input_ids"] = ids
+        inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).int()
+        inputs["segments"] = (len(system), len(doc_ids), len(query_ids))
+        return inputs
+
+    @torch.no_grad()
+    def score(self, query: str, doc: Document, kept_visual: np.ndarray | None = None) -> float:
+        inputs = self.build(query, doc)
+        segments = inputs.pop("segments")
+        if self.exact:
+            logits = self.model(**inputs).logits[0, -1]
+            return float(logits[self.yes] - logits[self.no])
+        return self._score_approximate(inputs, segments, kept_visual)
+
+    def _score_approximate(self, inputs: dict, segments: tuple[int, int, int], kept: np.ndarray | None) -> float:
+        model, spec = self.model.model, self.spec
+        ids = inputs["input_ids"]
+        grid = inputs.get("image_grid_thw")
+        image_mask = ids[0] == self.model.config.image_token_id
+        if grid is not None:
+            positions, _ = model.get_rope_index(ids, inputs["mm_token_type_ids"], image_grid_thw=grid)
+        else:
+            positions = torch.arange(ids.shape[1]).view(1, 1, -1).expand(3, 1, -1).clone()
+        s, d, q = segments
+        if spec.query_position is not None:
+            positions[:, 0, s + d:] = torch.arange(spec.query_position, spec.query_position + q)
+        embeds = model.get_input_embeddings()(ids).clone()
+        deepstack = None
+        if grid is not None:
+            feats = model.get_image_features(inputs["pixel_values"], grid, return_dict=True)
+            embeds[0, image_mask] = torch.cat(feats.pooler_output, dim=0)
+            deepstack = [torch.cat(f, dim=0) for f in feats.deepstack_features]
+        keep = torch.ones(ids.shape[1], dtype=torch.bool)
+        if kept is not None and grid is not None:
+            visual = torch.nonzero(image_mask)[:, 0]
+            keep[visual] = False
+            keep[visual[torch.from_numpy(kept)]] = True
+            deepstack = [f[torch.from_numpy(kept)] for f in deepstack] if deepstack else deepstack
+            d -= int((~keep).sum())
+        embeds, positions, image_mask = embeds[:, keep], positions[:, :, keep], image_mask[keep]
+        total = embeds.shape[1]
+        causal = torch.ones(total, total, dtype=torch.bool).tril()
+        isolated = causal.clone()
+        isolated[s + d:, s: s + d] = False  # query rows cannot see document columns
+        a, b = spec.band
+        masks = {i: causal if a <= i <= b else isolated for i in range(spec.exit_layer + 1)}
+        with self._text_layers(spec.exit_layer + 1, masks):
+            out = model.language_model(
+                inputs_embeds=embeds, position_ids=positions,
+                visual_pos_masks=image_mask[None] if deepstack else None,
+                deepstack_visual_embeds=deepstack or None,
+            )
+        logits = self.model.lm_head(out.last_hidden_state[0, -1])
+        return float(logits[self.yes] - logits[self.no])
+
+    @contextlib.contextmanager
+    def _text_layers(self, count: int, masks: dict[int, torch.Tensor]):
+        """Run only the first ``count`` decoder layers, with the band attention and these masks."""
+        lm = self.model.model.language_model
+        layers, impl = lm.layers, lm.config._attn_implementation
+        lm.layers = torch.nn.ModuleList(list(layers)[:count])
+        lm.config._attn_implementation = _BAND_ATTENTION
+        _active_mask.clear()
+        _active_mask.update(masks)
+        try:
+            yield
+        finally:
+            lm.layers = layers
+            lm.config._attn_implementation = impl
+            _active_mask.clear()
+
+    @torch.no_grad()
+    def self_guide_attention(self, doc: Document, layer: int) -> np.ndarray:
+        """Eager attentions of the last document token at ``layer``, head-averaged, over visual tokens."""
+        inputs = self.build("", doc)
+        s, d, _ = inputs.pop("segments")
+        ids = inputs["input_ids"][:, : s + d]
+        impl = self.model.config.text_config._attn_implementation
+        self.model.config.text_config._attn_implementation = "eager"
+        try:
+            out = self.model(input_ids=ids, pixel_values=inputs["pixel_values"],
+                             image_grid_thw=inputs["image_grid_thw"],
+                             mm_token_type_ids=inputs["mm_token_type_ids"][:, : s + d], output_attentions=True)
+        finally:
+            self.model.config.text_config._attn_implementation = impl
+        probs = out.attentions[layer][0, :, -1].mean(0)
+        return probs[ids[0] == self.model.config.image_token_id].double().numpy()

@@ -1,0 +1,186 @@
+"""The reranking spec: which layers run, where the query meets the document, how much is pruned.
+
+A checkpoint may carry it as ``minireranker.json``; ``bundle.json`` records the one actually used. The
+spec refers to the decoder's layers by index, ``0 .. L-1``.
+
+Schema of ``minireranker.json`` (version 1; every key optional, defaults in :class:`RerankSpec`)::
+
+    {
+      "schema_version": 1,
+      "exit_layer": 27,            # E: score at the output of this layer (final norm + yes/no rows)
+      "band": [0, 27],             # [A, B]: query tokens see document tokens only in layers A..B
+      "keep_ratio": 1.0,           # fraction of each image's visual tokens kept (0 < r <= 1)
+      "guide": "self",             # pruning guide: "self" or "embedder:<checkpoint dir>"
+      "guide_layer": null,         # layer whose attention ranks visual tokens (default: see below)
+      "query_position": null,      # null: the query continues after the document (Qwen3-VL rope index);
+                                   # an integer P: query token i sits at position P + i whatever the document
+      "system": "...", "instruction": "...",   # template strings (defaults: Qwen3-VL-Reranker's)
+      "yes_token": "yes", "no_token": "no"     # score = logit(yes) - logit(no); each must be one token
+    }
+
+``exit_layer`` and ``band`` may be null: they then resolve against the model (E = L-1, band = [0, E]).
+
+Why ``query_position`` exists: with ``A > 0`` the query's first ``A`` layers must not depend on the
+document, so that they run once per query. Rotary positions make them depend on where the query starts,
+so an approximate spec with ``A > 0`` fixes the query's start position. With ``A = 0`` there is no query
+head and the query may keep Qwen3-VL's own positions (the exact spec does).
+
+Guide layer default: for ``self`` it is ``A`` clamped to at most ``B`` (the first layer whose document K/V
+the query reads); for an embedder it is the embedder's last layer. Heads are averaged after the softmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+
+SCHEMA_VERSION = 1
+
+DEFAULT_SYSTEM = (
+    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+    'Note that the answer can only be "yes" or "no".'
+)
+DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+
+
+@dataclass(frozen=True)
+class RerankSpec:
+    """A validated reranking spec. ``resolve(num_layers)`` fills the model-dependent defaults."""
+
+    exit_layer: int | None = None
+    band: tuple[int, int] | None = None
+    keep_ratio: float = 1.0
+    guide: str = "self"
+    guide_layer: int | None = None
+    query_position: int | None = None
+    system: str = DEFAULT_SYSTEM
+    instruction: str = DEFAULT_INSTRUCTION
+    yes_token: str = "yes"
+    no_token: str = "no"
+
+    def __post_init__(self) -> None:
+        if self.band is not None:
+            band = tuple(self.band)
+            if len(band) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in band):
+                raise SpecError(f"band must be two layer indices [A, B], got {self.band!r}")
+            object.__setattr__(self, "band", band)
+        for name in ("exit_layer", "guide_layer", "query_position"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise SpecError(f"{name} must be a non-negative integer or null, got {value!r}")
+        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < float(self.keep_ratio) <= 1.0:
+            raise SpecError(
+                f"keep_ratio must satisfy 0 < keep_ratio <= 1, got {self.keep_ratio!r}; "
+                "use 1.0 to keep every visual token"
+            )
+        object.__setattr__(self, "keep_ratio", float(self.keep_ratio))
+        if self.guide != "self" and not (self.guide.startswith("embedder:") and len(self.guide) > 9):
+            raise SpecError(f"guide must be 'self' or 'embedder:<checkpoint dir>', got {self.guide!r}")
+        for name in ("system", "instruction", "yes_token", "no_token"):
+            if not isinstance(getattr(self, name), str):
+                raise SpecError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not self.yes_token or not self.no_token or self.yes_token == self.no_token:
+            raise SpecError("yes_token and no_token must be two different non-empty strings")
+        if self.band is not None:
+            a, b = self.band
+            if a > b:
+                raise SpecError(f"band [A, B] needs A <= B, got [{a}, {b}]; swap them")
+            if a > 0 and self.query_position is None:
+                raise SpecError(
+                    f"band starts at A={a} > 0, so the query's first layers run once per query and cannot "
+                    "depend on where the document ends: set query_position to a fixed integer "
+                    "(for example 256, past the longest document's positions)"
+                )
+        if self.exit_layer is not None and self.band is not None and self.band[1] > self.exit_layer:
+            raise SpecError(
+                f"band end B={self.band[1]} is past exit_layer E={self.exit_layer}; need B <= E "
+                "(layers after the exit layer never run)"
+            )
+
+    # -- model-dependent resolution ---------------------------------------------------------------
+    def resolve(self, num_layers: int) -> "RerankSpec":
+        """Fill defaults for a model of ``num_layers`` decoder layers and check ``0<=A<=B<=E<L``."""
+        exit_layer = num_layers - 1 if self.exit_layer is None else self.exit_layer
+        band = (0, exit_layer) if self.band is None else self.band
+        if not 0 <= exit_layer < num_layers:
+            raise SpecError(
+                f"exit_layer={exit_layer} is outside the model's layers 0..{num_layers - 1}; "
+                f"pick an exit layer below {num_layers}"
+            )
+        if band[1] > exit_layer:
+            raise SpecError(f"band end B={band[1]} is past exit_layer E={exit_layer}; need B <= E")
+        guide_layer = self.guide_layer
+        if guide_layer is not None and self.guide == "self" and guide_layer > band[1]:
+            raise SpecError(
+                f"guide_layer={guide_layer} is past the band end B={band[1]}: the document prefix only runs "
+                f"layers 0..{band[1]}; pick guide_layer <= {band[1]}"
+            )
+        return dataclasses.replace(self, exit_layer=exit_layer, band=band)
+
+    def is_exact(self, num_layers: int) -> bool:
+        """True when this spec reproduces the plain ``num_layers``-layer model on the vision-first sequence."""
+        r = self.resolve(num_layers)
+        return (r.exit_layer == num_layers - 1 and r.band == (0, r.exit_layer) and r.keep_ratio == 1.0
+                and r.query_position is None)
+
+    def guide_layer_for(self, guide_num_layers: int) -> int:
+        """The layer whose attention ranks visual tokens (see the module docstring)."""
+        if self.guide_layer is not None:
+            return self.guide_layer
+        if self.guide == "self":
+            assert self.band is not None, "resolve() the spec first"
+            return min(self.band[0], self.band[1])
+        return guide_num_layers - 1
+
+    # -- (de)serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["band"] = list(self.band) if self.band is not None else None
+        return {"schema_version": SCHEMA_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "spec") -> "RerankSpec":
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        version = data.pop("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise SpecError(f"{source}: schema_version {version} is not supported (this build reads {SCHEMA_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"{source}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        try:
+            return cls(**data)
+        except SpecError as exc:
+            raise SpecError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RerankSpec":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SpecError(f"spec file {path} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"spec file {path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    # -- presets ----------------------------------------------------------------------------------
+    @classmethod
+    def exact(cls) -> "RerankSpec":
+        """A=0, B=E=L-1, keep everything: the plain model on the vision-first sequence."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> "RerankSpec":
+        """An approximate spec for 4-layer test models: exit at 2, band [1, 1], keep half."""
+        return cls(exit_layer=2, band=(1, 1), keep_ratio=0.5, query_position=64)

@@ -1,0 +1,120 @@
+"""The vision-first template, at token level, and its 3-D (MRoPE) positions.
+
+Segments are tokenized on their own (special tokens recognised, nothing added) and concatenated, so a
+BPE merge can never cross the cache boundary between the document and the query::
+
+    system    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n
+    document  <Document>:[<|vision_start|><|image_pad|>*n<|vision_end|>][text]\\n
+    query     <Instruct>: {instruction}\\n<Query>:{query}<|im_end|>\\n<|im_start|>assistant\\n
+    score     logit(yes) - logit(no) at the last token
+
+Positions follow Qwen3-VL's rope index: a text token advances all three axes by one; an image of
+``gh x gw`` merged tokens starting at ``s`` gives token (r, c) the position ``(s, s + r, s + c)`` and
+advances ``s`` by ``max(gh, gw)``; so text after an image continues at max position + 1.
+
+Only numpy and the ``tokenizers`` package are used: the runtime imports this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .errors import TokenizerError
+from .spec import RerankSpec
+
+IMAGE_PAD = "<|image_pad|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+
+
+class _Encoding(Protocol):
+    ids: list[int]
+
+
+class TokenizerLike(Protocol):
+    def encode(self, sequence: str, add_special_tokens: bool = ...) -> _Encoding: ...
+    def token_to_id(self, token: str) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class DocumentTokens:
+    """The document segment's ids and where its image tokens sit (``image_start``, ``num_image``)."""
+
+    ids: list[int]
+    image_start: int          # index of the first <|image_pad|> within ``ids`` (-1: no image)
+    num_image: int            # number of <|image_pad|> tokens
+    grid_hw: tuple[int, int]  # merged image grid (gh, gw); (0, 0) without an image
+
+
+class VisionFirstTemplate:
+    """Builds the token ids of the three segments for one tokenizer and spec."""
+
+    def __init__(self, tokenizer: TokenizerLike, spec: RerankSpec) -> None:
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.image_pad_id = self._special(IMAGE_PAD)
+        self.vision_start_id = self._special(VISION_START)
+        self.vision_end_id = self._special(VISION_END)
+        self.yes_id = self._single_token(spec.yes_token, "yes_token")
+        self.no_id = self._single_token(spec.no_token, "no_token")
+        self.system_ids = self.encode(f"<|im_start|>system\n{spec.system}<|im_end|>\n<|im_start|>user\n")
+        self._query_prefix = f"<Instruct>: {spec.instruction}\n<Query>:"
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _special(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise TokenizerError(f"the tokenizer has no {token} token; is this a Qwen3-VL tokenizer.json?")
+        return token_id
+
+    def _single_token(self, text: str, field: str) -> int:
+        ids = self.encode(text)
+        if len(ids) != 1:
+            raise TokenizerError(
+                f"{field}={text!r} encodes to {len(ids)} tokens {ids}; the score needs one token each: "
+                f"set {field} in minireranker.json to a string the tokenizer keeps whole"
+            )
+        return ids[0]
+
+    def document(self, grid_hw: tuple[int, int] | None = None, text: str | None = None) -> DocumentTokens:
+        """Ids of a document: an image of merged grid ``grid_hw``, a text, or both (image first)."""
+        if grid_hw is None and not text:
+            raise TokenizerError("a document needs an image, a non-empty text, or both")
+        if grid_hw is None:
+            return DocumentTokens(self.encode(f"<Document>:{text}\n"), -1, 0, (0, 0))
+        gh, gw = (int(x) for x in grid_hw)
+        head = self.encode(f"<Document>:{VISION_START}")
+        tail = self.encode(f"{VISION_END}{text or ''}\n")
+        n = gh * gw
+        return DocumentTokens(head + [self.image_pad_id] * n + tail, len(head), n, (gh, gw))
+
+    def query(self, query: str) -> list[int]:
+        return self.encode(f"{self._query_prefix}{query}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def text_positions(start: int, count: int) -> np.ndarray:
+    """Positions of ``count`` text tokens from ``start``: int64 [3, count]."""
+    return np.broadcast_to(np.arange(start, start + count, dtype=np.int64), (3, count)).copy()
+
+
+def document_positions(system_len: int, doc: DocumentTokens) -> tuple[np.ndarray, int]:
+    """3-D positions of the document segment placed after the system segment.
+
+    Returns ``(positions [3, len(doc.ids)] int64, query_start)`` where ``query_start`` is max + 1.
+    """
+    if doc.num_image == 0:
+        pos = text_positions(system_len, len(doc.ids))
+        return pos, system_len + len(doc.ids)
+    head = text_positions(system_len, doc.image_start)
+    s = system_len + doc.image_start
+    gh, gw = doc.grid_hw
+    rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    image = np.stack([np.full(gh * gw, s), s + rows.reshape(-1), s + cols.reshape(-1)]).astype(np.int64)
+    after = s + max(gh, gw)
+    tail = text_positions(after, len(doc.ids) - doc.image_start - doc.num_image)
+    return np.concatenate([head, image, tail], axis=1), after + tail.shape[1]
