@@ -169,3 +169,30 @@ class TransformersOracle:
             self.model.config.text_config._attn_implementation = impl
         probs = out.attentions[layer][0, :, -1].mean(0)
         return probs[ids[0] == self.model.config.image_token_id].double().numpy()
+
+
+@torch.no_grad()
+def embedder_guide_attention(embedder_dir: str | Path, doc: Document, layer: int | None = None) -> np.ndarray:
+    """transformers' eager attention of an embedder's last token over the visual tokens, head-averaged.
+
+    The embedder's document sequence is the one :mod:`minireranker.export.pruning` documents.
+    """
+    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from ..runtime.preprocess import load_image
+    from .pruning import EMBEDDER_SYSTEM
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(embedder_dir, dtype=torch.float32).eval()
+    model.config.text_config._attn_implementation = "eager"
+    tok = AutoTokenizer.from_pretrained(embedder_dir)
+    feats = Qwen2VLImageProcessorPil.from_pretrained(embedder_dir)(images=[load_image(doc.image)], return_tensors="pt")
+    n = int(feats["image_grid_thw"].prod()) // model.config.vision_config.spatial_merge_size**2
+    text = (f"<|im_start|>system\n{EMBEDDER_SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+            + "<|image_pad|>" * n + f"<|vision_end|>{doc.text or ''}<|im_end|>\n<|im_start|>assistant\n")
+    ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+    out = model(input_ids=ids, pixel_values=feats["pixel_values"], image_grid_thw=feats["image_grid_thw"],
+                mm_token_type_ids=(ids == model.config.image_token_id).int(), output_attentions=True)
+    layer = model.config.text_config.num_hidden_layers - 1 if layer is None else layer
+    probs = out.attentions[layer][0, :, -1].mean(0)
+    return probs[ids[0] == model.config.image_token_id].double().numpy()

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..runtime.errors import CheckpointError
 from ..runtime.preprocess import preprocess_image
-from ..runtime.template import document_positions, text_positions
+from ..runtime.template import DocumentTokens, document_positions, text_positions
 from .checkpoint import Checkpoint, load_state_dict, open_checkpoint
 from .modeling import Qwen3VLTorch
 
@@ -110,8 +110,6 @@ class EmbedderGuide:
         rows = torch.arange(len(self.head), len(self.head) + gh * gw)
         x[rows] = embeds
         # The embedder's sequence: positions as the reranker's template computes them, system length 0.
-        from ..runtime.template import DocumentTokens
-
         doc = DocumentTokens(ids.tolist(), len(self.head), gh * gw, (gh, gw))
         pos, _ = document_positions(0, doc)
         seq = GuideSequence(x, torch.from_numpy(pos), rows, deepstack)

@@ -1,0 +1,381 @@
+"""Tiny Qwen3-VL checkpoints built in code, in Hugging Face layout, for tests and demos.
+
+A checkpoint directory written by :func:`write_tiny_checkpoint` holds
+
+```
+config.json                     Qwen3VLForConditionalGeneration config (rope in "rope_scaling" or
+                                "rope_parameters" form, see TinyPreset.rope_style)
+model.safetensors               float32 weights, exactly the names and shapes of transformers'
+  or model-0000i-of-0000n.safetensors + model.safetensors.index.json   (TinyPreset.shards > 1)
+tokenizer.json, tokenizer_config.json, special_tokens_map.json      (export/tokenizer_factory.py)
+preprocessor_config.json        Qwen2-VL image processor settings (64x64 images give 4 image tokens)
+minireranker.json               only when a spec is given, written as is
+```
+
+Weights are random but seeded. They are scaled by fan-in rather than the usual std 0.02 so that hidden
+states and logits stay O(1) and the yes/no logit difference visibly depends on the input; norm weights
+are 1 + noise and biases are small noise so that no test passes by symmetry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minireranker.export.tokenizer_factory import QWEN_SPECIAL_TOKENS, build_tokenizer, write_tokenizer
+from minireranker.runtime.errors import CheckpointError
+
+ROPE_STYLES = ("rope_scaling", "rope_parameters")
+VOCAB_MULTIPLE = 64  # the embedding is padded to a multiple of this, as Qwen pads its vocabulary
+DEFAULT_PRESET = "tiny"
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class TinyPreset:
+    """Shapes of one tiny Qwen3-VL checkpoint (text decoder, vision tower, file layout)."""
+
+    # text decoder
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    mrope_section: tuple[int, ...]
+    # vision tower
+    vision_depth: int
+    vision_hidden_size: int
+    vision_intermediate_size: int
+    vision_num_heads: int
+    num_position_embeddings: int
+    deepstack_visual_indexes: tuple[int, ...]
+    # defaults
+    tie_word_embeddings: bool = False
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 5_000_000.0
+    max_position_embeddings: int = 4096
+    patch_size: int = 16
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    rope_style: str = "rope_scaling"
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mrope_section", tuple(self.mrope_section))
+        object.__setattr__(self, "deepstack_visual_indexes", tuple(self.deepstack_visual_indexes))
+        problems = [text for bad, text in self._checks() if bad]
+        if problems:
+            raise CheckpointError("invalid TinyPreset: " + "; ".join(problems))
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        sizes = {k: v for k, v in asdict(self).items() if isinstance(v, int) and not isinstance(v, bool)}
+        vision_head_dim = self.vision_hidden_size // max(self.vision_num_heads, 1)
+        side = math.isqrt(self.num_position_embeddings) if self.num_position_embeddings > 0 else 0
+        deepstack = self.deepstack_visual_indexes
+        return [
+            *[(value < 1, f"{name} must be >= 1, got {value}") for name, value in sizes.items()],
+            (self.head_dim % 2 != 0, f"head_dim {self.head_dim} must be even"),
+            (len(self.mrope_section) != 3 or sum(self.mrope_section) != self.head_dim // 2,
+             f"mrope_section {self.mrope_section} must be 3 numbers summing to head_dim/2"),
+            (self.num_attention_heads % max(self.num_key_value_heads, 1) != 0,
+             "num_attention_heads must be a multiple of num_key_value_heads"),
+            (self.vision_hidden_size % max(self.vision_num_heads, 1) != 0 or vision_head_dim % 4 != 0,
+             "vision_hidden_size / vision_num_heads must be an integer divisible by 4 (2-D axial rope)"),
+            (side * side != self.num_position_embeddings,
+             f"num_position_embeddings {self.num_position_embeddings} must be a perfect square"),
+            (list(deepstack) != sorted(set(deepstack)) or any(not 0 <= i < self.vision_depth for i in deepstack),
+             f"deepstack_visual_indexes {deepstack} must be increasing vision block indexes"),
+            (len(deepstack) > self.num_hidden_layers, "more deepstack features than text layers"),
+            (self.rope_style not in ROPE_STYLES, f"rope_style must be one of {ROPE_STYLES}"),
+        ]
+
+    @property
+    def vision_out_hidden_size(self) -> int:
+        """The vision merger writes straight into the text embedding space."""
+        return self.hidden_size
+
+
+PRESETS: dict[str, TinyPreset] = {
+    "tiny": TinyPreset(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, mrope_section=(4, 2, 2),
+        vision_depth=3, vision_hidden_size=32, vision_intermediate_size=64, vision_num_heads=2,
+        num_position_embeddings=16, deepstack_visual_indexes=(0, 1),
+    ),
+    "gqa3_odd_head": TinyPreset(
+        hidden_size=96, intermediate_size=160, num_hidden_layers=3, num_attention_heads=6,
+        num_key_value_heads=2, head_dim=12, mrope_section=(2, 2, 2),
+        vision_depth=2, vision_hidden_size=32, vision_intermediate_size=96, vision_num_heads=2,
+        num_position_embeddings=36, deepstack_visual_indexes=(),
+        tie_word_embeddings=True, rope_style="rope_parameters", shards=2,
+    ),
+    "mha_deep_stack3": TinyPreset(
+        hidden_size=80, intermediate_size=192, num_hidden_layers=5, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=20, mrope_section=(4, 3, 3),
+        vision_depth=4, vision_hidden_size=48, vision_intermediate_size=96, vision_num_heads=2,
+        num_position_embeddings=64, deepstack_visual_indexes=(0, 1, 2), shards=3,
+    ),
+    "gqa4": TinyPreset(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=8, mrope_section=(2, 1, 1),
+        vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64, vision_num_heads=4,
+        num_position_embeddings=16, deepstack_visual_indexes=(1,), rope_style="rope_parameters",
+    ),
+}
+
+
+def resolve_preset(preset: str | TinyPreset) -> TinyPreset:
+    """A preset object from its name in PRESETS (or the object itself)."""
+    if isinstance(preset, TinyPreset):
+        return preset
+    if preset not in PRESETS:
+        raise CheckpointError(f"unknown tiny preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset]
+
+
+def padded_vocab_size(token_count: int) -> int:
+    """Embedding rows for `token_count` tokens, rounded up to VOCAB_MULTIPLE."""
+    return -(-token_count // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+# ---------------------------------------------------------------------------------------------------
+# weights
+# ---------------------------------------------------------------------------------------------------
+# Each entry: name -> (shape, kind). Kinds: ("matrix", fan_in), ("embed", std), ("norm",), ("bias",).
+
+
+def _linear(specs: dict, name: str, out_dim: int, in_dim: int, bias: bool) -> None:
+    specs[f"{name}.weight"] = ((out_dim, in_dim), ("matrix", in_dim))
+    if bias:
+        specs[f"{name}.bias"] = ((out_dim,), ("bias",))
+
+
+def _layer_norm(specs: dict, name: str, dim: int) -> None:
+    specs[f"{name}.weight"] = ((dim,), ("norm",))
+    specs[f"{name}.bias"] = ((dim,), ("bias",))
+
+
+def _vision_specs(p: TinyPreset) -> dict:
+    specs: dict = {}
+    v, prefix = p.vision_hidden_size, "model.visual"
+    patch_in = 3 * p.temporal_patch_size * p.patch_size * p.patch_size
+    kernel = (v, 3, p.temporal_patch_size, p.patch_size, p.patch_size)
+    specs[f"{prefix}.patch_embed.proj.weight"] = (kernel, ("matrix", patch_in))
+    specs[f"{prefix}.patch_embed.proj.bias"] = ((v,), ("bias",))
+    specs[f"{prefix}.pos_embed.weight"] = ((p.num_position_embeddings, v), ("embed", 0.5))
+    for i in range(p.vision_depth):
+        block = f"{prefix}.blocks.{i}"
+        _layer_norm(specs, f"{block}.norm1", v)
+        _layer_norm(specs, f"{block}.norm2", v)
+        _linear(specs, f"{block}.attn.qkv", 3 * v, v, bias=True)
+        _linear(specs, f"{block}.attn.proj", v, v, bias=True)
+        _linear(specs, f"{block}.mlp.linear_fc1", p.vision_intermediate_size, v, bias=True)
+        _linear(specs, f"{block}.mlp.linear_fc2", v, p.vision_intermediate_size, bias=True)
+    merged = v * p.spatial_merge_size**2  # 2x2 neighbouring patches are concatenated into one token
+    mergers = ["merger"] + [f"deepstack_merger_list.{j}" for j in range(len(p.deepstack_visual_indexes))]
+    for merger in mergers:
+        # the main merger normalizes each patch; deepstack mergers normalize the concatenation
+        _layer_norm(specs, f"{prefix}.{merger}.norm", v if merger == "merger" else merged)
+        _linear(specs, f"{prefix}.{merger}.linear_fc1", merged, merged, bias=True)
+        _linear(specs, f"{prefix}.{merger}.linear_fc2", p.vision_out_hidden_size, merged, bias=True)
+    return specs
+
+
+def _text_specs(p: TinyPreset, vocab_size: int) -> dict:
+    specs: dict = {}
+    h, prefix = p.hidden_size, "model.language_model"
+    q_dim, kv_dim = p.num_attention_heads * p.head_dim, p.num_key_value_heads * p.head_dim
+    # tied: the same rows are read as logits weights, so keep them at the lm_head scale
+    specs[f"{prefix}.embed_tokens.weight"] = ((vocab_size, h), ("embed", h**-0.5))
+    for i in range(p.num_hidden_layers):
+        layer = f"{prefix}.layers.{i}"
+        for name, out_dim in (("q_proj", q_dim), ("k_proj", kv_dim), ("v_proj", kv_dim)):
+            _linear(specs, f"{layer}.self_attn.{name}", out_dim, h, bias=False)
+        _linear(specs, f"{layer}.self_attn.o_proj", h, q_dim, bias=False)
+        specs[f"{layer}.self_attn.q_norm.weight"] = ((p.head_dim,), ("norm",))
+        specs[f"{layer}.self_attn.k_norm.weight"] = ((p.head_dim,), ("norm",))
+        _linear(specs, f"{layer}.mlp.gate_proj", p.intermediate_size, h, bias=False)
+        _linear(specs, f"{layer}.mlp.up_proj", p.intermediate_size, h, bias=False)
+        _linear(specs, f"{layer}.mlp.down_proj", h, p.intermediate_size, bias=False)
+        specs[f"{layer}.input_layernorm.weight"] = ((h,), ("norm",))
+        specs[f"{layer}.post_attention_layernorm.weight"] = ((h,), ("norm",))
+    specs[f"{prefix}.norm.weight"] = ((h,), ("norm",))
+    if not p.tie_word_embeddings:
+        _linear(specs, "lm_head", vocab_size, h, bias=False)
+    return specs
+
+
+def parameter_specs(preset: str | TinyPreset, vocab_size: int) -> dict[str, tuple[tuple[int, ...], tuple]]:
+    """Name -> (shape, init kind) of every tensor in the file, in transformers' state-dict order."""
+    p = resolve_preset(preset)
+    return {**_vision_specs(p), **_text_specs(p, vocab_size)}
+
+
+def _draw(rng: np.random.Generator, shape: tuple[int, ...], kind: tuple) -> np.ndarray:
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    if kind[0] == "matrix":
+        return noise / np.float32(math.sqrt(kind[1]))
+    if kind[0] == "embed":
+        return noise * np.float32(kind[1])
+    if kind[0] == "norm":
+        return 1.0 + np.float32(0.1) * noise
+    return np.float32(0.02) * noise  # bias
+
+
+def build_preset_state_dict(preset: str | TinyPreset = DEFAULT_PRESET, seed: int = DEFAULT_SEED,
+                            vocab_size: int | None = None) -> dict:
+    """Seeded float32 torch tensors for every weight of the checkpoint (no lm_head when tied)."""
+    import torch
+
+    vocab_size = vocab_size if vocab_size is not None else padded_vocab_size(build_tokenizer().get_vocab_size())
+    rng = np.random.default_rng(seed)
+    return {name: torch.from_numpy(_draw(rng, shape, kind))
+            for name, (shape, kind) in parameter_specs(preset, vocab_size).items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# config files
+# ---------------------------------------------------------------------------------------------------
+
+
+def _rope_fields(p: TinyPreset) -> dict:
+    if p.rope_style == "rope_scaling":  # as in the released Qwen3-VL config.json files
+        return {
+            "rope_scaling": {"mrope_interleaved": True, "mrope_section": list(p.mrope_section),
+                             "rope_type": "default"},
+            "rope_theta": p.rope_theta,
+        }
+    return {  # transformers 5 form
+        "rope_parameters": {"rope_type": "default", "rope_theta": p.rope_theta,
+                            "mrope_section": list(p.mrope_section), "mrope_interleaved": True},
+    }
+
+
+def build_config(preset: str | TinyPreset, token_ids: dict[str, int], vocab_size: int) -> dict:
+    """The `config.json` dict; `token_ids` maps Qwen's special token strings to ids."""
+    p = resolve_preset(preset)
+    text_config = {
+        "model_type": "qwen3_vl_text", "vocab_size": vocab_size, "hidden_size": p.hidden_size,
+        "intermediate_size": p.intermediate_size, "num_hidden_layers": p.num_hidden_layers,
+        "num_attention_heads": p.num_attention_heads, "num_key_value_heads": p.num_key_value_heads,
+        "head_dim": p.head_dim, "hidden_act": "silu", "max_position_embeddings": p.max_position_embeddings,
+        "rms_norm_eps": p.rms_norm_eps, "attention_bias": False, "attention_dropout": 0.0,
+        "initializer_range": 0.02, "use_cache": True, "tie_word_embeddings": p.tie_word_embeddings,
+        "bos_token_id": token_ids["<|endoftext|>"], "eos_token_id": token_ids["<|im_end|>"],
+        "dtype": "float32", **_rope_fields(p),
+    }
+    vision_config = {
+        "model_type": "qwen3_vl", "depth": p.vision_depth, "hidden_size": p.vision_hidden_size,
+        "intermediate_size": p.vision_intermediate_size, "num_heads": p.vision_num_heads,
+        "hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "patch_size": p.patch_size,
+        "spatial_merge_size": p.spatial_merge_size, "temporal_patch_size": p.temporal_patch_size,
+        "out_hidden_size": p.vision_out_hidden_size, "num_position_embeddings": p.num_position_embeddings,
+        "deepstack_visual_indexes": list(p.deepstack_visual_indexes), "initializer_range": 0.02,
+    }
+    return {
+        "architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
+        "image_token_id": token_ids["<|image_pad|>"], "video_token_id": token_ids["<|video_pad|>"],
+        "vision_start_token_id": token_ids["<|vision_start|>"],
+        "vision_end_token_id": token_ids["<|vision_end|>"],
+        "tie_word_embeddings": p.tie_word_embeddings, "dtype": "float32",
+        "text_config": text_config, "vision_config": vision_config,
+    }
+
+
+def build_preprocessor_config(preset: str | TinyPreset) -> dict:
+    """The `preprocessor_config.json` dict (Qwen2-VL image processor, small pixel budget)."""
+    p = resolve_preset(preset)
+    return {
+        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": p.patch_size,
+        "temporal_patch_size": p.temporal_patch_size, "merge_size": p.spatial_merge_size,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "size": {"shortest_edge": 32 * 32, "longest_edge": 128 * 128},
+        "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
+        "rescale_factor": 1 / 255, "resample": 3,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------------
+
+
+def _shard_of_each(names: list[str], sizes: list[int], shards: int) -> list[int]:
+    """Contiguous split by bytes: a tensor goes to the shard its first byte falls in."""
+    total, before, index = sum(sizes), 0, []
+    for size in sizes:
+        index.append(min(shards - 1, before * shards // total))
+        before += size
+    if len(set(index)) != shards:
+        raise CheckpointError(f"cannot split {len(names)} tensors into {shards} non-empty shards; use fewer")
+    return index
+
+
+def write_safetensors(directory: Path, state_dict: dict, shards: int) -> list[Path]:
+    """Write `state_dict` as one file or as `shards` files plus the index; returns the weight files."""
+    from safetensors.torch import save_file
+
+    if shards == 1:
+        path = directory / "model.safetensors"
+        save_file(state_dict, str(path), metadata={"format": "pt"})
+        return [path]
+    names = list(state_dict)
+    sizes = [state_dict[n].numel() * state_dict[n].element_size() for n in names]
+    owner = _shard_of_each(names, sizes, shards)
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    for i, file_name in enumerate(files):
+        part = {n: state_dict[n] for n, o in zip(names, owner) if o == i}
+        save_file(part, str(directory / file_name), metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(sizes)},
+             "weight_map": {n: files[o] for n, o in sorted(zip(names, owner))}}
+    _write_json(directory / "model.safetensors.index.json", index)
+    return [directory / f for f in files]
+
+
+def write_tiny_checkpoint(directory: str | Path, preset: str | TinyPreset = DEFAULT_PRESET,
+                          seed: int = DEFAULT_SEED, spec: dict | None = None) -> Path:
+    """Write a complete Hugging Face-layout Qwen3-VL checkpoint into `directory` and return its path.
+
+    The same (preset, seed) always gives byte-identical files; `spec`, if given, is written as
+    `minireranker.json` unchanged.
+    """
+    p = resolve_preset(preset)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = write_tokenizer(directory, build_tokenizer())
+    vocab_size = padded_vocab_size(tokenizer.get_vocab_size(with_added_tokens=True))
+    token_ids = {token: tokenizer.token_to_id(token) for token in QWEN_SPECIAL_TOKENS}
+    _write_json(directory / "config.json", build_config(p, token_ids, vocab_size))
+    _write_json(directory / "preprocessor_config.json", build_preprocessor_config(p))
+    write_safetensors(directory, build_preset_state_dict(p, seed, vocab_size), p.shards)
+    if spec is not None:
+        _write_json(directory / "minireranker.json", spec)
+    return directory
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m minireranker.export.tiny OUT_DIR [--preset NAME] [--seed N] [--spec FILE]`."""
+    parser = argparse.ArgumentParser(prog="python -m minireranker.export.tiny", description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir", type=Path, help="directory to write the checkpoint into")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weight seed")
+    parser.add_argument("--spec", type=Path, help="JSON file copied into the checkpoint as minireranker.json")
+    args = parser.parse_args(argv)
+    spec = json.loads(args.spec.read_text(encoding="utf-8")) if args.spec else None
+    path = write_tiny_checkpoint(args.out_dir, args.preset, args.seed, spec)
+    print(f"wrote tiny Qwen3-VL checkpoint ({args.preset}, seed {args.seed}) to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
