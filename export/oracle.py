@@ -46,7 +46,9 @@ class TransformersOracle:
     def __init__(self, checkpoint_dir: str | Path, spec: RerankSpec | None = None) -> None:
         from transformers import AttentionInterface, AutoTokenizer, Qwen3VLForConditionalGeneration
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         AttentionInterface.register(_BAND_ATTENTION, _band_attention)
         self.dir = Path(checkpoint_dir)
         self.model = Qwen3VLForConditionalGeneration.from_pretrained(self.dir, dtype=torch.float32).eval()

@@ -44,11 +44,32 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 def cmd_tiny(args: argparse.Namespace) -> int:
     from ..export.tiny import write_tiny_checkpoint
+    from ..runtime.spec import RerankSpec
 
-    spec = json.loads(Path(args.spec).read_text()) if args.spec else None
+    spec = None
+    if args.spec:
+        RerankSpec.from_file(args.spec)  # a missing or invalid file is a SpecError here, not a traceback
+        spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
     path = write_tiny_checkpoint(args.output, args.preset, seed=args.seed, spec=spec)
     print(f"wrote a random-weight tiny checkpoint ({args.preset}, seed {args.seed}) to {path}")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..export.verify import verify_checkpoint
+    from ..runtime.documents import expand_document_args
+
+    docs = expand_document_args(args.documents) if args.documents else None
+    report = verify_checkpoint(args.checkpoint, _spec_arg(args.spec), docs, args.query, args.tolerance)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name in ("exact", "spec"):
+            if name in report:
+                r = report[name]
+                print(f"{name:>5}: max |reference - transformers| = {r['max_abs_diff']:.2e} over {report['pairs']} "
+                      f"pairs ({'ok' if r['ok'] else 'FAILED'}, tolerance {report['tolerance']:g})")
+    return 0 if report["ok"] else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -83,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="weight seed")
     p.add_argument("--spec", default=None, help="a minireranker.json to copy into the checkpoint")
     p.set_defaults(func=cmd_tiny)
+
+    p = sub.add_parser("verify", help="check the torch reference against transformers on a checkpoint",
+                       description="Score sample pairs with the torch reference and with transformers' own "
+                       "Qwen3-VL (exact spec, and --spec if given); report the largest difference. "
+                       "Exit status 1 when it exceeds the tolerance.")
+    p.add_argument("checkpoint", help="Qwen3-VL reranker checkpoint directory")
+    p.add_argument("documents", nargs="*", metavar="DOC", help="documents to use (default: built-in samples); " + DOC_HELP)
+    p.add_argument("--query", action="append", default=None, help="a query (repeatable; default: built-in samples)")
+    p.add_argument("--spec", default=None, help="an approximate spec (minireranker.json) to check besides the exact one")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |difference| of scores")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="run the demo on the embedded default",
                        description="Rerank a small image corpus with the exact and an approximate spec, side "
