@@ -51,13 +51,15 @@ class Checkpoint:
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing; a Hugging Face checkpoint directory needs it")
+        raise CheckpointError(
+            f"{path} is missing; a Hugging Face checkpoint directory needs it: copy it from the model's files"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); restore it from the model's files") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+        raise CheckpointError(f"{path} must hold a JSON object; restore it from the model's files")
     return data
 
 
@@ -73,7 +75,8 @@ def open_checkpoint(path: str | Path, spec: RerankSpec | None = None) -> Checkpo
     if preprocess.patch_size != config.vision.patch_size or preprocess.merge_size != config.vision.spatial_merge_size:
         raise CheckpointError(
             f"{path}: preprocessor_config.json (patch {preprocess.patch_size}, merge {preprocess.merge_size}) "
-            f"disagrees with config.json (patch {config.vision.patch_size}, merge {config.vision.spatial_merge_size})"
+            f"disagrees with config.json (patch {config.vision.patch_size}, merge {config.vision.spatial_merge_size}); "
+            "use the preprocessor_config.json that came with these weights"
         )
     if spec is None:
         spec = RerankSpec.from_file(path / SPEC_FILE) if (path / SPEC_FILE).is_file() else RerankSpec()
@@ -86,15 +89,17 @@ def open_checkpoint(path: str | Path, spec: RerankSpec | None = None) -> Checkpo
         index = _read_json(path / INDEX_FILE)
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{path / INDEX_FILE} has no weight_map")
+            raise CheckpointError(
+                f"{path / INDEX_FILE} has no weight_map; restore it, or delete it to read every *.safetensors file"
+            )
         files = tuple(path / name for name in sorted(set(weight_map.values())))
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise CheckpointError(f"{path}: shards named in {INDEX_FILE} are missing: {missing}")
+            raise CheckpointError(f"{path}: shards named in {INDEX_FILE} are missing: {missing}; copy them there")
     else:
         files = tuple(sorted(path.glob("*.safetensors")))
         if not files:
-            raise CheckpointError(f"{path} holds no *.safetensors weights")
+            raise CheckpointError(f"{path} holds no *.safetensors weights; copy the model's weight files there")
     return Checkpoint(path, config, spec, preprocess, files, weight_map)
 
 
@@ -162,11 +167,15 @@ def load_state_dict(ckpt: Checkpoint, dtype: "torch.dtype | None" = None) -> dic
     missing = [n for n in wanted if n not in tensors]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise CheckpointError(f"{ckpt.path}: tensor(s) missing from the weights: {missing[:5]}{more}")
+        raise CheckpointError(
+            f"{ckpt.path}: tensor(s) missing from the weights: {missing[:5]}{more}; the weight files are "
+            "incomplete or of another architecture: re-download them"
+        )
     for name, shape in wanted.items():
         if tuple(tensors[name].shape) != shape:
             raise CheckpointError(
-                f"{ckpt.path}: tensor {name} has shape {tuple(tensors[name].shape)}, config.json implies {shape}"
+                f"{ckpt.path}: tensor {name} has shape {tuple(tensors[name].shape)}, config.json implies {shape}; "
+                "use the config.json that came with these weights"
             )
     if ckpt.config.tie_word_embeddings:
         tensors["lm_head.weight"] = tensors["model.language_model.embed_tokens.weight"]

@@ -64,11 +64,15 @@ class VisionConfig:
         side = int(round(self.num_position_embeddings ** 0.5))
         if side * side != self.num_position_embeddings:
             raise CheckpointError(
-                f"config.json: vision num_position_embeddings={self.num_position_embeddings} is not a square"
+                f"config.json: vision num_position_embeddings={self.num_position_embeddings} is not a square; it must "
+                "be side*side of the position-embedding grid: fix vision_config"
             )
         bad = [i for i in self.deepstack_indexes if not 0 <= i < self.depth]
         if bad:
-            raise CheckpointError(f"config.json: deepstack_visual_indexes {bad} are outside 0..{self.depth - 1}")
+            raise CheckpointError(
+                f"config.json: deepstack_visual_indexes {bad} are outside the vision blocks 0..{self.depth - 1}; "
+                "fix vision_config"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -89,7 +93,8 @@ class ModelConfig:
         if self.vision.out_hidden_size != self.text.hidden_size:
             raise CheckpointError(
                 f"config.json: vision out_hidden_size={self.vision.out_hidden_size} differs from the text "
-                f"hidden_size={self.text.hidden_size}; the merger's output must match the decoder width"
+                f"hidden_size={self.text.hidden_size}; the merger's output must match the decoder width: "
+                "fix vision_config"
             )
         if len(self.vision.deepstack_indexes) > self.text.num_layers:
             raise CheckpointError("config.json: more DeepStack features than decoder layers")

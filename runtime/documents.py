@@ -57,8 +57,9 @@ class Document:
                 raise DocumentError("empty text document 'text:'; write text:SOMETHING")
             return cls(text=text)
         image, sep, rest = arg.partition("::")
-        if sep and not rest.startswith("text:"):
-            raise DocumentError(f"document {arg!r}: after '::' write text:STRING (an image followed by a text)")
+        if sep and (not rest.startswith("text:") or rest == "text:"):
+            raise DocumentError(f"document {arg!r}: after '::' write text:STRING with a non-empty STRING "
+                                "(an image followed by a text)")
         path = Path(image)
         if not path.is_file():
             raise DocumentError(
@@ -69,11 +70,11 @@ class Document:
     def content_hash(self) -> str:
         """A stable hash of the content (image bytes or pixels, and text), for cache keys."""
         h = hashlib.sha256()
-        if self.image is not None:
-            h.update(b"image:")
-            h.update(_image_bytes(self.image))
-        if self.text:
-            h.update(b"text:" + self.text.encode("utf-8"))
+        # Length-prefixed fields, so no image bytes can impersonate a text suffix.
+        data = _image_bytes(self.image) if self.image is not None else b""
+        text = (self.text or "").encode("utf-8")
+        for tag, field in ((b"image", data), (b"text", text)):
+            h.update(tag + len(field).to_bytes(8, "little") + field)
         return h.hexdigest()
 
 

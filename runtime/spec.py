@@ -65,21 +65,25 @@ class RerankSpec:
 
     def __post_init__(self) -> None:
         if self.band is not None:
-            band = tuple(self.band)
+            band = tuple(self.band) if isinstance(self.band, (list, tuple)) else ()
             if len(band) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in band):
                 raise SpecError(f"band must be two layer indices [A, B], got {self.band!r}")
+            if min(band) < 0:
+                raise SpecError(f"band must hold non-negative layer indices [A, B], got {list(band)}")
             object.__setattr__(self, "band", band)
         for name in ("exit_layer", "guide_layer", "query_position"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise SpecError(f"{name} must be a non-negative integer or null, got {value!r}")
-        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < float(self.keep_ratio) <= 1.0:
+        if (not isinstance(self.keep_ratio, (int, float)) or isinstance(self.keep_ratio, bool)
+                or not 0.0 < float(self.keep_ratio) <= 1.0):
             raise SpecError(
                 f"keep_ratio must satisfy 0 < keep_ratio <= 1, got {self.keep_ratio!r}; "
                 "use 1.0 to keep every visual token"
             )
         object.__setattr__(self, "keep_ratio", float(self.keep_ratio))
-        if self.guide != "self" and not (self.guide.startswith("embedder:") and len(self.guide) > 9):
+        if not isinstance(self.guide, str) or (
+                self.guide != "self" and not (self.guide.startswith("embedder:") and len(self.guide) > 9)):
             raise SpecError(f"guide must be 'self' or 'embedder:<checkpoint dir>', got {self.guide!r}")
         for name in ("system", "instruction", "yes_token", "no_token"):
             if not isinstance(getattr(self, name), str):
