@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..runtime.vision_inputs import vision_inputs
 from .config import ModelConfig, TextConfig, VisionConfig
 
 
@@ -40,6 +41,26 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None, fused: bool) -> Tensor:
+    """Scaled dot-product attention with grouped K/V heads.
+
+    q: [B, Hq, T, d]; k/v: [B, Hkv, S, d]; visible: bool [B, 1, T, S] or None -> [B, Hq, T, d].
+    ``fused`` uses torch's SDPA, which the ONNX exporter turns into one ``Attention`` node (opset 23);
+    otherwise MatMul/Softmax ("portable": what TensorRT 10.3 on JetPack 6 parses). The softmax runs in
+    float32 either way.
+    """
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=1.0 / math.sqrt(q.shape[-1]),
+                                              enable_gqa=q.shape[1] != k.shape[1])
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if visible is not None:
+        scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1).to(v.dtype) @ v
+
+
 class RMSNorm(nn.Module):
     def __init__(self, weight: Tensor, eps: float) -> None:
         super().__init__()
@@ -55,36 +76,6 @@ class RMSNorm(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # Vision tower
 # ---------------------------------------------------------------------------------------------------
-def merge_block_coords(grid_h: int, grid_w: int, merge: int) -> tuple[Tensor, Tensor]:
-    """(row, col) of each patch in the order pixel rows arrive: merge blocks, raster inside a block."""
-    idx = torch.arange(grid_h * grid_w)
-    in_col, in_row = idx % merge, (idx // merge) % merge
-    block_col = (idx // (merge * merge)) % (grid_w // merge)
-    block_row = idx // (merge * merge * (grid_w // merge))
-    return block_row * merge + in_row, block_col * merge + in_col
-
-
-def position_embedding_taps(rows: Tensor, cols: Tensor, grid_h: int, grid_w: int, side: int) -> tuple[Tensor, Tensor]:
-    """Bilinear (align_corners) taps resampling the learned ``side x side`` table to ``grid_h x grid_w``.
-
-    Returns indices and weights, both [N, 4].
-    """
-
-    def axis(index: Tensor, size: int) -> tuple[Tensor, Tensor]:
-        src = index.float() * (side - 1) / max(size - 1, 1)
-        lo = src.floor()
-        frac = src - lo
-        lo = lo.long()
-        taps = torch.stack([lo, (lo + 1).clamp(max=side - 1)], dim=1)
-        return taps, torch.stack([1 - frac, frac], dim=1)
-
-    h_taps, h_w = axis(rows, grid_h)
-    w_taps, w_w = axis(cols, grid_w)
-    indices = (h_taps[:, :, None] * side + w_taps[:, None, :]).reshape(-1, 4)
-    weights = (h_w[:, :, None] * w_w[:, None, :]).reshape(-1, 4)
-    return indices, weights
-
-
 class VisionBlock(nn.Module):
     def __init__(self, cfg: VisionConfig, sd: dict[str, Tensor], prefix: str) -> None:
         super().__init__()
@@ -92,15 +83,15 @@ class VisionBlock(nn.Module):
         self.norm1, self.norm2 = _layer_norm(sd, prefix + "norm1"), _layer_norm(sd, prefix + "norm2")
         self.qkv, self.proj = _linear(sd, prefix + "attn.qkv"), _linear(sd, prefix + "attn.proj")
         self.fc1, self.fc2 = _linear(sd, prefix + "mlp.linear_fc1"), _linear(sd, prefix + "mlp.linear_fc2")
+        self.fused = False
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        # x: [N, D]   cos/sin: [N, d]; full attention over the N patches of one image
+        # x: [N, D]   cos/sin: [1, N, d]; full attention over the N patches of one image
         n = x.shape[0]
         q, k, v = self.qkv(self.norm1(x)).reshape(n, 3, self.num_heads, -1).permute(1, 2, 0, 3)  # [Hv, N, d] each
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        attn = torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v  # [Hv, N, d]
+        attn = attention(q[None], k[None], v[None], None, self.fused)[0]  # [Hv, N, d]
         x = x + self.proj(attn.transpose(0, 1).reshape(n, -1))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
 
@@ -136,26 +127,35 @@ class VisionTower(nn.Module):
             PatchMerger(sd, f"model.visual.deepstack_merger_list.{j}.", merged, postshuffle=True)
             for j in range(len(cfg.deepstack_indexes))
         )
-        rot = cfg.head_dim // 2
-        self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, rot, 2).float() / rot), persistent=False)
 
     def forward(self, pixel_values: Tensor, grid_h: int, grid_w: int) -> tuple[Tensor, list[Tensor]]:
-        # pixel_values: [N, C*T*p*p] rows in merge-block order, N = grid_h * grid_w
+        """Pixels [N, C*T*p*p] (rows in merge-block order) -> LM tokens [N/m^2, D], DeepStack features."""
         cfg = self.cfg
-        rows, cols = merge_block_coords(grid_h, grid_w, cfg.spatial_merge_size)
         side = int(round(cfg.num_position_embeddings ** 0.5))
-        taps, weights = position_embedding_taps(rows, cols, grid_h, grid_w, side)
+        vi = vision_inputs(grid_h, grid_w, cfg.spatial_merge_size, side, cfg.head_dim, cfg.rope_theta)
+        embeds, deepstack = self.encode(pixel_values, *(torch.from_numpy(a) for a in
+                                                         (vi.pos_index, vi.pos_weight, vi.rot_cos, vi.rot_sin)))
+        return embeds, list(deepstack.unbind(0))
+
+    def encode(self, pixel_values: Tensor, pos_index: Tensor, pos_weight: Tensor, rot_cos: Tensor,
+               rot_sin: Tensor) -> tuple[Tensor, Tensor]:
+        """The graph part: grid bookkeeping comes precomputed (``runtime/vision_inputs.py``).
+
+        pixel_values [N, C*T*p*p]; pos_index int64 / pos_weight [N, 4]; rot_cos/sin [N, d]
+        -> embeds [N/m^2, D], deepstack [K, N/m^2, D]
+        """
         x = F.linear(pixel_values.to(self.patch_weight.dtype), self.patch_weight, self.patch_bias)
-        x = x + (self.pos_embed[taps] * weights[:, :, None].to(x.dtype)).sum(1)
-        freqs = torch.cat([rows[:, None].float() * self.inv_freq, cols[:, None].float() * self.inv_freq], dim=-1)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        cos, sin = emb.cos()[None].to(x.dtype), emb.sin()[None].to(x.dtype)  # [1, N, d] broadcast over heads
+        x = x + (self.pos_embed[pos_index] * pos_weight[:, :, None].to(x.dtype)).sum(1)
+        cos, sin = rot_cos[None].to(x.dtype), rot_sin[None].to(x.dtype)  # [1, N, d] broadcast over heads
         features = []
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin)
-            if i in cfg.deepstack_indexes:
-                features.append(self.deepstack[cfg.deepstack_indexes.index(i)](x))
-        return self.merger(x), features
+            if i in self.cfg.deepstack_indexes:
+                features.append(self.deepstack[self.cfg.deepstack_indexes.index(i)](x))
+        embeds = self.merger(x)
+        if not features:
+            return embeds, embeds.new_zeros((0, *embeds.shape))
+        return embeds, torch.stack(features)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -171,14 +171,15 @@ class TextRotary(nn.Module):
         axis = torch.zeros(d // 2, dtype=torch.long)
         for a, offset in ((1, 1), (2, 2)):
             axis[offset: cfg.mrope_section[a] * 3: 3] = a
-        self.register_buffer("axis", axis, persistent=False)
+        # one-hot [3, 1, 1, d/2]: a product and a sum export to any ONNX runtime (no gather on axis 0)
+        self.register_buffer("onehot", F.one_hot(axis, 3).T.float()[:, None, None, :], persistent=False)
 
-    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         # positions: [3, B, T] int64 -> cos, sin: [B, 1, T, d] (broadcast over heads)
         freqs = positions[..., None].float() * self.inv_freq  # [3, B, T, d/2]
-        picked = freqs.gather(0, self.axis.expand(1, *freqs.shape[1:3], -1)).squeeze(0)
+        picked = (freqs * self.onehot).sum(0)  # exact: one term is the frequency, the others are 0
         emb = torch.cat([picked, picked], dim=-1)[:, None]
-        return emb.cos(), emb.sin()
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 class DecoderLayer(nn.Module):
@@ -195,6 +196,7 @@ class DecoderLayer(nn.Module):
         self.down = _linear(sd, prefix + "mlp.down_proj", False)
         self.input_norm = RMSNorm(sd[prefix + "input_layernorm.weight"], cfg.rms_norm_eps)
         self.post_norm = RMSNorm(sd[prefix + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
+        self.fused = False
 
     def project_qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # x: [B, T, D] -> q [B, Hq, T, d], k/v [B, Hkv, T, d] (rotary applied to q and k)
@@ -207,11 +209,7 @@ class DecoderLayer(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
         # q: [B, Hq, T, d]; k/v: [B, Hkv, S, d]; visible: bool [B, 1, T, S] -> [B, Hq, T, d]
-        groups = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
-        return torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
+        return attention(q, k, v, visible, self.fused)
 
     def finish(self, x: Tensor, attn: Tensor) -> Tensor:
         # x: residual [B, T, D]; attn: [B, Hq, T, d]
@@ -256,6 +254,14 @@ class Qwen3VLTorch(nn.Module):
         self.norm = RMSNorm(sd["model.language_model.norm.weight"], t.rms_norm_eps)
         self.rotary = TextRotary(t)
         self.lm_head = sd["lm_head.weight"]
+
+    def set_attention(self, mode: str) -> None:
+        """'portable' (MatMul/Softmax) or 'fused' (SDPA -> ONNX Attention)."""
+        if mode not in ("portable", "fused"):
+            raise ValueError(f"attention must be 'portable' or 'fused', got {mode!r}")
+        for module in self.modules():
+            if hasattr(module, "fused"):
+                module.fused = mode == "fused"
 
     def embed_tokens(self, ids: Tensor) -> Tensor:
         return self.embed[ids]
