@@ -28,8 +28,9 @@ from ..runtime.preprocess import preprocess_image
 from ..runtime.spec import RerankSpec
 from ..runtime.template import VisionFirstTemplate, document_positions, text_positions
 from .checkpoint import Checkpoint, load_state_dict, open_checkpoint
+from .graphs import GuideGraph, build_graphs, system_kv
 from .modeling import Qwen3VLTorch
-from .pruning import EmbedderGuide, last_token_attention, select_kept, self_guide_sequence
+from .pruning import EmbedderGuide, select_kept
 
 
 @dataclass
@@ -81,23 +82,38 @@ class Counters:
     calls: collections.Counter = field(default_factory=collections.Counter)
 
 
+def dense_deepstack(prep: PreparedDocument, num_features: int) -> Tensor | None:
+    """DeepStack features scattered onto the document rows: [K, Td, D], zero off the visual tokens."""
+    if num_features == 0:
+        return None
+    dense = prep.embeds.new_zeros((num_features, *prep.embeds.shape))
+    if len(prep.visual_rows):
+        dense[:, prep.visual_rows] = torch.stack(prep.deepstack)
+    return dense
+
+
 class ReferencePipeline:
-    """The four ideas in torch, on one checkpoint and one spec."""
+    """The four ideas in torch, on one checkpoint and one spec, through the engine segments."""
 
     def __init__(self, checkpoint: str | Path | Checkpoint, spec: RerankSpec | None = None,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, attention: str = "portable") -> None:
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint, spec)
         config = self.ckpt.config
         self.spec = (spec or self.ckpt.spec).resolve(config.text.num_layers)
         self.model = Qwen3VLTorch(config, load_state_dict(self.ckpt)).eval()
+        self.model.set_attention(attention)
         self.template = VisionFirstTemplate(self.ckpt.load_tokenizer(), self.spec)
         self.head_rows = self.model.exit_head(self.template.yes_id, self.template.no_id)
         self.batch_size = batch_size
         self.counters = Counters()
         self.guide = None
-        if self.spec.keep_ratio < 1.0 and self.spec.guide.startswith("embedder:"):
+        pruning = self.spec.keep_ratio < 1.0
+        if pruning and self.spec.guide.startswith("embedder:"):
             self.guide = EmbedderGuide(self.spec.guide[len("embedder:"):], self.ckpt, self.spec.guide_layer)
-        self.system_k, self.system_v = self._run_system()
+        self.guide_layer = (self.spec.guide_layer_for(config.text.num_layers)
+                            if pruning and self.guide is None else None)
+        self.graphs = build_graphs(self.model, self.band, self.exit_layer, self.head_rows, self.guide_layer)
+        self.system_k, self.system_v = system_kv(self.model, self.template.system_ids, self.exit_layer + 1)
 
     @property
     def band(self) -> tuple[int, int]:
@@ -109,19 +125,9 @@ class ReferencePipeline:
         assert self.spec.exit_layer is not None
         return self.spec.exit_layer
 
-    # -- system segment ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def _run_system(self) -> tuple[list[Tensor], list[Tensor]]:
-        """K/V [1, Hkv, S, d] of the system segment for layers 0..E: computed once, shared by all."""
-        ids = torch.tensor(self.template.system_ids)
-        x = self.model.embed_tokens(ids)[None]
-        cos, sin = self.model.rotary(torch.from_numpy(text_positions(0, len(ids)))[:, None])
-        ks, vs = [], []
-        for layer in self.model.layers[: self.exit_layer + 1]:
-            x, k, v = layer(x, cos, sin, None, None, None)
-            ks.append(k)
-            vs.append(v)
-        return ks, vs
+    @property
+    def num_deepstack(self) -> int:
+        return len(self.ckpt.config.vision.deepstack_indexes)
 
     # -- documents (index time) -------------------------------------------------------------------
     @torch.no_grad()
@@ -144,14 +150,17 @@ class ReferencePipeline:
         positions, query_start = document_positions(len(self.template.system_ids), tokens)
         return PreparedDocument(tokens.ids, x, positions, rows, deepstack, query_start, grid_hw)
 
+    @torch.no_grad()
     def importance(self, doc: Document, prep: PreparedDocument) -> np.ndarray:
-        """The guide's score of each visual token of ``prep`` (unpruned): [Nv]."""
+        """The guide's score of each visual token of ``prep`` (unpruned): float64 [Nv]."""
         if self.guide is not None:
             assert prep.grid_hw is not None
             return self.guide.importance(doc.image, doc.text, prep.grid_hw)
-        seq = self_guide_sequence(self.model, self.template.system_ids, prep.embeds, prep.positions,
-                                  prep.visual_rows, prep.deepstack)
-        return last_token_attention(self.model, seq, self.spec.guide_layer_for(self.ckpt.config.text.num_layers))
+        g = self.guide_layer if self.guide_layer is not None else self.spec.guide_layer_for(self.ckpt.config.text.num_layers)
+        graph = self.graphs.get("guide") or GuideGraph(self.model, g, self.num_deepstack > 0)
+        probs = graph(prep.embeds[None], torch.from_numpy(prep.positions)[:, None], self.system_k[: g + 1],
+                      self.system_v[: g + 1], dense_deepstack(prep, self.num_deepstack))
+        return probs[len(self.template.system_ids) + prep.visual_rows].double().numpy()
 
     @torch.no_grad()
     def index(self, doc: Document) -> DocumentEntry:
@@ -159,22 +168,12 @@ class ReferencePipeline:
         prep = self.prepare(doc)
         if self.spec.keep_ratio < 1.0 and len(prep.visual_rows):
             prep = prep.keep(select_kept(self.importance(doc, prep), self.spec.keep_ratio))
-        a, b = self.band
-        s = len(self.template.system_ids)
-        x = prep.embeds[None]
-        cos, sin = self.model.rotary(torch.from_numpy(prep.positions)[:, None])
-        visible = torch.ones(1, 1, s, dtype=torch.bool)
-        ks, vs = [], []
-        for i in range(b + 1):
-            x, k, v = self.model.layers[i](x, cos, sin, self.system_k[i], self.system_v[i], visible)
-            if i < len(prep.deepstack) and len(prep.visual_rows):
-                x[0, prep.visual_rows] += prep.deepstack[i]
-            if i >= a:
-                ks.append(k[0])
-                vs.append(v[0])
+        b = self.band[1]
+        k, v = self.graphs["doc_prefix"](prep.embeds[None], torch.from_numpy(prep.positions)[:, None],
+                                         self.system_k[: b + 1], self.system_v[: b + 1],
+                                         dense_deepstack(prep, self.num_deepstack))
         self.counters.calls["index"] += 1
-        return DocumentEntry(torch.stack(ks), torch.stack(vs), prep.positions, prep.query_start,
-                             prep.kept_visual, doc.label)
+        return DocumentEntry(k, v, prep.positions, prep.query_start, prep.kept_visual, doc.label)
 
     # -- queries (rerank time) --------------------------------------------------------------------
     def query_positions(self, num_tokens: int, entries: list[DocumentEntry]) -> Tensor:
@@ -194,12 +193,9 @@ class ReferencePipeline:
         if a == 0:
             return x
         assert self.spec.query_position is not None  # guaranteed by RerankSpec validation
-        cos, sin = self.model.rotary(torch.from_numpy(text_positions(self.spec.query_position, len(ids)))[:, None])
-        visible = torch.ones(1, 1, len(self.template.system_ids), dtype=torch.bool)
-        for i in range(a):
-            x, _, _ = self.model.layers[i](x, cos, sin, self.system_k[i], self.system_v[i], visible)
+        positions = torch.from_numpy(text_positions(self.spec.query_position, len(ids)))[:, None]
         self.counters.calls["query_head"] += 1
-        return x
+        return self.graphs["query_head"](x, positions, self.system_k[:a], self.system_v[:a])
 
     @torch.no_grad()
     def score(self, query: str, entries: list[DocumentEntry]) -> np.ndarray:
@@ -214,33 +210,30 @@ class ReferencePipeline:
 
     def _score_batch(self, h: Tensor, ids: list[int], entries: list[DocumentEntry]) -> Tensor:
         a, b = self.band
-        n, q, s = len(entries), len(ids), len(self.template.system_ids)
-        cos, sin = self.model.rotary(self.query_positions(q, entries))
-        t = max(e.num_tokens for e in entries)
-        nb, hkv, _, d = entries[0].k.shape
-        doc_k = torch.zeros(n, nb, hkv, t, d, dtype=entries[0].k.dtype)
-        doc_v = torch.zeros_like(doc_k)
-        visible = torch.zeros(n, 1, s + t, dtype=torch.bool)
-        visible[:, :, :s] = True
-        for j, e in enumerate(entries):  # right-pad each document's K/V; the mask hides the padding
-            doc_k[j, :, :, : e.num_tokens] = e.k
-            doc_v[j, :, :, : e.num_tokens] = e.v
-            visible[j, :, s: s + e.num_tokens] = True
-        x = h.expand(n, -1, -1)
-        for i in range(a, b + 1):
-            pk = torch.cat([self.system_k[i].expand(n, -1, -1, -1), doc_k[:, i - a]], dim=2)
-            pv = torch.cat([self.system_v[i].expand(n, -1, -1, -1), doc_v[:, i - a]], dim=2)
-            x, _, _ = self.model.layers[i](x, cos, sin, pk, pv, visible)
-        sys_visible = torch.ones(n, 1, s, dtype=torch.bool)
-        for i in range(b + 1, self.exit_layer + 1):
-            sk, sv = self.system_k[i].expand(n, -1, -1, -1), self.system_v[i].expand(n, -1, -1, -1)
-            x, _, _ = self.model.layers[i](x, cos, sin, sk, sv, sys_visible)
+        positions = self.query_positions(len(ids), entries)
+        doc_k, doc_v, mask = pad_entries(entries)
+        x = self.graphs["band"](h, positions, doc_k, doc_v, mask, self.system_k[a: b + 1], self.system_v[a: b + 1])
         self.counters.calls["band_batches"] += 1
-        return self.model.score_hidden(x[:, -1], self.head_rows)
+        e = self.exit_layer
+        return self.graphs["tail"](x, positions, self.system_k[b + 1: e + 1], self.system_v[b + 1: e + 1])
 
     def rerank(self, query: str, documents: list[Document]) -> np.ndarray:
         """Index ``documents`` (no cache) and score them: the convenience path of ``reference``."""
         return self.score(query, [self.index(d) for d in documents])
+
+
+def pad_entries(entries: list[DocumentEntry]) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-pad the documents' K/V to the longest: [N, B-A+1, Hkv, T, d] x2 and the mask [N, T]."""
+    t = max(e.num_tokens for e in entries)
+    nb, hkv, _, d = entries[0].k.shape
+    doc_k = torch.zeros(len(entries), nb, hkv, t, d, dtype=entries[0].k.dtype)
+    doc_v = torch.zeros_like(doc_k)
+    mask = torch.zeros(len(entries), t, dtype=torch.bool)
+    for j, e in enumerate(entries):
+        doc_k[j, :, :, : e.num_tokens] = e.k
+        doc_v[j, :, :, : e.num_tokens] = e.v
+        mask[j, : e.num_tokens] = True
+    return doc_k, doc_v, mask
 
 
 def reference_scores(checkpoint: str | Path, query: str, documents: list[Document],
