@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..runtime.vision_inputs import vision_inputs
+from .config import VisionConfig
 from .modeling import Qwen3VLTorch
 
 
@@ -47,6 +49,13 @@ def _run_layers(model: Qwen3VLTorch, first: int, x: Tensor, positions: Tensor, p
             ks.append(k[0])
             vs.append(v[0])
     return x, ks, vs
+
+
+def vision_tensors(cfg: VisionConfig, grid_h: int, grid_w: int) -> tuple[Tensor, ...]:
+    """The vision graph's grid inputs (pos_index, pos_weight, rot_cos, rot_sin) as tensors."""
+    side = int(round(cfg.num_position_embeddings ** 0.5))
+    vi = vision_inputs(grid_h, grid_w, cfg.spatial_merge_size, side, cfg.head_dim, cfg.rope_theta)
+    return tuple(torch.from_numpy(a) for a in (vi.pos_index, vi.pos_weight, vi.rot_cos, vi.rot_sin))
 
 
 class VisionGraph(nn.Module):

@@ -18,29 +18,19 @@ Guides:
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
 from ..runtime.errors import CheckpointError
 from ..runtime.preprocess import preprocess_image
+from ..runtime.pruning import num_kept, select_kept  # noqa: F401  (re-exported)
 from ..runtime.template import DocumentTokens, document_positions
 from .checkpoint import Checkpoint, load_state_dict, open_checkpoint
-from .graphs import GuideGraph, system_kv
+from .graphs import GuideGraph, VisionGraph, system_kv, vision_tensors
 from .modeling import Qwen3VLTorch
 
 EMBEDDER_SYSTEM = "Represent the user's input."
-
-
-def num_kept(num_visual: int, keep_ratio: float) -> int:
-    return max(1, min(num_visual, math.ceil(keep_ratio * num_visual - 1e-9)))
-
-
-def select_kept(importance: np.ndarray, keep_ratio: float) -> np.ndarray:
-    """Indices (ascending) of the ``ceil(r * n)`` most important tokens; ties to the earlier token."""
-    order = np.lexsort((np.arange(len(importance)), -np.asarray(importance, dtype=np.float64)))
-    return np.sort(order[: num_kept(len(importance), keep_ratio)])
 
 
 class EmbedderGuide:
@@ -71,6 +61,7 @@ class EmbedderGuide:
         self.system_k, self.system_v = system_kv(self.model, self.system_ids, self.layer + 1)
         self.num_deepstack = len(self.ckpt.config.vision.deepstack_indexes)
         self.graph = GuideGraph(self.model, self.layer, self.num_deepstack > 0)
+        self.vision_graph = VisionGraph(self.model)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
@@ -89,7 +80,9 @@ class EmbedderGuide:
         if (grid[1] // merge, grid[2] // merge) != tuple(grid_hw):
             raise CheckpointError(f"embedder grid {(grid[1] // merge, grid[2] // merge)} differs from the "
                                   f"reranker's {tuple(grid_hw)}")
-        embeds, deepstack = self.model.vision(torch.from_numpy(pixels), grid[1], grid[2])
+        embeds, stacked = self.vision_graph(torch.from_numpy(pixels),
+                                            *vision_tensors(self.ckpt.config.vision, grid[1], grid[2]))
+        deepstack = list(stacked.unbind(0))
         doc = self.document(grid_hw, text)
         x = self.model.embed_tokens(torch.tensor(doc.ids)).clone()
         x[: doc.num_image] = embeds

@@ -28,7 +28,7 @@ from ..runtime.preprocess import preprocess_image
 from ..runtime.spec import RerankSpec
 from ..runtime.template import VisionFirstTemplate, document_positions, text_positions
 from .checkpoint import Checkpoint, load_state_dict, open_checkpoint
-from .graphs import GuideGraph, build_graphs, system_kv
+from .graphs import GuideGraph, build_graphs, system_kv, vision_tensors
 from .modeling import Qwen3VLTorch
 from .pruning import EmbedderGuide, select_kept
 
@@ -140,7 +140,9 @@ class ReferencePipeline:
             pixels, grid = preprocess_image(doc.image, self.ckpt.preprocess)
             merge = self.ckpt.config.vision.spatial_merge_size
             grid_hw = (grid[1] // merge, grid[2] // merge)
-            embeds, deepstack = self.model.vision(torch.from_numpy(pixels), grid[1], grid[2])
+            embeds, stacked = self.graphs["vision"](torch.from_numpy(pixels),
+                                                    *vision_tensors(self.ckpt.config.vision, grid[1], grid[2]))
+            deepstack = list(stacked.unbind(0))
             self.counters.calls["vision"] += 1
         tokens = self.template.document(grid_hw, doc.text)
         x = self.model.embed_tokens(torch.tensor(tokens.ids)).clone()

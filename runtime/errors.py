@@ -26,3 +26,7 @@ class DocumentError(MiniRerankerError):
 
 class TokenizerError(MiniRerankerError):
     """The tokenizer cannot encode the template as required (e.g. `yes` is not one token)."""
+
+
+class CacheError(MiniRerankerError):
+    """The K/V cache directory cannot be used (not writable, not a store) or an entry is malformed."""

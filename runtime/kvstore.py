@@ -1,0 +1,674 @@
+"""The disk-backed K/V store: one memory-mapped file per (bundle fingerprint, document key).
+
+An entry holds what a rerank reads for one document: the K and V of the band layers ``A..B`` for the
+document's kept tokens, their MRoPE positions, the query start position and a small JSON ``meta`` dict.
+The system segment's K/V is the same for every document; the bundle keeps it once, so no entry has it.
+Reads are zero-copy (numpy views over a read-only ``mmap``), except in the int8 mode, where ``get``
+returns freshly dequantized float32 arrays. docs/kvstore.md compares this design with LMDB and
+safetensors, with measured figures.
+
+Layout on disk (format version 1)::
+
+    <directory>/
+      minireranker-kvstore.json          marker: {"format": "minireranker-kvstore", "version": 1}
+      <fingerprint>/                     one namespace per bundle fingerprint: a new bundle never
+        .lock                              reads an old entry; flock'ed while evicting
+        <blake2b-160(key) hex>.kv        one entry; the key is hashed, never used as a path
+        .tmp-<pid>-<random>.kv           a put in progress (flock'ed by its writer); stale ones are
+                                           removed when a store opens
+
+One entry file::
+
+    prefix  32 bytes  "<8sIIIIQ": magic b"MRKVSTOR", format version, header length,
+                      crc32(header), crc32(payload), payload length
+    header  JSON      {"key", "fingerprint", "storage": "float" | "int8", "query_start", "meta",
+                       "arrays": {name: {"dtype", "shape", "offset"}}}   offsets relative to the payload
+    payload           starts at the first 64-byte boundary after the header; arrays 64-byte aligned,
+                      zero padding between them; little-endian, C order
+      storage "float": k, v  [n_layers, kv_heads, T, head_dim]  float16 | float32 (as given)
+      storage "int8":  k, v  int8, same shape; k_scale, v_scale [n_layers, kv_heads, 1, head_dim] float32
+      both:            positions [3, T] int64
+
+Crash safety: a put writes a temp file in the namespace, fsyncs it, then ``os.replace``s it onto the
+entry's name (atomic) and fsyncs the directory, so a reader sees the old entry, the new one, or none.
+
+Integrity: the header and the payload each carry a CRC-32 (``zlib.crc32``, ~3 GB/s here). ``get``
+checks the header on every read and the payload on the first read of each file version (device, inode,
+size, mtime) by this store object, or on every read with ``verify_every_read``. A corrupted entry is
+logged (logger ``minireranker.kvstore``), removed and reported as a miss, so the caller recomputes it.
+
+LRU: recency is the entry file's access time, set explicitly by ``put`` and ``get`` (``os.utime``;
+mtime is left alone, so it still dates the content). It lives in the file system, so it survives
+reopening and is shared by every process. With ``max_bytes``, ``put`` evicts least recently used
+entries of its namespace until the sum of entry file sizes is within the bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import mmap
+import os
+import re
+import struct
+import threading
+import time
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CacheError
+
+try:  # POSIX only; without it stale temp files are removed by age instead of by lock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+logger = logging.getLogger("minireranker.kvstore")
+
+FORMAT_VERSION = 1
+MARKER_NAME = "minireranker-kvstore.json"
+ENTRY_SUFFIX = ".kv"
+TEMP_PREFIX = ".tmp-"
+STALE_TEMP_SECONDS = 3600  # only where flock is missing: a temp file this old has no live writer
+
+_MAGIC = b"MRKVSTOR"
+_PREFIX = struct.Struct("<8sIIIIQ")  # magic, version, header_len, header_crc, payload_crc, payload_len
+_ALIGN = 64
+_STORED_DTYPES = {"<f2", "<f4", "<i8", "|i1"}
+_FINGERPRINT_RE = re.compile(r"[0-9a-f]{8,128}")
+_ENTRY_NAME_RE = re.compile(r"[0-9a-f]{40}\.kv")
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_MAX_VERIFIED = 1 << 16
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the store lives and how it behaves. ``fingerprint`` is the bundle's (hex, 8-128 digits)."""
+
+    directory: Path
+    fingerprint: str
+    max_bytes: int | None = None  # LRU bound on the sum of entry file sizes of this fingerprint
+    quantize_int8: bool = False  # store K/V as int8 + per-channel float32 scales; get returns float32
+    verify_every_read: bool = False  # CRC the payload on every get, not once per file version
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.directory, (str, os.PathLike)):
+            raise CacheError(f"store directory must be a path, got {type(self.directory).__name__}")
+        object.__setattr__(self, "directory", Path(self.directory).expanduser())
+        if not isinstance(self.fingerprint, str) or not _FINGERPRINT_RE.fullmatch(self.fingerprint.lower()):
+            raise CacheError(
+                f"store fingerprint must be 8-128 hex digits (the bundle's fingerprint), got {self.fingerprint!r}"
+            )
+        object.__setattr__(self, "fingerprint", self.fingerprint.lower())
+        if self.max_bytes is not None and (
+            not isinstance(self.max_bytes, int) or isinstance(self.max_bytes, bool) or self.max_bytes <= 0
+        ):
+            raise CacheError(f"max_bytes must be a positive integer or None, got {self.max_bytes!r}")
+        for name in ("quantize_int8", "verify_every_read"):
+            if not isinstance(getattr(self, name), bool):
+                raise CacheError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    @classmethod
+    def tiny(cls, directory: str | os.PathLike, **overrides: Any) -> "StoreConfig":
+        """A small store for tests: a fixed fingerprint and a 1 MiB bound."""
+        return cls(**{"directory": Path(directory), "fingerprint": "00000000feedf00d", "max_bytes": 1 << 20,
+                      **overrides})
+
+
+@dataclass
+class KVEntry:
+    """One document's cached K/V (band layers only; the shared system segment is not part of it)."""
+
+    k: np.ndarray  # [n_layers, kv_heads, T, head_dim] float16 | float32
+    v: np.ndarray  # [n_layers, kv_heads, T, head_dim] same dtype as k
+    positions: np.ndarray  # [3, T] int64: the kept tokens' MRoPE (t, h, w) positions
+    query_start: int  # position of the first query token
+    meta: dict = field(default_factory=dict)  # JSON-able: label, kept visual token indices, ...
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays (not of the file, which adds a header and alignment)."""
+        return int(self.k.nbytes + self.v.nbytes + self.positions.nbytes)
+
+
+def quantize_per_channel_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one float32 scale per (layer, head, channel), taken over the tokens.
+
+    ``|x - dequantize_int8(*quantize_per_channel_int8(x))| <= scale / 2`` (up to float32 rounding).
+    """
+    xf = np.asarray(x, dtype=np.float32)  # [L, H, T, D]
+    scale = np.abs(xf).max(axis=2, keepdims=True) / np.float32(127)  # [L, H, 1, D]
+    divisor = np.where(scale > 0, scale, np.float32(1))
+    q = np.clip(np.rint(xf / divisor), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``q`` [L, H, T, D] int8, ``scale`` [L, H, 1, D] float32 -> float32 [L, H, T, D] (a new array)."""
+    return q.astype(np.float32) * scale
+
+
+class _Corrupt(Exception):
+    """An entry file failed a check; the message says which."""
+
+
+class KVStore:
+    """A disk-backed, memory-mapped K/V store; a context manager, thread-safe and process-safe."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        if not isinstance(config, StoreConfig):
+            raise CacheError(f"KVStore needs a StoreConfig, got {type(config).__name__}")
+        self.config = config
+        self.namespace = _open_namespace(config.directory, config.fingerprint)
+        _remove_stale_temps(self.namespace)
+        self._lock = threading.Lock()
+        self._verified: set[tuple[int, int, int, int]] = set()
+        self._counts = {"hits": 0, "misses": 0, "puts": 0, "evictions": 0, "corrupted": 0}
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    # ---- writing -----------------------------------------------------------------------------------
+
+    def put(self, key: str, entry: KVEntry) -> int:
+        """Store ``entry`` under ``key`` (replacing any old one); returns the bytes written.
+
+        An entry larger than ``max_bytes`` is not stored (a warning is logged) and 0 is returned.
+        """
+        self._check_open()
+        path = self._path(key)
+        storage, arrays = _entry_arrays(entry, self.config.quantize_int8)
+        header = {"key": key, "fingerprint": self.config.fingerprint, "storage": storage,
+                  "query_start": int(entry.query_start), "meta": entry.meta, "arrays": {}}
+        offset = 0
+        for name, arr in arrays.items():  # offsets are relative to the payload start
+            offset = _align(offset)
+            header["arrays"][name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset}
+            offset += arr.nbytes
+        header_bytes = json.dumps(header, separators=(",", ":")).encode()
+        payload_start = _align(_PREFIX.size + len(header_bytes))
+        if self.config.max_bytes is not None and payload_start + offset > self.config.max_bytes:
+            logger.warning("K/V entry for key %r (%d bytes) exceeds max_bytes=%d of %s; not stored",
+                           key, payload_start + offset, self.config.max_bytes, self.namespace)
+            return 0
+        for attempt in (0, 1):  # a store opening elsewhere may take a temp file whose lock it won first
+            try:
+                written = self._write_atomically(path, header_bytes, payload_start, arrays, offset)
+                break
+            except FileNotFoundError:
+                if attempt:
+                    raise CacheError(f"could not write a K/V entry into {self.namespace}: its temp file vanished "
+                                     "twice; is another program cleaning the directory?") from None
+            except OSError as e:
+                raise CacheError(f"could not write a K/V entry into {self.namespace} ({e.strerror or e}); "
+                                 "free disk space, lower max_bytes or choose another cache directory") from e
+        with self._lock:
+            self._counts["puts"] += 1
+        self._evict(keep=path.name)
+        return written
+
+    def _write_atomically(self, path: Path, header_bytes: bytes, payload_start: int,
+                          arrays: dict[str, np.ndarray], payload_len: int) -> int:
+        tmp = self.namespace / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{ENTRY_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # tells a store opening meanwhile that this writer is alive
+            with open(fd, "wb", closefd=False) as f:
+                f.write(bytes(_PREFIX.size))  # the prefix is written last, once the payload CRC is known
+                f.write(header_bytes)
+                f.write(bytes(payload_start - _PREFIX.size - len(header_bytes)))
+                crc, pos = 0, 0
+                for name, arr in arrays.items():
+                    pad = bytes(_align(pos) - pos)
+                    data = memoryview(arr.reshape(-1).view(np.uint8))
+                    f.write(pad)
+                    f.write(data)
+                    crc = zlib.crc32(data, zlib.crc32(pad, crc))
+                    pos = _align(pos) + arr.nbytes
+            prefix = _PREFIX.pack(_MAGIC, FORMAT_VERSION, len(header_bytes), zlib.crc32(header_bytes), crc,
+                                  payload_len)
+            os.pwrite(fd, prefix, 0)
+            os.fsync(fd)
+            os.utime(fd, ns=(time.time_ns(), os.fstat(fd).st_mtime_ns))  # recency: just used
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        finally:
+            os.close(fd)
+        _fsync_directory(self.namespace)
+        return payload_start + payload_len
+
+    def delete(self, key: str) -> bool:
+        """Remove the entry of ``key``; returns whether there was one."""
+        self._check_open()
+        try:
+            os.unlink(self._path(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _evict(self, keep: str) -> None:
+        """Remove least recently used entries (never ``keep``) until the namespace fits ``max_bytes``."""
+        if self.config.max_bytes is None:
+            return
+        with _NamespaceLock(self.namespace):
+            entries = sorted(_scan(self.namespace))  # (atime_ns, name, size): oldest first
+            total = sum(size for _, _, size in entries)
+            evicted = 0
+            for _, name, size in entries:
+                if total <= self.config.max_bytes:
+                    break
+                if name == keep:
+                    continue
+                _unlink_quietly(self.namespace / name)
+                total -= size
+                evicted += 1
+        with self._lock:
+            self._counts["evictions"] += evicted
+
+    # ---- reading -----------------------------------------------------------------------------------
+
+    def get(self, key: str) -> KVEntry | None:
+        """The entry of ``key`` as read-only views of its memory-mapped file, or None (miss or corrupted).
+
+        With int8 storage, k and v are dequantized to new float32 arrays (not zero-copy).
+        """
+        self._check_open()
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        except FileNotFoundError:
+            return self._count_miss()
+        try:
+            st = os.fstat(fd)
+            try:
+                entry = self._read(fd, st, key)
+            except _Corrupt as e:
+                self._drop_corrupted(key, path, st, str(e))
+                return None
+            if entry is None:  # stored in the other storage mode: recompute at the configured one
+                return self._count_miss()
+            try:
+                os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))  # recency for LRU
+            except OSError as e:  # e.g. a store shared read-only: LRU order degrades, reads still work
+                logger.debug("could not update the recency of %s: %s", path, e)
+        finally:
+            os.close(fd)  # the mmap keeps its own descriptor
+        with self._lock:
+            self._counts["hits"] += 1
+        return entry
+
+    def get_many(self, keys: list[str]) -> list[KVEntry | None]:
+        """``[get(key) for key in keys]``; first reads are verified in parallel (zlib drops the GIL)."""
+        self._check_open()
+        if len(keys) < 2 or (os.cpu_count() or 1) < 2:
+            return [self.get(key) for key in keys]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="kvstore")
+            pool = self._pool
+        return list(pool.map(self.get, keys))
+
+    def _read(self, fd: int, st: os.stat_result, key: str) -> KVEntry | None:
+        if st.st_size < _PREFIX.size:
+            raise _Corrupt(f"file is {st.st_size} bytes, shorter than the {_PREFIX.size}-byte prefix")
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        try:
+            header, payload_start = _read_header(mm, st.st_size)
+            if header["key"] != key or header["fingerprint"] != self.config.fingerprint:
+                raise _Corrupt("header names another key or fingerprint")
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if self.config.verify_every_read or identity not in self._verified:
+                with memoryview(mm) as whole, whole[payload_start:] as payload:
+                    crc = zlib.crc32(payload)
+                if crc != _PREFIX.unpack_from(mm, 0)[4]:
+                    raise _Corrupt("payload checksum mismatch")
+                with self._lock:
+                    if len(self._verified) >= _MAX_VERIFIED:
+                        self._verified.clear()
+                    self._verified.add(identity)
+            arrays = _array_views(mm, payload_start, st.st_size - payload_start, header)
+        except BaseException:
+            _close_quietly(mm)
+            raise
+        if header["storage"] != ("int8" if self.config.quantize_int8 else "float"):
+            return None
+        if header["storage"] == "int8":
+            k, v = dequantize_int8(arrays["k"], arrays["k_scale"]), dequantize_int8(arrays["v"], arrays["v_scale"])
+        else:
+            k, v = arrays["k"], arrays["v"]
+        return KVEntry(k=k, v=v, positions=arrays["positions"], query_start=header["query_start"],
+                       meta=header["meta"])
+
+    def _drop_corrupted(self, key: str, path: Path, st: os.stat_result, reason: str) -> None:
+        logger.warning("K/V entry for key %r (%s) is corrupted: %s; removed it, the caller recomputes it",
+                       key, path, reason)
+        try:  # only the file we read: a writer may have just replaced it with a good one
+            now = os.stat(path)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        with self._lock:
+            self._counts["corrupted"] += 1
+            self._counts["misses"] += 1
+
+    # ---- inspecting --------------------------------------------------------------------------------
+
+    def __contains__(self, key: object) -> bool:
+        """Whether an entry file exists for ``key`` (not verified; recency untouched)."""
+        self._check_open()
+        return isinstance(key, str) and bool(key) and self._path(key).exists()
+
+    def keys(self) -> list[str]:
+        """The keys of this fingerprint's entries, read from their headers (recency untouched)."""
+        self._check_open()
+        found = []
+        for _, name, _ in _scan(self.namespace):
+            try:
+                with _open_noatime(self.namespace / name) as f:
+                    head = f.read(_PREFIX.size)
+                    _, _, header_len, header_crc, _, _ = _PREFIX.unpack(head)
+                    header_bytes = f.read(header_len)
+                if zlib.crc32(header_bytes) == header_crc:
+                    found.append(json.loads(header_bytes)["key"])
+            except (OSError, struct.error, ValueError, KeyError, TypeError):
+                continue  # vanished or corrupted: get() reports and removes it
+        return sorted(found)
+
+    def stats(self) -> dict[str, int | None]:
+        """Entries and bytes on disk for this fingerprint; hits, misses, puts, evictions, corrupted so far."""
+        self._check_open()
+        sizes = [size for _, _, size in _scan(self.namespace)]
+        with self._lock:
+            counts = dict(self._counts)
+        return {"entries": len(sizes), "bytes": sum(sizes), "max_bytes": self.config.max_bytes, **counts}
+
+    # ---- lifetime ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the thread pool. Arrays returned by ``get`` stay valid (each maps its own file)."""
+        with self._lock:
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> "KVStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheError(f"the K/V store at {self.namespace} is closed; open a new KVStore")
+
+    def _count_miss(self) -> None:
+        with self._lock:
+            self._counts["misses"] += 1
+        return None
+
+    def _path(self, key: str) -> Path:
+        if not isinstance(key, str) or not key:
+            raise CacheError(f"a K/V store key must be a non-empty string, got {key!r}")
+        return self.namespace / (entry_file_stem(key) + ENTRY_SUFFIX)
+
+
+def entry_file_stem(key: str) -> str:
+    """The file stem of ``key``'s entry: blake2b-160 of its UTF-8 bytes, in hex."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+
+
+# ---- entry encoding and decoding -------------------------------------------------------------------
+
+
+def _entry_arrays(entry: KVEntry, quantize: bool) -> tuple[str, dict[str, np.ndarray]]:
+    """Validate ``entry``; return its storage kind and the arrays to write (contiguous, little-endian)."""
+    if not isinstance(entry, KVEntry):
+        raise CacheError(f"put needs a KVEntry, got {type(entry).__name__}")
+    for name in ("k", "v", "positions"):
+        if not isinstance(getattr(entry, name), np.ndarray):
+            raise CacheError(f"KVEntry.{name} must be a numpy array, got {type(getattr(entry, name)).__name__}")
+    k, v, positions = entry.k, entry.v, entry.positions
+    if k.ndim != 4 or k.shape != v.shape or k.shape[2] < 1:
+        raise CacheError(f"KVEntry.k and .v must share a shape [n_layers, kv_heads, T>=1, head_dim], "
+                         f"got {k.shape} and {v.shape}")
+    if k.dtype != v.dtype or k.dtype.kind != "f" or k.dtype.itemsize not in (2, 4):
+        raise CacheError(f"KVEntry.k and .v must both be float16 or float32, got {k.dtype} and {v.dtype}")
+    if positions.dtype.kind not in "iu" or positions.shape != (3, k.shape[2]):
+        raise CacheError(f"KVEntry.positions must be integers of shape (3, {k.shape[2]}), "
+                         f"got {positions.dtype} {positions.shape}")
+    if not isinstance(entry.query_start, (int, np.integer)) or isinstance(entry.query_start, bool) \
+            or entry.query_start < 0:
+        raise CacheError(f"KVEntry.query_start must be a non-negative integer, got {entry.query_start!r}")
+    if not isinstance(entry.meta, dict):
+        raise CacheError(f"KVEntry.meta must be a dict, got {type(entry.meta).__name__}")
+    try:
+        json.dumps(entry.meta)
+    except (TypeError, ValueError) as e:
+        raise CacheError(f"KVEntry.meta must be JSON-serializable: {e}") from None
+    positions = np.ascontiguousarray(positions, dtype="<i8")
+    if not quantize:
+        little = k.dtype.newbyteorder("<")
+        return "float", {"k": np.ascontiguousarray(k, dtype=little), "v": np.ascontiguousarray(v, dtype=little),
+                         "positions": positions}
+    if not (np.isfinite(k).all() and np.isfinite(v).all()):
+        raise CacheError("int8 storage needs finite K/V values; this entry has inf or NaN")
+    kq, ks = quantize_per_channel_int8(k)
+    vq, vs = quantize_per_channel_int8(v)
+    return "int8", {"k": kq, "k_scale": ks.astype("<f4"), "v": vq, "v_scale": vs.astype("<f4"),
+                    "positions": positions}
+
+
+def _read_header(mm: mmap.mmap, size: int) -> tuple[dict, int]:
+    """Check the prefix and header of a mapped entry; returns (header, payload start offset)."""
+    magic, version, header_len, header_crc, _, payload_len = _PREFIX.unpack_from(mm, 0)
+    if magic != _MAGIC:
+        raise _Corrupt("not a K/V entry (bad magic)")
+    if version != FORMAT_VERSION:
+        raise _Corrupt(f"format version {version}, this reader knows {FORMAT_VERSION}")
+    payload_start = _align(_PREFIX.size + header_len)
+    if payload_start + payload_len != size:
+        raise _Corrupt(f"file is {size} bytes, its prefix says {payload_start + payload_len}")
+    header_bytes = mm[_PREFIX.size:_PREFIX.size + header_len]
+    if zlib.crc32(header_bytes) != header_crc:
+        raise _Corrupt("header checksum mismatch")
+    try:
+        header = json.loads(header_bytes)
+        if not (isinstance(header, dict) and isinstance(header["key"], str) and isinstance(header["meta"], dict)
+                and header["storage"] in ("float", "int8") and isinstance(header["query_start"], int)):
+            raise ValueError("header fields")
+    except (ValueError, KeyError, TypeError) as e:
+        raise _Corrupt(f"unreadable header ({e})") from None
+    return header, payload_start
+
+
+def _array_views(mm: mmap.mmap, payload_start: int, payload_len: int, header: dict) -> dict[str, np.ndarray]:
+    """Read-only numpy views of the header's arrays over the mapping, shapes cross-checked."""
+    expected = {"float": {"k", "v", "positions"}, "int8": {"k", "k_scale", "v", "v_scale", "positions"}}
+    try:
+        specs = header["arrays"]
+        if set(specs) != expected[header["storage"]]:
+            raise ValueError(f"arrays {sorted(specs)}")
+        arrays = {}
+        for name, spec in specs.items():
+            dtype, shape, offset = str(spec["dtype"]), tuple(int(n) for n in spec["shape"]), int(spec["offset"])
+            count = math.prod(shape)
+            if dtype not in _STORED_DTYPES or min(shape, default=0) < 0 or offset < 0 or offset % _ALIGN \
+                    or offset + count * np.dtype(dtype).itemsize > payload_len:
+                raise ValueError(f"array {name}")
+            arrays[name] = np.frombuffer(mm, dtype, count, payload_start + offset).reshape(shape)
+        k, v, positions = arrays["k"], arrays["v"], arrays["positions"]
+        if k.ndim != 4 or k.shape != v.shape or positions.shape != (3, k.shape[2]) or positions.dtype != "<i8":
+            raise ValueError("shapes")
+        if header["storage"] == "int8" and not (
+                k.dtype == v.dtype == np.int8 and arrays["k_scale"].shape == arrays["v_scale"].shape
+                == k.shape[:2] + (1, k.shape[3])):
+            raise ValueError("int8 arrays")
+        if header["storage"] == "float" and (k.dtype != v.dtype or k.dtype.kind != "f"):
+            raise ValueError("float arrays")
+    except (ValueError, KeyError, TypeError) as e:
+        raise _Corrupt(f"inconsistent array table ({e})") from None
+    return arrays
+
+
+# ---- the directory ---------------------------------------------------------------------------------
+
+
+def _open_namespace(directory: Path, fingerprint: str) -> Path:
+    """Create or check the store directory and its marker; return the fingerprint's namespace folder."""
+    if directory.exists() and not directory.is_dir():
+        raise CacheError(f"K/V cache directory {directory} is a file, not a directory; "
+                         "pass a directory for the store (it is created if missing)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheError(f"cannot create the K/V cache directory {directory} ({e.strerror or e}); "
+                         "choose a writable location or fix its permissions") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CacheError(f"K/V cache directory {directory} is not writable; "
+                         "choose a writable location or fix its permissions")
+    marker = directory / MARKER_NAME
+    if not marker.exists():
+        others = [n for n in os.listdir(directory) if not n.startswith(TEMP_PREFIX)]
+        if others:
+            raise CacheError(f"{directory} is not a miniReranker K/V store: it holds other files "
+                             f"({', '.join(sorted(others)[:3])}) and no {MARKER_NAME}; use an empty or dedicated "
+                             "directory for the cache")
+        _write_marker(directory)
+    try:
+        content = json.loads(marker.read_text())
+        ok = content.get("format") == "minireranker-kvstore" and isinstance(content.get("version"), int)
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise CacheError(f"{marker} is not a miniReranker K/V store marker; remove {directory} or choose "
+                         "another cache directory")
+    if content["version"] > FORMAT_VERSION:
+        raise CacheError(f"the K/V store at {directory} has format version {content['version']}, newer than "
+                         f"this miniReranker's {FORMAT_VERSION}; upgrade or choose another cache directory")
+    namespace = directory / fingerprint
+    try:
+        namespace.mkdir(exist_ok=True)
+    except OSError as e:
+        raise CacheError(f"cannot create {namespace} in the K/V cache directory ({e.strerror or e}); "
+                         "choose a writable location or fix its permissions") from None
+    if not os.access(namespace, os.W_OK | os.X_OK):
+        raise CacheError(f"K/V cache directory {namespace} is not writable; fix its permissions")
+    return namespace
+
+
+def _write_marker(directory: Path) -> None:
+    tmp = directory / f"{TEMP_PREFIX}marker-{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps({"format": "minireranker-kvstore", "version": FORMAT_VERSION}) + "\n")
+    try:
+        os.link(tmp, directory / MARKER_NAME)  # atomic and never clobbers a marker written meanwhile
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links
+        os.replace(tmp, directory / MARKER_NAME)
+    finally:
+        _unlink_quietly(tmp)
+
+
+def _remove_stale_temps(namespace: Path) -> None:
+    """Delete temp files left by writers that died (kill -9, power loss). Live writers hold a flock."""
+    for item in os.scandir(namespace):
+        if not item.name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            fd = os.open(item.path, os.O_RDONLY | _O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # its writer is alive
+            elif time.time() - os.fstat(fd).st_mtime < STALE_TEMP_SECONDS:
+                continue
+            _unlink_quietly(Path(item.path))
+        finally:
+            os.close(fd)
+
+
+def _scan(namespace: Path) -> list[tuple[int, str, int]]:
+    """(access time ns, file name, size) of every entry file in the namespace."""
+    found = []
+    for item in os.scandir(namespace):
+        if _ENTRY_NAME_RE.fullmatch(item.name):
+            try:
+                st = item.stat()
+            except FileNotFoundError:
+                continue
+            found.append((st.st_atime_ns, item.name, st.st_size))
+    return found
+
+
+class _NamespaceLock:
+    """An exclusive flock on ``<namespace>/.lock``: one evictor at a time across processes."""
+
+    def __init__(self, namespace: Path) -> None:
+        self.path = namespace / ".lock"
+        self.fd = -1
+
+    def __enter__(self) -> "_NamespaceLock":
+        if fcntl is not None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the lock
+
+
+def _open_noatime(path: Path):
+    """Open for reading without bumping the access time (our LRU clock) where the OS allows it."""
+    try:
+        return open(os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOATIME), "rb")
+    except PermissionError:  # O_NOATIME needs file ownership
+        return open(path, "rb")
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable across power loss (kill -9 alone never loses it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | _O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _close_quietly(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:  # a view still exists; the mapping goes when it does
+        pass
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
