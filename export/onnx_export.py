@@ -1,0 +1,362 @@
+"""``minireranker build``: checkpoint + spec -> bundle of ONNX engines, validated before it reports success.
+
+Each engine segment of :mod:`minireranker.export.graphs` is exported once with dynamic axes (candidates,
+document length, query length, image patches), then run in ONNX Runtime on *fresh* inputs (other image
+sizes, other lengths, another batch size than the export trace) and compared with the torch fp32
+reference. Tolerances (max |difference|, scaled by max(1, max |reference|) for hidden states and K/V):
+
+* fp32: 1e-4 on every output, scores included;
+* fp16: 3e-2 on hidden states and K/V, 5e-2 on scores. Justification: fp16 keeps 11 significant bits
+  (relative step 2^-11 = 4.9e-4); hidden states of O(1-10) accumulate rounding over a few layers and
+  K/V are rounded when stored, and the score is a difference of two logits of O(1-10). The observed
+  fp16 error on the tiny presets is recorded in ``bundle.json`` under ``validation``.
+
+A failing check raises :class:`BuildError` naming the graph and the output, and no bundle.json is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from ..runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, load_bundle
+from ..runtime.documents import Document
+from ..runtime.errors import MiniRerankerError
+from ..runtime.spec import RerankSpec
+from .checkpoint import Checkpoint, open_checkpoint
+from .reference import ReferencePipeline
+
+EXPORT_VERSION = 1
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+TOLERANCES = {"fp32": {"hidden": 1e-4, "score": 1e-4}, "fp16": {"hidden": 3e-2, "score": 5e-2}}
+
+# Graph I/O: names and dynamic axes. ``hidden`` of the band is always the one shared query: batch 1.
+IO: dict[str, tuple[list[str], list[str], dict[str, dict[int, str]]]] = {
+    "vision": (["pixel_values", "pos_index", "pos_weight", "rot_cos", "rot_sin"], ["embeds", "deepstack"],
+               {"pixel_values": {0: "patches"}, "pos_index": {0: "patches"}, "pos_weight": {0: "patches"},
+                "rot_cos": {0: "patches"}, "rot_sin": {0: "patches"}, "embeds": {0: "tokens"},
+                "deepstack": {1: "tokens"}}),
+    "doc_prefix": (["embeds", "positions", "system_k", "system_v", "deepstack"], ["doc_k", "doc_v"],
+                   {"embeds": {1: "doc_len"}, "positions": {2: "doc_len"}, "deepstack": {1: "doc_len"},
+                    "doc_k": {2: "doc_len"}, "doc_v": {2: "doc_len"}}),
+    "guide": (["embeds", "positions", "system_k", "system_v", "deepstack"], ["attention"],
+              {"embeds": {1: "doc_len"}, "positions": {2: "doc_len"}, "deepstack": {1: "doc_len"},
+               "attention": {0: "keys"}}),
+    "query_head": (["embeds", "positions", "system_k", "system_v"], ["hidden"],
+                   {"embeds": {1: "query_len"}, "positions": {2: "query_len"}, "hidden": {1: "query_len"}}),
+    "band": (["hidden", "positions", "doc_k", "doc_v", "doc_mask", "system_k", "system_v"], ["hidden_out"],
+             {"hidden": {1: "query_len"}, "positions": {1: "batch", 2: "query_len"},
+              "doc_k": {0: "batch", 3: "doc_len"}, "doc_v": {0: "batch", 3: "doc_len"},
+              "doc_mask": {0: "batch", 1: "doc_len"}, "hidden_out": {0: "batch", 1: "query_len"}}),
+    "tail": (["hidden", "positions", "system_k", "system_v"], ["scores"],
+             {"hidden": {0: "batch", 1: "query_len"}, "positions": {1: "batch", 2: "query_len"},
+              "scores": {0: "batch"}}),
+}
+
+
+class BuildError(MiniRerankerError):
+    """The export failed, or an exported graph disagrees with the torch reference."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How to build engines. ``precision``: fp32 (CPU targets) or fp16 (GPUs)."""
+
+    precision: str = "fp32"
+    attention: str = "portable"
+    validate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in TORCH_DTYPES:
+            raise BuildError(f"precision must be one of {sorted(TORCH_DTYPES)}, got {self.precision!r}")
+        if self.attention not in ("portable", "fused"):
+            raise BuildError(f"attention must be 'portable' or 'fused', got {self.attention!r}")
+
+    @property
+    def opset(self) -> int:
+        return 23 if self.attention == "fused" else 17
+
+    @classmethod
+    def tiny(cls) -> "BuildConfig":
+        return cls()
+
+
+class _Recorder(nn.Module):
+    """Wraps a graph and keeps a copy of the arguments of every call (the export/validation samples)."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph, self.calls = graph, []
+
+    def forward(self, *args):
+        self.calls.append(tuple(a.clone() if isinstance(a, Tensor) else a for a in args))
+        return self.graph(*args)
+
+
+def _sample_documents(seed: int) -> list[Document]:
+    """Drawn images of seed-dependent odd sizes, an image with text, and a text."""
+    rng = np.random.default_rng(seed)
+    sizes = [(96, 64), (70, 45)] if seed == 0 else [(128, 100), (45, 90)]
+    imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    return [Document(image=imgs[0]), Document(image=imgs[1], text="a caption of %d words" % seed),
+            Document(text="a plain text document" + " and more" * seed)]
+
+
+def record_samples(pipeline: ReferencePipeline, seed: int) -> dict[str, list[tuple]]:
+    """Run the reference on sample documents and one query; return each graph's call arguments."""
+    targets: dict[str, tuple[Any, str]] = {name: (pipeline.graphs, name) for name in pipeline.graphs}
+    if pipeline.guide is not None:
+        targets["embedder/vision"] = (pipeline.guide, "vision_graph")
+        targets["embedder/guide"] = (pipeline.guide, "graph")
+    recorders = {}
+    for key, (owner, attr) in targets.items():
+        graph = owner[attr] if isinstance(owner, dict) else getattr(owner, attr)
+        recorders[key] = _Recorder(graph)
+        _assign(owner, attr, recorders[key])
+    try:
+        pipeline.rerank("which image is it?" if seed == 0 else "a longer query, with seven words", _sample_documents(seed))
+    finally:
+        for key, (owner, attr) in targets.items():
+            _assign(owner, attr, recorders[key].graph)
+    return {k: r.calls for k, r in recorders.items()}
+
+
+def _assign(owner: Any, attr: str, value: nn.Module) -> None:
+    if isinstance(owner, dict):
+        owner[attr] = value
+    else:
+        setattr(owner, attr, value)
+
+
+def _cast(args: tuple, dtype: torch.dtype) -> tuple:
+    """Floating tensors to ``dtype``; integer and boolean inputs stay as they are."""
+    return tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _io_for(kind: str, args: tuple) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
+    inputs, outputs, axes = IO[kind]
+    inputs = inputs[: len([a for a in args if a is not None])]
+    names = set(inputs) | set(outputs)
+    return inputs, outputs, {k: v for k, v in axes.items() if k in names}
+
+
+def export_graph(graph: nn.Module, kind: str, args: tuple, path: Path, config: BuildConfig) -> None:
+    """Export one segment in the build's precision with dynamic axes (portable: TorchScript exporter,
+    opset 17; fused: dynamo exporter, opset 23, which turns SDPA into ONNX ``Attention``)."""
+    dtype = TORCH_DTYPES[config.precision]
+    module = copy.deepcopy(graph).to(dtype).eval()
+    args = _cast(tuple(a for a in args if a is not None), dtype)
+    inputs, outputs, axes = _io_for(kind, args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            if config.attention == "fused":
+                from torch.export import Dim
+
+                shapes = tuple({axis: Dim.DYNAMIC for axis in axes[name]} if name in axes else None
+                               for name in inputs)
+                torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                                  dynamic_shapes=shapes, opset_version=config.opset, dynamo=True, verbose=False)
+            else:
+                torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                                  dynamic_axes=axes, opset_version=config.opset, dynamo=False,
+                                  do_constant_folding=True)
+        except Exception as exc:  # the exporters raise many types; all mean the same to the user
+            raise BuildError(f"exporting graph '{kind}' to ONNX failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _onnx_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def validate_graph(graph: nn.Module, kind: str, samples: list[tuple], path: Path, precision: str) -> dict:
+    """ONNX Runtime vs the torch fp32 graph on fresh samples; raises BuildError past the tolerance."""
+    session = _onnx_session(path)
+    wanted = [i.name for i in session.get_inputs()]
+    np_dtype = np.float16 if precision == "fp16" else np.float32
+    worst: dict[str, float] = {}
+    for args in samples:
+        args = tuple(a for a in args if a is not None)
+        expected = graph(*args)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        names, outputs, _ = _io_for(kind, args)
+        feed = {n: (a.numpy().astype(np_dtype) if a.is_floating_point() else a.numpy())
+                for n, a in zip(names, args) if n in wanted}
+        got = session.run(outputs, feed)
+        for name, mine, ref in zip(outputs, got, expected):
+            ref = ref.float().numpy()
+            if mine.shape != ref.shape:
+                raise BuildError(f"graph '{kind}' output '{name}': shape {mine.shape} != reference {ref.shape}")
+            scale = 1.0 if kind == "tail" else max(1.0, float(np.abs(ref).max(initial=0.0)))
+            worst[name] = max(worst.get(name, 0.0), float(np.abs(mine.astype(np.float32) - ref).max(initial=0.0)) / scale)
+    tol = TOLERANCES[precision]["score" if kind == "tail" else "hidden"]
+    for name, diff in worst.items():
+        if not np.isfinite(diff) or diff > tol:
+            raise BuildError(f"graph '{kind}' output '{name}' differs from the torch reference by {diff:.3g} "
+                             f"(tolerance {tol:g}, {precision}); the export is wrong, not the input")
+    return {name: {"max_abs_diff": diff, "tolerance": tol, "scaled": kind != "tail"} for name, diff in worst.items()}
+
+
+def checkpoint_digest(ckpt: Checkpoint, progress: Callable[[str], None] | None = None) -> str:
+    """sha256 over the checkpoint's config, tokenizer, preprocessor and every weight file's bytes."""
+    h = hashlib.sha256()
+    files = [ckpt.path / "config.json", ckpt.tokenizer_path, ckpt.path / "preprocessor_config.json",
+             *ckpt.weight_files]
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _describe(session) -> dict:
+    def io(values):
+        return [{"name": v.name, "dtype": v.type, "shape": [d if isinstance(d, int) else str(d) for d in v.shape]}
+                for v in values]
+
+    return {"inputs": io(session.get_inputs()), "outputs": io(session.get_outputs())}
+
+
+def _model_info(pipeline_model, config) -> dict:
+    t, v = config.text, config.vision
+    return {"hidden_size": t.hidden_size, "num_layers": t.num_layers, "num_kv_heads": t.num_kv_heads,
+            "head_dim": t.head_dim, "num_deepstack": len(v.deepstack_indexes),
+            "vision": {"patch_size": v.patch_size, "merge_size": v.spatial_merge_size,
+                       "side": int(round(v.num_position_embeddings ** 0.5)), "head_dim": v.head_dim,
+                       "rope_theta": v.rope_theta}}
+
+
+def _save_array(path: Path, array: Tensor, precision: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array.to(TORCH_DTYPES[precision]).numpy())
+
+
+def _prepare_output(output: Path) -> Path:
+    if output.exists() and not output.is_dir():
+        raise BuildError(f"output {output} exists and is not a directory; choose another -o")
+    if output.is_dir() and any(output.iterdir()) and not (output / BUNDLE_FILE).is_file():
+        raise BuildError(f"output {output} is a non-empty directory that is not a bundle; choose another -o")
+    staging = output.parent / f".{output.name}.building"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | None = None,
+                 config: BuildConfig | None = None, log: Callable[[str], None] = print):
+    """Export, validate and write a bundle; returns the loaded :class:`~minireranker.runtime.bundle.Bundle`.
+
+    The bundle is assembled in a staging directory and moved into place only after every graph passed
+    validation, so a failed build never leaves a half bundle behind.
+    """
+    config = config or BuildConfig()
+    output = Path(output)
+    ckpt = open_checkpoint(checkpoint, spec)
+    pipeline = ReferencePipeline(ckpt, spec, attention=config.attention)
+    staging = _prepare_output(output)
+    try:
+        log(f"recording sample inputs ({len(pipeline.graphs)} graphs)")
+        trace, fresh = record_samples(pipeline, seed=0), record_samples(pipeline, seed=1)
+        graphs: dict[str, dict] = {}
+        validation: dict[str, dict] = {}
+        for key, calls in trace.items():
+            kind = key.split("/")[-1]
+            graph = (pipeline.graphs[key] if "/" not in key else
+                     getattr(pipeline.guide, "vision_graph" if kind == "vision" else "graph"))
+            rel = f"{key.rsplit('/', 1)[0]}/onnx/{kind}.onnx" if "/" in key else f"onnx/{kind}.onnx"
+            log(f"exporting {key} ({config.precision}, {config.attention} attention, opset {config.opset})")
+            export_graph(graph, kind, calls[-1], staging / rel, config)
+            if config.validate:
+                validation[key] = validate_graph(graph, kind, fresh[key], staging / rel, config.precision)
+            graphs[key] = {"file": rel, **_describe(_onnx_session(staging / rel))}
+        _write_arrays(pipeline, staging, config.precision)
+        meta = _bundle_json(ckpt, pipeline, config, graphs, validation, staging)
+        (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        shutil.rmtree(output)
+    staging.rename(output)
+    log(f"bundle written to {output} (fingerprint {meta['fingerprint'][:12]})")
+    return load_bundle(output)
+
+
+def _write_arrays(pipeline: ReferencePipeline, staging: Path, precision: str) -> None:
+    shutil.copyfile(pipeline.ckpt.tokenizer_path, staging / "tokenizer.json")
+    _save_array(staging / "embed_tokens.npy", pipeline.model.embed, precision)
+    _save_array(staging / "system_k.npy", pipeline.system_k, precision)
+    _save_array(staging / "system_v.npy", pipeline.system_v, precision)
+    if pipeline.guide is not None:
+        guide = pipeline.guide
+        shutil.copyfile(guide.ckpt.tokenizer_path, staging / "embedder" / "tokenizer.json")
+        _save_array(staging / "embedder" / "embed_tokens.npy", guide.model.embed, precision)
+        _save_array(staging / "embedder" / "system_k.npy", guide.system_k, precision)
+        _save_array(staging / "embedder" / "system_v.npy", guide.system_v, precision)
+
+
+def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildConfig, graphs: dict,
+                 validation: dict, staging: Path) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mr_version = version("minireranker")
+    except PackageNotFoundError:
+        mr_version = "unknown"
+    spec = pipeline.spec.to_dict()
+    settings = {"spec": spec, "precision": config.precision, "attention": config.attention,
+                "export_version": EXPORT_VERSION}
+    digest = hashlib.sha256(checkpoint_digest(ckpt).encode() + json.dumps(settings, sort_keys=True).encode())
+    guide = None
+    if pipeline.guide is not None:
+        g = pipeline.guide
+        digest.update(checkpoint_digest(g.ckpt).encode())
+        guide = {"kind": "embedder", "layer": g.layer, "dir": "embedder", "source": str(g.ckpt.path),
+                 "system_ids": g.system_ids, "image_pad_id": g.ckpt.config.image_token_id,
+                 "model": _model_info(g.model, g.ckpt.config), "preprocess": g.ckpt.preprocess.to_dict(),
+                 "graphs": {k.split("/")[1]: v for k, v in graphs.items() if k.startswith("embedder/")}}
+    elif pipeline.guide_layer is not None:
+        guide = {"kind": "self", "layer": pipeline.guide_layer}
+    t = pipeline.template
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": digest.hexdigest(),
+        "minireranker_version": mr_version,
+        "export_version": EXPORT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"checkpoint": str(ckpt.path), "model_type": ckpt.config.model_type},
+        "spec": spec,
+        "template": {"system_ids": t.system_ids, "yes_id": t.yes_id, "no_id": t.no_id,
+                     "image_pad_id": t.image_pad_id, "vision_start_id": t.vision_start_id,
+                     "vision_end_id": t.vision_end_id},
+        "model": _model_info(pipeline.model, ckpt.config),
+        "preprocess": ckpt.preprocess.to_dict(),
+        "precision": config.precision,
+        "attention": config.attention,
+        "opset": config.opset,
+        "graphs": {k: v for k, v in graphs.items() if "/" not in k},
+        "guide": guide,
+        "validation": validation,
+    }
+    meta["files"] = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*"))
+                     if p.is_file()}
+    return meta

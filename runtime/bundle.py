@@ -1,0 +1,124 @@
+"""The bundle: the contract between ``minireranker build`` (export) and the runtime.
+
+A bundle directory holds::
+
+    bundle.json          this schema (below)
+    tokenizer.json       the reranker's tokenizer
+    embed_tokens.npy     the embedding table [vocab, D] in the bundle's precision (memory-mapped)
+    system_kv.npz        K and V of the system segment, layers 0..E: [E+1, 1, Hkv, S, d] each (stored once)
+    onnx/<graph>.onnx    vision, doc_prefix, band, tail, and query_head (A > 0), guide (self-guided pruning)
+    embedder/            with an embedder guide: its tokenizer.json, embed_tokens.npy, system_kv.npz,
+                         onnx/vision.onnx, onnx/guide.onnx
+
+``bundle.json`` (schema version 1)::
+
+    schema_version    1
+    fingerprint       sha256 of the checkpoint's files, the spec, the build settings and EXPORT_VERSION;
+                      the K/V store keys entries by it, so a new bundle never reads an old entry
+    minireranker_version, export_version, created (UTC ISO 8601)
+    source            {"checkpoint": path, "model_type": "qwen3_vl"}
+    spec              the resolved RerankSpec (runtime/spec.py), every field explicit
+    template          {"system_ids", "yes_id", "no_id", "image_pad_id", "vision_start_id", "vision_end_id"}
+                      (the strings are in "spec"; the ids let anyone check the tokenizer)
+    model             {"hidden_size", "num_layers", "num_kv_heads", "head_dim", "num_deepstack",
+                       "vision": {"patch_size", "merge_size", "side", "head_dim", "rope_theta"}}
+    preprocess        PreprocessConfig.to_dict() (runtime/preprocess.py)
+    precision         "fp32" | "fp16": weights, embeddings, system and stored K/V
+    attention         "portable" (MatMul/Softmax, opset 17) | "fused" (ONNX Attention, opset 23)
+    opset             the ONNX opset of every graph
+    graphs            {name: {"file", "inputs": [{"name", "dtype", "shape"}], "outputs": [...]}};
+                      a shape entry is an int or the name of a dynamic axis
+    guide             null | {"kind": "self", "layer": g} |
+                      {"kind": "embedder", "layer": g, "dir": "embedder", "system_ids", "image_pad_id",
+                       "model": {...as above...}, "graphs": {...}}
+    validation        {graph: {"output": name, "max_abs_diff": x, "tolerance": t}} as measured at build
+    files             {relative path: size in bytes}
+
+Weights of one graph above 2 GB go to ONNX external data beside the graph.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import MiniRerankerError
+from .preprocess import PreprocessConfig
+from .spec import RerankSpec
+
+SCHEMA_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+GRAPHS = ("vision", "guide", "doc_prefix", "query_head", "band", "tail")
+
+
+class BundleError(MiniRerankerError):
+    """A bundle directory is missing, incomplete, or from an unsupported schema version."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, validated ``bundle.json`` with its directory."""
+
+    path: Path
+    data: dict[str, Any]
+    spec: RerankSpec
+    preprocess: PreprocessConfig
+
+    @property
+    def fingerprint(self) -> str:
+        return self.data["fingerprint"]
+
+    @property
+    def precision(self) -> str:
+        return self.data["precision"]
+
+    @property
+    def graphs(self) -> dict[str, dict]:
+        return self.data["graphs"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.data["model"]
+
+    @property
+    def template(self) -> dict[str, Any]:
+        return self.data["template"]
+
+    @property
+    def guide(self) -> dict[str, Any] | None:
+        return self.data.get("guide")
+
+    def file(self, relative: str) -> Path:
+        return self.path / relative
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and validate ``bundle.json``; every file it names must exist."""
+    path = Path(path)
+    meta = path / BUNDLE_FILE
+    if not meta.is_file():
+        raise BundleError(f"{path} is not a bundle: {BUNDLE_FILE} is missing; build one with `minireranker build`")
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{meta} is not valid JSON ({exc}); rebuild the bundle") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if not isinstance(version, int):
+        raise BundleError(f"{meta} has no schema_version; rebuild the bundle")
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"{meta} has schema version {version}, newer than this runtime reads ({SCHEMA_VERSION}); "
+            "upgrade minireranker, or rebuild the bundle with this version"
+        )
+    if version < SCHEMA_VERSION:
+        raise BundleError(f"{meta} has old schema version {version}; rebuild the bundle with `minireranker build`")
+    for key in ("fingerprint", "spec", "template", "model", "preprocess", "precision", "graphs", "files"):
+        if key not in data:
+            raise BundleError(f"{meta} lacks '{key}'; rebuild the bundle")
+    missing = [name for name in data["files"] if not (path / name).is_file()]
+    if missing:
+        raise BundleError(f"bundle {path} is incomplete, missing: {missing[:5]}; copy the whole directory or rebuild")
+    spec = RerankSpec.from_dict(data["spec"], source=str(meta))
+    return Bundle(path, data, spec, PreprocessConfig.from_dict(data["preprocess"]))
