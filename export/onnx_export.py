@@ -291,6 +291,10 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
         _write_arrays(pipeline, staging, config.precision)
         meta = _bundle_json(ckpt, pipeline, config, graphs, validation, staging)
         (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if config.validate:
+            log("validating end to end: the runtime on the new engines vs the torch reference")
+            meta["validation"]["end_to_end"] = validate_end_to_end(pipeline, staging, config.precision)
+            (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -360,3 +364,27 @@ def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildCon
     meta["files"] = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*"))
                      if p.is_file()}
     return meta
+
+
+def validate_end_to_end(pipeline: ReferencePipeline, bundle_dir: Path, precision: str) -> dict:
+    """Scores through the runtime (ONNX Runtime, numpy glue, K/V store) vs the torch reference."""
+    import tempfile
+
+    from ..runtime.reranker import Reranker
+
+    docs = _sample_documents(1) + _sample_documents(0)
+    queries = ["a longer query, with seven words", "q"]
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as cache, Reranker(bundle_dir, cache) as runtime:
+        for query in queries:
+            expected = pipeline.rerank(query, docs)
+            out = runtime.rerank(query, docs)
+            if out.failed:
+                raise BuildError(f"end-to-end check: the runtime failed on {out.failed[0].document}: {out.failed[0].error}")
+            got = np.array([r.score for r in sorted(out.results, key=lambda r: r.index)])
+            worst = max(worst, float(np.abs(got - expected).max()))
+    tol = TOLERANCES[precision]["score"]
+    if not worst <= tol:
+        raise BuildError(f"end-to-end check: runtime scores differ from the torch reference by {worst:.3g} "
+                         f"(tolerance {tol:g}, {precision})")
+    return {"scores": {"max_abs_diff": worst, "tolerance": tol, "pairs": len(docs) * len(queries)}}

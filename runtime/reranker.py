@@ -1,0 +1,333 @@
+"""The runtime: a bundle's engines stitched with the disk-backed K/V store (numpy + onnxruntime only).
+
+::
+
+    index(documents)        preprocess -> vision -> [guide -> keep top tokens] -> doc_prefix -> K/V store
+    rerank(query, docs)     tokenize -> query_head (once) -> per batch: read K/V -> band -> tail -> sorted
+
+A document is an image (path, bytes, PIL image, numpy array), a text, or both, with an optional id.
+Its cache key is its id when it has one, else a hash of its content; an id already indexed needs no
+content, and a document not yet cached is indexed on the fly. ``rerank`` is thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, BundleError, load_bundle
+from .documents import Document
+from .errors import DocumentError, MiniRerankerError, TokenizerError
+from .kvstore import KVEntry, KVStore, StoreConfig
+from .preprocess import preprocess_image
+from .pruning import select_kept
+from .sessions import GraphRunner, choose_providers
+from .template import DocumentTokens, VisionFirstTemplate, document_positions, text_positions
+from .vision_inputs import vision_inputs
+
+log = logging.getLogger("minireranker.runtime")
+MAX_QUERY_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    index: int            # position of the document in the request
+    id: str | None
+    document: str         # the document's label (its id, path or text)
+    score: float          # logit(yes) - logit(no)
+    probability: float    # sigmoid(score)
+
+
+@dataclass(frozen=True)
+class Failure:
+    index: int
+    document: str
+    error: str
+
+
+@dataclass
+class RerankOutput:
+    query: str
+    results: list[RerankResult]
+    failed: list[Failure]
+    timings: dict[str, float] = field(default_factory=dict)   # seconds per stage
+
+    def to_dict(self, spec: dict | None = None) -> dict:
+        return {"query": self.query, "spec": spec,
+                "results": [{"index": r.index, "id": r.id, "document": r.document, "score": r.score,
+                             "probability": r.probability} for r in self.results],
+                "failed": [{"index": f.index, "document": f.document, "error": f.error} for f in self.failed]}
+
+
+@dataclass
+class IndexReport:
+    indexed: int = 0
+    skipped: int = 0
+    failed: list[Failure] = field(default_factory=list)
+
+
+class _Encoder:
+    """Tokenizer, embedding table, system K/V and vision engine of one model (reranker or embedder)."""
+
+    def __init__(self, root: Path, model: dict, graphs: dict, providers: list[str]) -> None:
+        import tokenizers
+
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
+        self.embed = np.load(root / "embed_tokens.npy", mmap_mode="r")
+        self.system_k = np.load(root / "system_k.npy")
+        self.system_v = np.load(root / "system_v.npy")
+        self.model = model
+        self.runners = {name: GraphRunner(name, root.parent / g["file"] if g["file"].startswith(root.name + "/")
+                                          else root / g["file"], providers) for name, g in graphs.items()}
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.embed.dtype
+
+    def vision(self, image, preprocess) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        pixels, grid = preprocess_image(image, preprocess)
+        v = self.model["vision"]
+        vi = vision_inputs(grid[1], grid[2], v["merge_size"], v["side"], v["head_dim"], v["rope_theta"])
+        out = self.runners["vision"].infer({
+            "pixel_values": pixels.astype(self.dtype), "pos_index": vi.pos_index,
+            "pos_weight": vi.pos_weight.astype(self.dtype), "rot_cos": vi.rot_cos.astype(self.dtype),
+            "rot_sin": vi.rot_sin.astype(self.dtype)})
+        m = v["merge_size"]
+        return out["embeds"], out["deepstack"], (grid[1] // m, grid[2] // m)
+
+    def sequence(self, tokens: DocumentTokens, embeds: np.ndarray | None, deepstack: np.ndarray | None):
+        """Token embeddings with the image rows filled, and dense DeepStack [K, Td, D] (None if K = 0)."""
+        x = np.array(self.embed[np.asarray(tokens.ids)], dtype=self.dtype)
+        rows = np.arange(tokens.image_start, tokens.image_start + tokens.num_image)
+        if embeds is not None:
+            x[rows] = embeds
+        dense = None
+        if self.model["num_deepstack"]:
+            dense = np.zeros((self.model["num_deepstack"], *x.shape), dtype=self.dtype)
+            if deepstack is not None:
+                dense[:, rows] = deepstack
+        return x, rows, dense
+
+    def guide(self, x: np.ndarray, positions: np.ndarray, dense: np.ndarray | None, layer: int) -> np.ndarray:
+        feed = {"embeds": x[None], "positions": positions[:, None], "system_k": self.system_k[: layer + 1],
+                "system_v": self.system_v[: layer + 1]}
+        if dense is not None:
+            feed["deepstack"] = dense
+        return self.runners["guide"].infer(feed)["attention"].astype(np.float64)
+
+
+class Reranker:
+    """Load a bundle with a cache directory; ``index`` documents and ``rerank`` them for queries."""
+
+    def __init__(self, bundle: str | Path | Bundle, cache_dir: str | Path, providers: Sequence[str] | None = None,
+                 max_cache_bytes: int | None = None, batch_size: int = 32, int8_cache: bool = False) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.providers = choose_providers(providers)
+        self.batch_size = batch_size
+        b = self.bundle
+        self.spec = b.spec
+        self.encoder = _Encoder(b.path, b.model, b.graphs, self.providers)
+        self.template = VisionFirstTemplate(self.encoder.tokenizer, self.spec)
+        if self.template.system_ids != b.template["system_ids"] or self.template.yes_id != b.template["yes_id"]:
+            raise BundleError(f"{b.path}: tokenizer.json does not reproduce the ids in bundle.json; rebuild the bundle")
+        self.embedder = None
+        if b.guide and b.guide["kind"] == "embedder":
+            self.embedder = _Encoder(b.path / b.guide["dir"], b.guide["model"], b.guide["graphs"], self.providers)
+        self.store = KVStore(StoreConfig(Path(cache_dir), b.fingerprint, max_bytes=max_cache_bytes,
+                                         quantize_int8=int8_cache))
+        self.stats: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Reranker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _count(self, key: str, value: float = 1.0) -> None:
+        with self._lock:
+            self.stats[key] += value
+
+    # -- documents --------------------------------------------------------------------------------
+    @staticmethod
+    def key(doc: Document) -> str:
+        return f"id:{doc.id}" if doc.id is not None else f"sha256:{doc.content_hash()}"
+
+    def encode_document(self, doc: Document) -> KVEntry:
+        """Run the document through vision, pruning and the prefix engine (no caching)."""
+        if doc.image is None and not doc.text:
+            raise DocumentError(f"document id {doc.id!r} is not in the cache and has no content: "
+                                "index it with its image and/or text first")
+        t0 = time.perf_counter()
+        embeds = deepstack = None
+        grid_hw = None
+        if doc.image is not None:
+            embeds, deepstack, grid_hw = self.encoder.vision(doc.image, self.bundle.preprocess)
+        tokens = self.template.document(grid_hw, doc.text)
+        x, rows, dense = self.encoder.sequence(tokens, embeds, deepstack)
+        positions, query_start = document_positions(len(self.template.system_ids), tokens)
+        kept = None
+        if self.spec.keep_ratio < 1.0 and len(rows):
+            kept = select_kept(self._importance(doc, x, positions, rows, dense, grid_hw), self.spec.keep_ratio)
+            keep = np.ones(len(tokens.ids), dtype=bool)
+            keep[np.setdiff1d(rows, rows[kept])] = False
+            x, positions = x[keep], positions[:, keep]
+            dense = dense[:, keep] if dense is not None else None
+        b = self.spec.band[1]
+        feed = {"embeds": x[None], "positions": positions[:, None], "system_k": self.encoder.system_k[: b + 1],
+                "system_v": self.encoder.system_v[: b + 1]}
+        if dense is not None:
+            feed["deepstack"] = dense
+        out = self.encoder.runners["doc_prefix"].infer(feed)
+        self._count("index_seconds", time.perf_counter() - t0)
+        meta = {"label": doc.label, "kept_visual": None if kept is None else kept.tolist(),
+                "content_hash": doc.content_hash()}
+        return KVEntry(out["doc_k"], out["doc_v"], positions, int(query_start), meta)
+
+    def _importance(self, doc, x, positions, rows, dense, grid_hw) -> np.ndarray:
+        guide = self.bundle.guide
+        assert guide is not None
+        if guide["kind"] == "self":
+            probs = self.encoder.guide(x, positions, dense, guide["layer"])
+            return probs[len(self.template.system_ids) + rows]
+        emb = self.embedder
+        assert emb is not None
+        e_embeds, e_ds, e_grid = emb.vision(doc.image, self.bundle.preprocess)
+        if e_grid != grid_hw:
+            raise BundleError(f"embedder grid {e_grid} differs from the reranker's {grid_hw}; rebuild the bundle")
+        n = grid_hw[0] * grid_hw[1]
+        tail = emb.tokenizer.encode(f"<|vision_end|>{doc.text or ''}<|im_end|>\n<|im_start|>assistant\n",
+                                    add_special_tokens=False).ids
+        tokens = DocumentTokens([guide["image_pad_id"]] * n + list(tail), 0, n, grid_hw)
+        ex, erows, edense = emb.sequence(tokens, e_embeds, e_ds)
+        epos, _ = document_positions(len(guide["system_ids"]), tokens)
+        probs = emb.guide(ex, epos, edense, guide["layer"])
+        return probs[len(guide["system_ids"]) + erows]
+
+    def _cached(self, doc: Document) -> KVEntry | None:
+        entry = self.store.get(self.key(doc))
+        if entry is not None and doc.id is not None and (doc.image is not None or doc.text):
+            if entry.meta.get("content_hash") != doc.content_hash():
+                return None  # the id now names other content: re-index
+        return entry
+
+    def index(self, documents: Iterable[Document], progress: bool = False) -> IndexReport:
+        """Index documents not yet cached (resumable: cached ones are skipped)."""
+        report = IndexReport()
+        docs = list(documents)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(docs), unit="doc", desc="indexing")
+        for i, doc in enumerate(docs):
+            try:
+                if self._cached(doc) is not None:
+                    report.skipped += 1
+                else:
+                    self.store.put(self.key(doc), self.encode_document(doc))
+                    report.indexed += 1
+            except MiniRerankerError as exc:
+                report.failed.append(Failure(i, doc.label, str(exc)))
+                log.warning("document %s failed: %s", doc.label, exc)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return report
+
+    # -- queries ----------------------------------------------------------------------------------
+    def query_ids(self, query: str) -> list[int]:
+        if not isinstance(query, str) or not query.strip():
+            raise TokenizerError("the query is empty; pass a non-empty --query text")
+        n = len(self.encoder.tokenizer.encode(query, add_special_tokens=False).ids)
+        if n > MAX_QUERY_TOKENS:
+            raise TokenizerError(f"the query is {n} tokens long; the limit is {MAX_QUERY_TOKENS}: shorten it")
+        return self.template.query(query)
+
+    def rerank(self, query: str, documents: Sequence[Document | str], top_k: int | None = None) -> RerankOutput:
+        """Score documents (Document objects or ids) for ``query``; best first, failures listed apart."""
+        timings: dict[str, float] = defaultdict(float)
+        t0 = time.perf_counter()
+        ids = self.query_ids(query)
+        hidden = self._query_head(ids)
+        timings["query_head"] = time.perf_counter() - t0
+        docs = [d if isinstance(d, Document) else Document(id=str(d)) for d in documents]
+        entries: list[tuple[int, KVEntry]] = []
+        failed: list[Failure] = []
+        t0 = time.perf_counter()
+        for i, doc in enumerate(docs):
+            try:
+                entry = self._cached(doc)
+                if entry is None:
+                    t1 = time.perf_counter()
+                    entry = self.encode_document(doc)
+                    self.store.put(self.key(doc), entry)
+                    timings["index"] += time.perf_counter() - t1
+                entries.append((i, entry))
+            except MiniRerankerError as exc:
+                failed.append(Failure(i, doc.label, str(exc)))
+        timings["kv_lookup"] = time.perf_counter() - t0 - timings["index"]
+        scores = np.zeros(len(entries))
+        for start in range(0, len(entries), self.batch_size):
+            batch = [e for _, e in entries[start: start + self.batch_size]]
+            scores[start: start + len(batch)] = self._score_batch(hidden, ids, batch, timings)
+        results = [RerankResult(i, docs[i].id, docs[i].label, float(s), 1.0 / (1.0 + math.exp(-s)))
+                   for (i, _), s in zip(entries, scores)]
+        results.sort(key=lambda r: (-r.score, r.index))
+        self._count("queries")
+        self._count("candidates", len(entries))
+        return RerankOutput(query, results[:top_k] if top_k else results, failed, dict(timings))
+
+    def _query_head(self, ids: list[int]) -> np.ndarray:
+        """Layers 0..A-1 over the query: run ONCE per query, shared by every candidate: [1, Q, D]."""
+        x = np.array(self.encoder.embed[np.asarray(ids)], dtype=self.encoder.dtype)[None]
+        a = self.spec.band[0]
+        if a == 0:
+            return x
+        positions = text_positions(self.spec.query_position, len(ids))[:, None]
+        self._count("query_head_runs")
+        return self.encoder.runners["query_head"].infer({
+            "embeds": x, "positions": positions, "system_k": self.encoder.system_k[:a],
+            "system_v": self.encoder.system_v[:a]})["hidden"]
+
+    def _score_batch(self, hidden: np.ndarray, ids: list[int], batch: list[KVEntry], timings: dict) -> np.ndarray:
+        a, b = self.spec.band
+        e = self.spec.exit_layer
+        t0 = time.perf_counter()
+        n, t = len(batch), max(x.k.shape[2] for x in batch)
+        nb, hkv, _, d = batch[0].k.shape
+        doc_k = np.zeros((n, nb, hkv, t, d), dtype=self.encoder.dtype)
+        doc_v = np.zeros_like(doc_k)
+        mask = np.zeros((n, t), dtype=bool)
+        for j, entry in enumerate(batch):  # the read: mmap'd pages -> one padded batch
+            doc_k[j, :, :, : entry.k.shape[2]] = entry.k
+            doc_v[j, :, :, : entry.v.shape[2]] = entry.v
+            mask[j, : entry.k.shape[2]] = True
+        starts = [self.spec.query_position if self.spec.query_position is not None else x.query_start for x in batch]
+        positions = np.stack([text_positions(s, len(ids)) for s in starts], axis=1)
+        timings["kv_read"] += time.perf_counter() - t0
+        self._count("kv_bytes_read", doc_k.nbytes + doc_v.nbytes)
+        t0 = time.perf_counter()
+        h = self.encoder.runners["band"].infer({
+            "hidden": hidden, "positions": positions, "doc_k": doc_k, "doc_v": doc_v, "doc_mask": mask,
+            "system_k": self.encoder.system_k[a: b + 1], "system_v": self.encoder.system_v[a: b + 1]})["hidden_out"]
+        timings["band"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scores = self.encoder.runners["tail"].infer({
+            "hidden": h, "positions": positions, "system_k": self.encoder.system_k[b + 1: e + 1],
+            "system_v": self.encoder.system_v[b + 1: e + 1]})["scores"]
+        timings["tail"] += time.perf_counter() - t0
+        return scores.astype(np.float64)
