@@ -236,6 +236,14 @@ def _describe(session) -> dict:
     return {"inputs": io(session.get_inputs()), "outputs": io(session.get_outputs())}
 
 
+def _count_parameters(path: Path) -> int:
+    """Number of weights the graph carries (its initializers), read back from the ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer))
+
+
 def _model_info(pipeline_model, config) -> dict:
     t, v = config.text, config.vision
     return {"hidden_size": t.hidden_size, "num_layers": t.num_layers, "num_kv_heads": t.num_kv_heads,
@@ -287,7 +295,8 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
             export_graph(graph, kind, calls[-1], staging / rel, config)
             if config.validate:
                 validation[key] = validate_graph(graph, kind, fresh[key], staging / rel, config.precision)
-            graphs[key] = {"file": rel, **_describe(_onnx_session(staging / rel))}
+            graphs[key] = {"file": rel, **_describe(_onnx_session(staging / rel)),
+                           "parameters": _count_parameters(staging / rel)}
         _write_arrays(pipeline, staging, config.precision)
         meta = _bundle_json(ckpt, pipeline, config, graphs, validation, staging)
         (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -122,3 +122,35 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"bundle {path} is incomplete, missing: {missing[:5]}; copy the whole directory or rebuild")
     spec = RerankSpec.from_dict(data["spec"], source=str(meta))
     return Bundle(path, data, spec, PreprocessConfig.from_dict(data["preprocess"]))
+
+
+def kv_bytes_per_token(bundle: Bundle) -> int:
+    """Bytes of stored K/V per kept document token: (B-A+1) layers x 2 x Hkv x d x bytes."""
+    a, b = bundle.spec.band
+    m = bundle.model
+    return (b - a + 1) * 2 * m["num_kv_heads"] * m["head_dim"] * (2 if bundle.precision == "fp16" else 4)
+
+
+def inspect_bundle(path: str | Path) -> dict[str, Any]:
+    """What ``minireranker inspect`` prints: spec, graphs, parameters per query, K/V bytes, files."""
+    bundle = load_bundle(path)
+    graphs = bundle.graphs
+    per_query = [g for g in ("query_head", "band", "tail") if g in graphs]
+    active = sum(graphs[g].get("parameters", 0) for g in per_query)
+    per_token = kv_bytes_per_token(bundle)
+    v = bundle.model["vision"]
+    side = v["patch_size"] * v["merge_size"]
+    return {
+        "path": str(bundle.path), "fingerprint": bundle.fingerprint, "precision": bundle.precision,
+        "attention": bundle.data.get("attention"), "opset": bundle.data.get("opset"),
+        "spec": bundle.data["spec"], "guide": bundle.guide,
+        "graphs": {name: {"file": g["file"], "parameters": g.get("parameters"), "inputs": g["inputs"],
+                          "outputs": g["outputs"]} for name, g in graphs.items()},
+        "parameters_per_query": active,
+        "kv_bytes_per_token": per_token,
+        "kv_bytes_example": {
+            "image_1024x1024_keep": {"tokens": int((1024 // side) ** 2 * bundle.spec.keep_ratio),
+                                     "bytes": int((1024 // side) ** 2 * bundle.spec.keep_ratio) * per_token}},
+        "validation": bundle.data.get("validation"),
+        "files": bundle.data["files"],
+    }

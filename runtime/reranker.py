@@ -331,3 +331,17 @@ class Reranker:
             "system_v": self.encoder.system_v[b + 1: e + 1]})["scores"]
         timings["tail"] += time.perf_counter() - t0
         return scores.astype(np.float64)
+
+
+def index_documents(bundle: str | Path, cache_dir: str | Path, documents: Sequence[Document],
+                    progress: bool = True, **options) -> IndexReport:
+    """Index ``documents`` into the cache (``minireranker index``); already cached ones are skipped."""
+    with Reranker(bundle, cache_dir, **options) as reranker:
+        return reranker.index(documents, progress=progress)
+
+
+def rerank_documents(bundle: str | Path, cache_dir: str | Path, query: str, documents: Sequence[Document | str],
+                     top_k: int | None = None, **options) -> tuple[RerankOutput, dict]:
+    """One query over documents or ids (``minireranker rerank``); returns the output and the spec."""
+    with Reranker(bundle, cache_dir, **options) as reranker:
+        return reranker.rerank(query, documents, top_k), reranker.bundle.data["spec"]
