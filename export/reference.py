@@ -165,11 +165,17 @@ class ReferencePipeline:
         return probs[len(self.template.system_ids) + prep.visual_rows].double().numpy()
 
     @torch.no_grad()
-    def index(self, doc: Document) -> DocumentEntry:
-        """Run the document prefix through layers 0..B; keep the K/V of layers A..B."""
+    def index(self, doc: Document, kept_visual: np.ndarray | None = None) -> DocumentEntry:
+        """Run the document prefix through layers 0..B; keep the K/V of layers A..B.
+
+        ``kept_visual`` imposes the pruning choice (indices among the visual tokens) instead of asking
+        the guide: used to compare engines whose lower precision flipped a near-tie of the guide.
+        """
         prep = self.prepare(doc)
         if self.spec.keep_ratio < 1.0 and len(prep.visual_rows):
-            prep = prep.keep(select_kept(self.importance(doc, prep), self.spec.keep_ratio))
+            if kept_visual is None:
+                kept_visual = select_kept(self.importance(doc, prep), self.spec.keep_ratio)
+            prep = prep.keep(np.asarray(kept_visual, dtype=np.int64))
         b = self.band[1]
         k, v = self.graphs["doc_prefix"](prep.embeds[None], torch.from_numpy(prep.positions)[:, None],
                                          self.system_k[: b + 1], self.system_v[: b + 1],

@@ -45,6 +45,7 @@ entries of its namespace until the sum of entry file sizes is within the bound.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -53,6 +54,7 @@ import mmap
 import os
 import re
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -60,7 +62,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -88,6 +90,8 @@ _ENTRY_NAME_RE = re.compile(r"[0-9a-f]{40}\.kv")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _MAX_VERIFIED = 1 << 16
+# CPython < 3.13 keeps a duplicate descriptor per mapping: each entry alive holds one fd until freed.
+_MMAP_OPTIONS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 
 @dataclass(frozen=True)
@@ -145,16 +149,20 @@ def quantize_per_channel_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     ``|x - dequantize_int8(*quantize_per_channel_int8(x))| <= scale / 2`` (up to float32 rounding).
     """
-    xf = np.asarray(x, dtype=np.float32)  # [L, H, T, D]
-    scale = np.abs(xf).max(axis=2, keepdims=True) / np.float32(127)  # [L, H, 1, D]
-    divisor = np.where(scale > 0, scale, np.float32(1))
-    q = np.clip(np.rint(xf / divisor), -127, 127).astype(np.int8)
-    return q, scale.astype(np.float32)
+    xf = np.array(x, dtype=np.float32)  # [L, H, T, D], a copy the steps below overwrite
+    amax = np.maximum(xf.max(axis=2, keepdims=True), -xf.min(axis=2, keepdims=True))
+    scale = (amax / np.float32(127)).astype(np.float32)  # [L, H, 1, D]
+    np.divide(xf, np.where(scale > 0, scale, np.float32(1)), out=xf)
+    np.rint(xf, out=xf)
+    np.clip(xf, -127, 127, out=xf)
+    return xf.astype(np.int8), scale
 
 
 def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``q`` [L, H, T, D] int8, ``scale`` [L, H, 1, D] float32 -> float32 [L, H, T, D] (a new array)."""
-    return q.astype(np.float32) * scale
+    out = q.astype(np.float32)
+    out *= scale
+    return out
 
 
 class _Corrupt(Exception):
@@ -261,7 +269,7 @@ class KVStore:
         """Remove least recently used entries (never ``keep``) until the namespace fits ``max_bytes``."""
         if self.config.max_bytes is None:
             return
-        with _NamespaceLock(self.namespace):
+        with _namespace_lock(self.namespace):
             entries = sorted(_scan(self.namespace))  # (atime_ns, name, size): oldest first
             total = sum(size for _, _, size in entries)
             evicted = 0
@@ -309,24 +317,45 @@ class KVStore:
         return entry
 
     def get_many(self, keys: list[str]) -> list[KVEntry | None]:
-        """``[get(key) for key in keys]``; first reads are verified in parallel (zlib drops the GIL)."""
+        """``[get(key) for key in keys]``. Entries whose payload CRC is still to be checked are read by a
+        few threads (zlib releases the GIL); already verified ones sequentially, which is faster for them.
+        """
         self._check_open()
-        if len(keys) < 2 or (os.cpu_count() or 1) < 2:
-            return [self.get(key) for key in keys]
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="kvstore")
-            pool = self._pool
-        return list(pool.map(self.get, keys))
+        workers = min(4, os.cpu_count() or 1)
+        unverified = [i for i, key in enumerate(keys) if self._needs_verification(key)] if workers > 1 else []
+        results: list[KVEntry | None] = [None] * len(keys)
+        if len(unverified) > 1:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(workers, thread_name_prefix="kvstore")
+                pool = self._pool
+            for i, entry in zip(unverified, pool.map(self.get, [keys[i] for i in unverified])):
+                results[i] = entry
+        done = set(unverified) if len(unverified) > 1 else set()
+        for i, key in enumerate(keys):
+            if i not in done:
+                results[i] = self.get(key)
+        return results
+
+    def _needs_verification(self, key: str) -> bool:
+        try:
+            st = os.stat(self._path(key))
+        except OSError:
+            return False  # a miss: nothing to verify
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return self.config.verify_every_read or identity not in self._verified
 
     def _read(self, fd: int, st: os.stat_result, key: str) -> KVEntry | None:
         if st.st_size < _PREFIX.size:
             raise _Corrupt(f"file is {st.st_size} bytes, shorter than the {_PREFIX.size}-byte prefix")
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_MMAP_OPTIONS)
         try:
             header, payload_start = _read_header(mm, st.st_size)
             if header["key"] != key or header["fingerprint"] != self.config.fingerprint:
                 raise _Corrupt("header names another key or fingerprint")
+            if header["storage"] != ("int8" if self.config.quantize_int8 else "float"):
+                mm.close()
+                return None
             identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if self.config.verify_every_read or identity not in self._verified:
                 with memoryview(mm) as whole, whole[payload_start:] as payload:
@@ -341,8 +370,6 @@ class KVStore:
         except BaseException:
             _close_quietly(mm)
             raise
-        if header["storage"] != ("int8" if self.config.quantize_int8 else "float"):
-            return None
         if header["storage"] == "int8":
             k, v = dequantize_int8(arrays["k"], arrays["k_scale"]), dequantize_int8(arrays["v"], arrays["v_scale"])
         else:
@@ -540,8 +567,8 @@ def _open_namespace(directory: Path, fingerprint: str) -> Path:
                          "choose a writable location or fix its permissions")
     marker = directory / MARKER_NAME
     if not marker.exists():
-        others = [n for n in os.listdir(directory) if not n.startswith(TEMP_PREFIX)]
-        if others:
+        others = [n for n in os.listdir(directory) if not n.startswith(TEMP_PREFIX) and n != MARKER_NAME]
+        if others and not marker.exists():  # a store opening at the same time writes its marker first
             raise CacheError(f"{directory} is not a miniReranker K/V store: it holds other files "
                              f"({', '.join(sorted(others)[:3])}) and no {MARKER_NAME}; use an empty or dedicated "
                              "directory for the cache")
@@ -616,22 +643,18 @@ def _scan(namespace: Path) -> list[tuple[int, str, int]]:
     return found
 
 
-class _NamespaceLock:
+@contextlib.contextmanager
+def _namespace_lock(namespace: Path) -> Iterator[None]:
     """An exclusive flock on ``<namespace>/.lock``: one evictor at a time across processes."""
-
-    def __init__(self, namespace: Path) -> None:
-        self.path = namespace / ".lock"
-        self.fd = -1
-
-    def __enter__(self) -> "_NamespaceLock":
-        if fcntl is not None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # releases the lock
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(namespace / ".lock", os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _open_noatime(path: Path):

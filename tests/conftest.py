@@ -51,3 +51,35 @@ def images() -> dict[str, Image.Image]:
 def random_image(seed: int, size: tuple[int, int]) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def bundle_factory(tmp_path_factory, checkpoint_factory):
+    """``make(preset="tiny", spec=None, precision="fp32", attention="portable") -> Path`` of a built bundle.
+
+    ``spec`` is a RerankSpec (None: the exact spec). Bundles are built once per session and cached.
+    """
+    from minireranker.export.onnx_export import BuildConfig, build_bundle
+    from minireranker.runtime.spec import RerankSpec
+
+    cache: dict[tuple, Path] = {}
+
+    def make(preset: str = "tiny", spec=None, precision: str = "fp32", attention: str = "portable") -> Path:
+        spec = spec or RerankSpec.exact()
+        key = (preset, repr(spec), precision, attention)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"bundle-{preset}-{precision}-{attention}") / "bundle"
+            build_bundle(checkpoint_factory(preset), out, spec, BuildConfig(precision=precision, attention=attention),
+                         log=lambda message: None)
+            cache[key] = out
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(bundle_factory) -> Path:
+    """The tiny preset under an approximate spec (band [1, 2], exit 3, keep 0.5, self guide), fp32."""
+    from minireranker.runtime.spec import RerankSpec
+
+    return bundle_factory("tiny", RerankSpec(exit_layer=3, band=(1, 2), keep_ratio=0.5, query_position=64))

@@ -1,0 +1,131 @@
+"""The runtime (ONNX Runtime + numpy + K/V store) vs the torch reference, per precision.
+
+Tolerances on scores: fp32 1e-4 (exact and approximate specs), fp16 5e-2 (see export/onnx_export.py for
+the reasoning); rankings must be identical. The reference itself equals transformers (tests/export).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from minireranker.export.onnx_export import compare_runtime  # noqa: E402
+from minireranker.export.reference import ReferencePipeline  # noqa: E402
+from minireranker.export.tiny import PRESETS  # noqa: E402
+from minireranker.runtime.bundle import load_bundle  # noqa: E402
+from minireranker.runtime.documents import Document  # noqa: E402
+from minireranker.runtime.reranker import Reranker  # noqa: E402
+from minireranker.runtime.spec import RerankSpec  # noqa: E402
+
+APPROX = RerankSpec(exit_layer=3, band=(1, 2), keep_ratio=0.5, query_position=64)
+QUERIES = ["is there a cat?", "a rocket on the launch pad, seen from far away at dawn", "7"]
+
+
+def corpus(images) -> list[Document]:
+    return [
+        Document(image=images["rocket_128x128"], id="rocket"),
+        Document(text="A rocket on the launch pad.", id="text-rocket"),
+        Document(image=images["chelsea_128x100"], text="a cat", id="cat"),
+        Document(image=images["astronaut_70x45"], id="astronaut"),
+        Document(image=images["camera_grey_90x120"], id="camera"),
+        Document(text="seven", id="seven"),
+    ]
+
+
+def compare(bundle_path, images, tmp_path, tolerance: float, batch_size: int = 4) -> dict:
+    """Runtime vs reference on the corpus x QUERIES; rankings identical; returns the comparison report."""
+    bundle = load_bundle(bundle_path)
+    reference = ReferencePipeline(bundle.data["source"]["checkpoint"], bundle.spec)
+    docs = corpus(images)
+    with Reranker(bundle, tmp_path / "cache", batch_size=batch_size) as runtime:
+        report = compare_runtime(reference, runtime, docs, QUERIES)
+        entries = [reference.index(d, _kept(runtime, d)) for d in docs]
+        for query in QUERIES:  # rankings: the runtime's order equals the reference's on the same tokens
+            out = runtime.rerank(query, docs)
+            expected = reference.score(query, entries)
+            assert [r.index for r in out.results] == list(np.argsort(-expected, kind="stable")), query
+    assert report["max_abs_diff"] <= tolerance, f"max |runtime - reference| = {report['max_abs_diff']:.3g} > {tolerance}"
+    return report
+
+
+def _kept(runtime, doc):
+    kept = runtime.store.get(runtime.key(doc)).meta.get("kept_visual")
+    return None if kept is None else np.asarray(kept)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_exact_spec_fp32(bundle_factory, images, tmp_path, preset):
+    compare(bundle_factory(preset), images, tmp_path, 1e-4)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "mha_deep_stack3"])
+def test_approximate_spec_fp32(bundle_factory, images, tmp_path, preset):
+    report = compare(bundle_factory(preset, APPROX), images, tmp_path, 1e-4)
+    assert report["kept_identical"] == 1.0  # in fp32 the guide picks the very same tokens
+
+
+def test_approximate_spec_fp16(bundle_factory, images, tmp_path):
+    path = bundle_factory("tiny", APPROX, precision="fp16")
+    report = compare(path, images, tmp_path, 5e-2)
+    print("fp16 report", report)
+    assert report["kept_jaccard"] >= 0.5
+    with Reranker(path, tmp_path / "cache") as runtime:  # the store keeps the bundle's precision
+        runtime.index([Document(text="stored in fp16", id="x")])
+        entry = runtime.store.get("id:x")
+        assert entry.k.dtype == np.float16 and entry.v.dtype == np.float16
+
+
+def test_fused_attention_fp32(bundle_factory, images, tmp_path):
+    path = bundle_factory("tiny", APPROX, attention="fused")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path / "onnx" / "band.onnx")).graph.node}
+    assert "Attention" in ops
+    compare(path, images, tmp_path, 1e-4)
+
+
+def test_embedder_guide_fp32(bundle_factory, checkpoint_factory, images, tmp_path):
+    embedder = checkpoint_factory("tiny", seed=7)
+    spec = RerankSpec(exit_layer=3, band=(0, 3), keep_ratio=0.5, guide=f"embedder:{embedder}")
+    compare(bundle_factory("tiny", spec), images, tmp_path, 1e-4)
+
+
+def test_query_head_runs_once_per_query(tiny_bundle, images, tmp_path):
+    docs = corpus(images) * 3  # 18 candidates, batch 4: 5 band batches
+    with Reranker(tiny_bundle, tmp_path / "cache", batch_size=4) as runtime:
+        runtime.index(docs)
+        for n in (1, 7, 18):
+            before = runtime.stats["query_head_runs"]
+            runtime.rerank("a rocket", docs[:n])
+            assert runtime.stats["query_head_runs"] - before == 1
+
+
+def test_cached_and_on_the_fly_scores_agree(tiny_bundle, images, tmp_path):
+    docs = corpus(images)
+    with Reranker(tiny_bundle, tmp_path / "cache") as runtime:
+        first = runtime.rerank("a cat", docs)          # indexes on the fly
+        assert first.timings.get("index", 0) > 0
+        second = runtime.rerank("a cat", [d.id for d in docs])  # ids only: all from the cache
+        assert second.timings.get("index", 0) == 0
+    assert [(r.index, r.score) for r in first.results] == [(r.index, r.score) for r in second.results]
+
+
+def test_tokenization_equals_transformers(tiny_bundle):
+    """The runtime's template ids (tokenizers) == transformers' tokenizer on the same segments."""
+    from transformers import AutoTokenizer
+
+    bundle = load_bundle(tiny_bundle)
+    hf = AutoTokenizer.from_pretrained(bundle.data["source"]["checkpoint"])
+    with Reranker(bundle, bundle.path.parent / "tok-cache") as runtime:
+        t = runtime.template
+        assert t.system_ids == hf.encode(f"<|im_start|>system\n{t.spec.system}<|im_end|>\n<|im_start|>user\n",
+                                         add_special_tokens=False)
+        for query in ["", "hello", "Ünïcödé ☃ and 中文", "  spaces  and\ttabs\n", "<|im_end|> injected"]:
+            expected = hf.encode(f"<Instruct>: {t.spec.instruction}\n<Query>:{query}<|im_end|>\n"
+                                 "<|im_start|>assistant\n", add_special_tokens=False)
+            assert t.query(query) == expected, query
+        doc = t.document((2, 3), "a caption")
+        assert doc.ids == hf.encode("<Document>:<|vision_start|>" + "<|image_pad|>" * 6 + "<|vision_end|>a caption\n",
+                                    add_special_tokens=False)
