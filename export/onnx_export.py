@@ -77,6 +77,7 @@ class BuildConfig:
     precision: str = "fp32"
     attention: str = "portable"
     validate: bool = True
+    external_data_threshold: int = 2_000_000_000  # bytes of weights above which a graph uses external data
 
     def __post_init__(self) -> None:
         if self.precision not in TORCH_DTYPES:
@@ -176,6 +177,26 @@ def export_graph(graph: nn.Module, kind: str, args: tuple, path: Path, config: B
                                   do_constant_folding=True)
         except Exception as exc:  # the exporters raise many types; all mean the same to the user
             raise BuildError(f"exporting graph '{kind}' to ONNX failed: {type(exc).__name__}: {exc}") from exc
+    finalize_onnx(path, kind, config.external_data_threshold)
+
+
+def finalize_onnx(path: Path, kind: str, threshold: int) -> None:
+    """Run the ONNX checker; move the weights to ``<graph>.onnx.data`` when they exceed ``threshold``
+    bytes (protobuf cannot hold more than 2 GB, so the default threshold is just under that)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    if weights > threshold:
+        data = path.with_name(path.name + ".data")
+        for f in path.parent.glob(path.name + ".data*"):
+            f.unlink()
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # onnx raises ValidationError and others
+        raise BuildError(f"graph '{kind}' fails the ONNX checker: {exc}") from None
 
 
 def _onnx_session(path: Path):

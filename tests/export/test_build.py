@@ -1,0 +1,95 @@
+"""`build_bundle`: the files, the schema, the fingerprint, external data, and that a bad export fails."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("transformers")
+
+from minireranker.export import onnx_export  # noqa: E402
+from minireranker.export.onnx_export import BuildConfig, BuildError, build_bundle  # noqa: E402
+from minireranker.runtime.bundle import inspect_bundle, kv_bytes_per_token, load_bundle  # noqa: E402
+from minireranker.runtime.spec import RerankSpec  # noqa: E402
+
+SPEC = RerankSpec(exit_layer=3, band=(1, 2), keep_ratio=0.5, query_position=64)
+
+
+def test_bundle_contents_and_schema(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    data = bundle.data
+    assert data["schema_version"] == 1 and len(data["fingerprint"]) == 64
+    assert set(data["graphs"]) == {"vision", "doc_prefix", "guide", "query_head", "band", "tail"}
+    for name, graph in data["graphs"].items():
+        assert (tiny_bundle / graph["file"]).is_file()
+        onnx.checker.check_model(str(tiny_bundle / graph["file"]))
+        assert graph["parameters"] > 0
+    band_inputs = {i["name"]: i["shape"] for i in data["graphs"]["band"]["inputs"]}
+    assert band_inputs["doc_k"][0] == "batch" and band_inputs["doc_k"][3] == "doc_len"   # dynamic axes
+    assert band_inputs["positions"][2] == "query_len"
+    assert data["graphs"]["vision"]["inputs"][0]["shape"][0] == "patches"
+    assert data["spec"]["band"] == [1, 2] and data["template"]["yes_id"] != data["template"]["no_id"]
+    assert data["precision"] == "fp32" and data["opset"] == 17
+    for graph, outputs in data["validation"].items():
+        for name, v in outputs.items():
+            assert v["max_abs_diff"] <= v["tolerance"], (graph, name)
+    assert data["validation"]["end_to_end"]["scores"]["max_abs_diff"] <= 1e-4
+    assert set(data["files"]) >= {"tokenizer.json", "embed_tokens.npy", "system_k.npy", "system_v.npy"}
+    # the system segment's K/V is stored once, in the bundle, for layers 0..E
+    system_k = np.load(tiny_bundle / "system_k.npy")
+    assert system_k.shape[0] == 4 and system_k.shape[3] == len(data["template"]["system_ids"])
+
+
+def test_inspect_reports_parameters_and_kv_bytes(tiny_bundle):
+    info = inspect_bundle(tiny_bundle)
+    graphs = info["graphs"]
+    assert info["parameters_per_query"] == sum(graphs[g]["parameters"] for g in ("query_head", "band", "tail"))
+    bundle = load_bundle(tiny_bundle)
+    m = bundle.model
+    assert info["kv_bytes_per_token"] == kv_bytes_per_token(bundle) == 2 * 2 * m["num_kv_heads"] * m["head_dim"] * 4
+
+
+def test_fingerprint_tracks_the_spec_and_precision_but_not_the_clock(tiny_checkpoint, tmp_path):
+    cfg = BuildConfig(validate=False)
+    quiet = dict(log=lambda m: None)
+    a = build_bundle(tiny_checkpoint, tmp_path / "a", SPEC, cfg, **quiet).fingerprint
+    b = build_bundle(tiny_checkpoint, tmp_path / "b", SPEC, cfg, **quiet).fingerprint
+    c = build_bundle(tiny_checkpoint, tmp_path / "c", RerankSpec(exit_layer=2, band=(1, 2), query_position=64),
+                     cfg, **quiet).fingerprint
+    d = build_bundle(tiny_checkpoint, tmp_path / "d", SPEC, BuildConfig(precision="fp16", validate=False),
+                     **quiet).fingerprint
+    assert a == b and len({a, c, d}) == 3
+
+
+def test_large_weights_go_to_external_data(tiny_checkpoint, tmp_path):
+    """With the threshold lowered to 100 kB, graphs above it keep their weights in <graph>.onnx.data."""
+    bundle = build_bundle(tiny_checkpoint, tmp_path / "ext", SPEC, BuildConfig(external_data_threshold=100_000),
+                          log=lambda m: None)
+    files = bundle.data["files"]
+    assert "onnx/vision.onnx.data" in files and files["onnx/vision.onnx"] < files["onnx/vision.onnx.data"]
+    assert bundle.data["validation"]["end_to_end"]["scores"]["max_abs_diff"] <= 1e-4
+
+
+def test_a_failing_check_fails_the_build_and_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(onnx_export.TOLERANCES, "fp32", {"hidden": 0.0, "score": 0.0})
+    out = tmp_path / "bad"
+    with pytest.raises(BuildError, match=r"graph '\w+' output '\w+' differs from the torch reference"):
+        build_bundle(tiny_checkpoint, out, SPEC, log=lambda m: None)
+    assert not out.exists() and not list(tmp_path.glob(".bad.building"))
+
+
+def test_build_refuses_to_overwrite_a_directory_that_is_not_a_bundle(tiny_checkpoint, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(BuildError, match="not a bundle"):
+        build_bundle(tiny_checkpoint, out, SPEC, BuildConfig(validate=False), log=lambda m: None)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_bundle_json_round_trips_the_spec(tiny_bundle):
+    data = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert RerankSpec.from_dict(data["spec"]) == load_bundle(tiny_bundle).spec == SPEC.resolve(4)
