@@ -61,8 +61,9 @@ class RerankOutput:
     timings: dict[str, float] = field(default_factory=dict)   # seconds per stage
 
     def to_dict(self, spec: dict | None = None) -> dict:
+        """``minireranker reference --json``'s schema plus ``failed`` (a document's id is its label)."""
         return {"query": self.query, "spec": spec,
-                "results": [{"index": r.index, "id": r.id, "document": r.document, "score": r.score,
+                "results": [{"index": r.index, "document": r.document, "score": r.score,
                              "probability": r.probability} for r in self.results],
                 "failed": [{"index": f.index, "document": f.document, "error": f.error} for f in self.failed]}
 
@@ -223,6 +224,16 @@ class Reranker:
                 return None  # the id now names other content: re-index
         return entry
 
+    def _put(self, doc: Document, entry: KVEntry) -> KVEntry:
+        """Store an entry and score what the store gives back (int8 K/V is then the same on the first
+        and every later read); the fresh entry when the store declined it (larger than the bound)."""
+        key = self.key(doc)
+        if self.store.put(key, entry):
+            stored = self.store.get(key)
+            if stored is not None:
+                return stored
+        return entry
+
     def index(self, documents: Iterable[Document], progress: bool = False) -> IndexReport:
         """Index documents not yet cached (resumable: cached ones are skipped)."""
         report = IndexReport()
@@ -258,7 +269,12 @@ class Reranker:
         return self.template.query(query)
 
     def rerank(self, query: str, documents: Sequence[Document | str], top_k: int | None = None) -> RerankOutput:
-        """Score documents (Document objects or ids) for ``query``; best first, failures listed apart."""
+        """Score documents (Document objects or ids) for ``query``; best first, failures listed apart.
+
+        A document that cannot be read or scored is listed in ``failed`` (its index and a message) and the
+        others are still scored. An empty query, or one over ``MAX_QUERY_TOKENS`` (512) tokens, raises
+        :class:`TokenizerError`: the query is never truncated.
+        """
         timings: dict[str, float] = defaultdict(float)
         t0 = time.perf_counter()
         ids = self.query_ids(query)
@@ -273,8 +289,7 @@ class Reranker:
                 entry = self._cached(doc)
                 if entry is None:
                     t1 = time.perf_counter()
-                    entry = self.encode_document(doc)
-                    self.store.put(self.key(doc), entry)
+                    entry = self._put(doc, self.encode_document(doc))
                     timings["index"] += time.perf_counter() - t1
                 entries.append((i, entry))
             except MiniRerankerError as exc:
