@@ -23,11 +23,36 @@ def test_ci_runs_the_readme_test_command():
     assert setup[1].strip() == command
 
 
-def test_readme_python_example_runs(tmp_path):
-    (code,) = blocks("python")
+def test_readme_reference_example_runs(tmp_path):
+    code = next(b for b in blocks("python") if "ReferencePipeline" in b)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     assert re.search(r"\{'red': .*'blue': .*\}", out.stdout), out.stdout
+
+
+def test_readme_walkthrough_and_runtime_example_run(tmp_path):
+    """The build/index/rerank/inspect commands, then the application example, with /tmp paths moved."""
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (96, 64), "red").save(tmp_path / "photos" / "a.png")
+    Image.new("RGB", (64, 96), "blue").save(tmp_path / "photos" / "b.png")
+
+    def moved(text: str) -> str:
+        return text.replace("/tmp/", f"{tmp_path}/")
+
+    walkthrough = next(b for b in blocks("bash") if "minireranker build" in b)
+    for line in walkthrough.splitlines():
+        command = moved(line.split("#")[0].strip())
+        if command:
+            out = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+            assert out.returncode == 0, (command, out.stderr)
+            assert "Traceback" not in out.stderr
+    assert "a.png" in out.stdout or "fingerprint" in out.stdout  # inspect printed the bundle
+    code = moved(next(b for b in blocks("python") if "Reranker(" in b))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^\d a ", out.stdout, flags=re.M) and "[]" in out.stdout, out.stdout
 
 
 def test_readme_spec_example_is_a_valid_spec():
