@@ -5,9 +5,9 @@ A bundle directory holds::
     bundle.json          this schema (below)
     tokenizer.json       the reranker's tokenizer
     embed_tokens.npy     the embedding table [vocab, D] in the bundle's precision (memory-mapped)
-    system_kv.npz        K and V of the system segment, layers 0..E: [E+1, 1, Hkv, S, d] each (stored once)
+    system_k.npy, system_v.npy   K and V of the system segment, layers 0..E: [E+1, 1, Hkv, S, d] (stored once)
     onnx/<graph>.onnx    vision, doc_prefix, band, tail, and query_head (A > 0), guide (self-guided pruning)
-    embedder/            with an embedder guide: its tokenizer.json, embed_tokens.npy, system_kv.npz,
+    embedder/            with an embedder guide: its tokenizer.json, embed_tokens.npy, system_k/v.npy,
                          onnx/vision.onnx, onnx/guide.onnx
 
 ``bundle.json`` (schema version 1)::

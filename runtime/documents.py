@@ -83,7 +83,8 @@ def _image_bytes(image: Any) -> bytes:
         try:
             return Path(image).read_bytes()
         except OSError as exc:
-            raise DocumentError(f"cannot read image {image}: {exc}") from None
+            raise DocumentError(f"cannot read image file {str(image)!r} ({exc.strerror or exc}); "
+                                "check that the file exists and is readable") from None
     if isinstance(image, bytes):
         return image
     if hasattr(image, "tobytes"):  # PIL image or numpy array

@@ -25,9 +25,10 @@ sensibly):
   turns a 16-bit image nearly white. A transparency entry of a 16-bit image is ignored.
 
 :func:`load_image` applies the EXIF orientation of files and encoded bytes (PIL images and arrays are
-taken as they are) and reads the first frame of animated or multi-page files. Numpy arrays must be
-channels last: ``HxW`` (greyscale), ``HxWx1``, ``HxWx3`` (RGB) or ``HxWx4`` (RGBA), ``uint8``, or any
-float dtype with values in ``[0, 1]``, which become ``uint8`` as ``round(v * 255)``.
+taken as they are) and reads the first frame of animated or multi-page files. A file or bytes whose header
+claims more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb) is refused before it is
+decoded. Numpy arrays must be channels last: ``HxW`` (greyscale), ``HxWx1``, ``HxWx3`` (RGB) or ``HxWx4``
+(RGBA), ``uint8``, or any float dtype with values in ``[0, 1]``, which become ``uint8`` as ``round(v * 255)``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,11 +213,37 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return out_h, out_w
 
 
+def _too_large(name: str, detail: str) -> DocumentError:
+    return DocumentError(
+        f"{name} {detail}, above Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS), so it was not decoded; downscale the image, or raise "
+        "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+    )
+
+
+def _is_empty(data: str | os.PathLike | io.BytesIO) -> bool:
+    try:
+        return (data.getbuffer().nbytes if isinstance(data, io.BytesIO) else os.path.getsize(data)) == 0
+    except OSError:
+        return False
+
+
 def _decode(data: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
     try:
-        with Image.open(data) as opened:
+        with Image.open(data) as opened:  # reads the header only
+            # Pillow raises DecompressionBombError above 2x MAX_IMAGE_PIXELS but only warns between 1x and
+            # 2x, and would then allocate the whole image: refuse from the header, before decoding.
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and opened.width * opened.height > limit:
+                raise _too_large(name, f"claims {opened.width}x{opened.height} = "
+                                       f"{opened.width * opened.height:,} pixels")
             opened.load()  # decode now, so that a truncated file fails here
             return ImageOps.exif_transpose(opened)  # a new image, valid after close
+    except DocumentError:
+        raise
+    except Image.DecompressionBombError as error:  # raised by Image.open, before the check above
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(name, f"claims {int(claimed[1]):,} pixels" if claimed else "is too large") from None
     except FileNotFoundError:
         raise DocumentError(f"{name}: no such file; check the path") from None
     except IsADirectoryError:
@@ -223,6 +251,12 @@ def _decode(data: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
     except PermissionError:
         raise DocumentError(f"{name} cannot be read (permission denied); check its permissions") from None
     except Exception as error:  # decoders of untrusted data raise many types (OSError, SyntaxError, ...)
+        if _is_empty(data):
+            raise DocumentError(f"{name} cannot be decoded as an image: it is empty (0 bytes); pass a valid "
+                                "JPEG, PNG, WebP, ... file (check that it was completely written)") from None
+        if isinstance(error, OSError) and error.errno is not None:  # the file system's error, not a decoder's
+            raise DocumentError(f"{name} cannot be read ({error.strerror or error}); "
+                                "check that the file exists and is readable") from None
         raise DocumentError(
             f"{name} cannot be decoded as an image ({error}); pass a valid JPEG, PNG, WebP, ... file"
         ) from None

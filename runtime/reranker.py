@@ -252,7 +252,7 @@ class Reranker:
                     report.indexed += 1
             except MiniRerankerError as exc:
                 report.failed.append(Failure(i, doc.label, str(exc)))
-                log.warning("document %s failed: %s", doc.label, exc)
+                log.info("document %s failed: %s", doc.label, exc)  # the caller reports it
             if bar is not None:
                 bar.update(1)
         if bar is not None:

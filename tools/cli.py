@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,10 +71,11 @@ def _build_spec(args: argparse.Namespace):
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    spec = _build_spec(args)  # flag errors first, before the seconds torch takes to import
     from ..export.onnx_export import BuildConfig, build_bundle
 
     config = BuildConfig(precision=args.precision, attention=args.attention, validate=not args.no_validate)
-    build_bundle(args.checkpoint, args.output, _build_spec(args), config)
+    build_bundle(args.checkpoint, args.output, spec, config)
     return 0
 
 
@@ -251,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score documents for a query with the bundle's engines and the K/V cache; "
                        "documents not yet cached are indexed on the fly. Exit status 1 if any document failed.")
     runtime_flags(p)
-    p.add_argument("--query", required=True, help="the query text")
+    p.add_argument("--query", required=True,
+                   help="the query text: not empty, at most 512 tokens (a longer query is an error, not truncated)")
     p.add_argument("documents", nargs="*", metavar="DOC", help=DOC_HELP)
     p.add_argument("--ids", nargs="+", default=None, help="ids of documents already indexed")
     p.add_argument("--top-k", type=int, default=None, help="print only the K best")
@@ -296,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # Pillow warns (with a source line) about images between 1x and 2x its pixel limit; the runtime
+    # refuses those itself with a one-line message, so the warning is only noise on the terminal.
+    warnings.filterwarnings("ignore", message=".*decompression bomb.*")
     parser = build_parser()
     # DOC arguments may follow options (`rerank B --cache C --query Q doc1 doc2`): argparse's greedy
     # positional matching leaves them over, so they are appended to the documents here.
@@ -305,13 +313,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.documents = list(args.documents or []) + extra
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a reader that went away fails here, in the handler below, not at exit
+        return status
     except MiniRerankerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`minireranker inspect B --json | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 141
 
 
 if __name__ == "__main__":
