@@ -5,7 +5,8 @@ document's kept tokens, their MRoPE positions, the query start position and a sm
 The system segment's K/V is the same for every document; the bundle keeps it once, so no entry has it.
 Reads are zero-copy (numpy views over a read-only ``mmap``), except in the int8 mode, where ``get``
 returns freshly dequantized float32 arrays. docs/kvstore.md compares this design with LMDB and
-safetensors, with measured figures.
+safetensors, with measured figures. The entry encoding and its checks live in
+:mod:`minireranker.runtime.kvformat`; this module keeps the directory, locking, recency and eviction.
 
 Layout on disk (format version 1)::
 
@@ -49,7 +50,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import mmap
 import os
 import re
@@ -60,13 +60,26 @@ import time
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from .errors import CacheError
+from .kvformat import (  # noqa: F401  (KVEntry and the int8 helpers are part of this module's API)
+    _MAGIC,
+    _PREFIX,
+    FORMAT_VERSION,
+    Corrupt,
+    KVEntry,
+    align,
+    array_views,
+    dequantize_int8,
+    entry_arrays,
+    quantize_per_channel_int8,
+    read_header,
+)
 
 try:  # POSIX only; without it stale temp files are removed by age instead of by lock
     import fcntl
@@ -75,16 +88,11 @@ except ImportError:  # pragma: no cover - Windows
 
 logger = logging.getLogger("minireranker.kvstore")
 
-FORMAT_VERSION = 1
 MARKER_NAME = "minireranker-kvstore.json"
 ENTRY_SUFFIX = ".kv"
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 3600  # only where flock is missing: a temp file this old has no live writer
 
-_MAGIC = b"MRKVSTOR"
-_PREFIX = struct.Struct("<8sIIIIQ")  # magic, version, header_len, header_crc, payload_crc, payload_len
-_ALIGN = 64
-_STORED_DTYPES = {"<f2", "<f4", "<i8", "|i1"}
 _FINGERPRINT_RE = re.compile(r"[0-9a-f]{8,128}")
 _ENTRY_NAME_RE = re.compile(r"[0-9a-f]{40}\.kv")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -128,47 +136,6 @@ class StoreConfig:
                       **overrides})
 
 
-@dataclass
-class KVEntry:
-    """One document's cached K/V (band layers only; the shared system segment is not part of it)."""
-
-    k: np.ndarray  # [n_layers, kv_heads, T, head_dim] float16 | float32
-    v: np.ndarray  # [n_layers, kv_heads, T, head_dim] same dtype as k
-    positions: np.ndarray  # [3, T] int64: the kept tokens' MRoPE (t, h, w) positions
-    query_start: int  # position of the first query token
-    meta: dict = field(default_factory=dict)  # JSON-able: label, kept visual token indices, ...
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the arrays (not of the file, which adds a header and alignment)."""
-        return int(self.k.nbytes + self.v.nbytes + self.positions.nbytes)
-
-
-def quantize_per_channel_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 with one float32 scale per (layer, head, channel), taken over the tokens.
-
-    ``|x - dequantize_int8(*quantize_per_channel_int8(x))| <= scale / 2`` (up to float32 rounding).
-    """
-    xf = np.array(x, dtype=np.float32)  # [L, H, T, D], a copy the steps below overwrite
-    amax = np.maximum(xf.max(axis=2, keepdims=True), -xf.min(axis=2, keepdims=True))
-    scale = (amax / np.float32(127)).astype(np.float32)  # [L, H, 1, D]
-    np.divide(xf, np.where(scale > 0, scale, np.float32(1)), out=xf)
-    np.rint(xf, out=xf)
-    np.clip(xf, -127, 127, out=xf)
-    return xf.astype(np.int8), scale
-
-
-def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``q`` [L, H, T, D] int8, ``scale`` [L, H, 1, D] float32 -> float32 [L, H, T, D] (a new array)."""
-    out = q.astype(np.float32)
-    out *= scale
-    return out
-
-
-class _Corrupt(Exception):
-    """An entry file failed a check; the message says which."""
-
-
 class KVStore:
     """A disk-backed, memory-mapped K/V store; a context manager, thread-safe and process-safe."""
 
@@ -193,16 +160,16 @@ class KVStore:
         """
         self._check_open()
         path = self._path(key)
-        storage, arrays = _entry_arrays(entry, self.config.quantize_int8)
+        storage, arrays = entry_arrays(entry, self.config.quantize_int8)
         header = {"key": key, "fingerprint": self.config.fingerprint, "storage": storage,
                   "query_start": int(entry.query_start), "meta": entry.meta, "arrays": {}}
         offset = 0
         for name, arr in arrays.items():  # offsets are relative to the payload start
-            offset = _align(offset)
+            offset = align(offset)
             header["arrays"][name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset}
             offset += arr.nbytes
         header_bytes = json.dumps(header, separators=(",", ":")).encode()
-        payload_start = _align(_PREFIX.size + len(header_bytes))
+        payload_start = align(_PREFIX.size + len(header_bytes))
         if self.config.max_bytes is not None and payload_start + offset > self.config.max_bytes:
             logger.warning("K/V entry for key %r (%d bytes) exceeds max_bytes=%d of %s; not stored",
                            key, payload_start + offset, self.config.max_bytes, self.namespace)
@@ -236,12 +203,12 @@ class KVStore:
                 f.write(bytes(payload_start - _PREFIX.size - len(header_bytes)))
                 crc, pos = 0, 0
                 for name, arr in arrays.items():
-                    pad = bytes(_align(pos) - pos)
+                    pad = bytes(align(pos) - pos)
                     data = memoryview(arr.reshape(-1).view(np.uint8))
                     f.write(pad)
                     f.write(data)
                     crc = zlib.crc32(data, zlib.crc32(pad, crc))
-                    pos = _align(pos) + arr.nbytes
+                    pos = align(pos) + arr.nbytes
             prefix = _PREFIX.pack(_MAGIC, FORMAT_VERSION, len(header_bytes), zlib.crc32(header_bytes), crc,
                                   payload_len)
             os.pwrite(fd, prefix, 0)
@@ -301,7 +268,7 @@ class KVStore:
             st = os.fstat(fd)
             try:
                 entry = self._read(fd, st, key)
-            except _Corrupt as e:
+            except Corrupt as e:
                 self._drop_corrupted(key, path, st, str(e))
                 return None
             if entry is None:  # stored in the other storage mode: recompute at the configured one
@@ -347,12 +314,12 @@ class KVStore:
 
     def _read(self, fd: int, st: os.stat_result, key: str) -> KVEntry | None:
         if st.st_size < _PREFIX.size:
-            raise _Corrupt(f"file is {st.st_size} bytes, shorter than the {_PREFIX.size}-byte prefix")
+            raise Corrupt(f"file is {st.st_size} bytes, shorter than the {_PREFIX.size}-byte prefix")
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_MMAP_OPTIONS)
         try:
-            header, payload_start = _read_header(mm, st.st_size)
+            header, payload_start = read_header(mm, st.st_size)
             if header["key"] != key or header["fingerprint"] != self.config.fingerprint:
-                raise _Corrupt("header names another key or fingerprint")
+                raise Corrupt("header names another key or fingerprint")
             if header["storage"] != ("int8" if self.config.quantize_int8 else "float"):
                 mm.close()
                 return None
@@ -361,12 +328,12 @@ class KVStore:
                 with memoryview(mm) as whole, whole[payload_start:] as payload:
                     crc = zlib.crc32(payload)
                 if crc != _PREFIX.unpack_from(mm, 0)[4]:
-                    raise _Corrupt("payload checksum mismatch")
+                    raise Corrupt("payload checksum mismatch")
                 with self._lock:
                     if len(self._verified) >= _MAX_VERIFIED:
                         self._verified.clear()
                     self._verified.add(identity)
-            arrays = _array_views(mm, payload_start, st.st_size - payload_start, header)
+            arrays = array_views(mm, payload_start, st.st_size - payload_start, header)
         except BaseException:
             _close_quietly(mm)
             raise
@@ -454,99 +421,6 @@ class KVStore:
 def entry_file_stem(key: str) -> str:
     """The file stem of ``key``'s entry: blake2b-160 of its UTF-8 bytes, in hex."""
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
-
-
-# ---- entry encoding and decoding -------------------------------------------------------------------
-
-
-def _entry_arrays(entry: KVEntry, quantize: bool) -> tuple[str, dict[str, np.ndarray]]:
-    """Validate ``entry``; return its storage kind and the arrays to write (contiguous, little-endian)."""
-    if not isinstance(entry, KVEntry):
-        raise CacheError(f"put needs a KVEntry, got {type(entry).__name__}")
-    for name in ("k", "v", "positions"):
-        if not isinstance(getattr(entry, name), np.ndarray):
-            raise CacheError(f"KVEntry.{name} must be a numpy array, got {type(getattr(entry, name)).__name__}")
-    k, v, positions = entry.k, entry.v, entry.positions
-    if k.ndim != 4 or k.shape != v.shape or k.shape[2] < 1:
-        raise CacheError(f"KVEntry.k and .v must share a shape [n_layers, kv_heads, T>=1, head_dim], "
-                         f"got {k.shape} and {v.shape}")
-    if k.dtype != v.dtype or k.dtype.kind != "f" or k.dtype.itemsize not in (2, 4):
-        raise CacheError(f"KVEntry.k and .v must both be float16 or float32, got {k.dtype} and {v.dtype}")
-    if positions.dtype.kind not in "iu" or positions.shape != (3, k.shape[2]):
-        raise CacheError(f"KVEntry.positions must be integers of shape (3, {k.shape[2]}), "
-                         f"got {positions.dtype} {positions.shape}")
-    if not isinstance(entry.query_start, (int, np.integer)) or isinstance(entry.query_start, bool) \
-            or entry.query_start < 0:
-        raise CacheError(f"KVEntry.query_start must be a non-negative integer, got {entry.query_start!r}")
-    if not isinstance(entry.meta, dict):
-        raise CacheError(f"KVEntry.meta must be a dict, got {type(entry.meta).__name__}")
-    try:
-        json.dumps(entry.meta)
-    except (TypeError, ValueError) as e:
-        raise CacheError(f"KVEntry.meta must be JSON-serializable: {e}") from None
-    positions = np.ascontiguousarray(positions, dtype="<i8")
-    if not quantize:
-        little = k.dtype.newbyteorder("<")
-        return "float", {"k": np.ascontiguousarray(k, dtype=little), "v": np.ascontiguousarray(v, dtype=little),
-                         "positions": positions}
-    if not (np.isfinite(k).all() and np.isfinite(v).all()):
-        raise CacheError("int8 storage needs finite K/V values; this entry has inf or NaN")
-    kq, ks = quantize_per_channel_int8(k)
-    vq, vs = quantize_per_channel_int8(v)
-    return "int8", {"k": kq, "k_scale": ks.astype("<f4"), "v": vq, "v_scale": vs.astype("<f4"),
-                    "positions": positions}
-
-
-def _read_header(mm: mmap.mmap, size: int) -> tuple[dict, int]:
-    """Check the prefix and header of a mapped entry; returns (header, payload start offset)."""
-    magic, version, header_len, header_crc, _, payload_len = _PREFIX.unpack_from(mm, 0)
-    if magic != _MAGIC:
-        raise _Corrupt("not a K/V entry (bad magic)")
-    if version != FORMAT_VERSION:
-        raise _Corrupt(f"format version {version}, this reader knows {FORMAT_VERSION}")
-    payload_start = _align(_PREFIX.size + header_len)
-    if payload_start + payload_len != size:
-        raise _Corrupt(f"file is {size} bytes, its prefix says {payload_start + payload_len}")
-    header_bytes = mm[_PREFIX.size:_PREFIX.size + header_len]
-    if zlib.crc32(header_bytes) != header_crc:
-        raise _Corrupt("header checksum mismatch")
-    try:
-        header = json.loads(header_bytes)
-        if not (isinstance(header, dict) and isinstance(header["key"], str) and isinstance(header["meta"], dict)
-                and header["storage"] in ("float", "int8") and isinstance(header["query_start"], int)):
-            raise ValueError("header fields")
-    except (ValueError, KeyError, TypeError) as e:
-        raise _Corrupt(f"unreadable header ({e})") from None
-    return header, payload_start
-
-
-def _array_views(mm: mmap.mmap, payload_start: int, payload_len: int, header: dict) -> dict[str, np.ndarray]:
-    """Read-only numpy views of the header's arrays over the mapping, shapes cross-checked."""
-    expected = {"float": {"k", "v", "positions"}, "int8": {"k", "k_scale", "v", "v_scale", "positions"}}
-    try:
-        specs = header["arrays"]
-        if set(specs) != expected[header["storage"]]:
-            raise ValueError(f"arrays {sorted(specs)}")
-        arrays = {}
-        for name, spec in specs.items():
-            dtype, shape, offset = str(spec["dtype"]), tuple(int(n) for n in spec["shape"]), int(spec["offset"])
-            count = math.prod(shape)
-            if dtype not in _STORED_DTYPES or min(shape, default=0) < 0 or offset < 0 or offset % _ALIGN \
-                    or offset + count * np.dtype(dtype).itemsize > payload_len:
-                raise ValueError(f"array {name}")
-            arrays[name] = np.frombuffer(mm, dtype, count, payload_start + offset).reshape(shape)
-        k, v, positions = arrays["k"], arrays["v"], arrays["positions"]
-        if k.ndim != 4 or k.shape != v.shape or positions.shape != (3, k.shape[2]) or positions.dtype != "<i8":
-            raise ValueError("shapes")
-        if header["storage"] == "int8" and not (
-                k.dtype == v.dtype == np.int8 and arrays["k_scale"].shape == arrays["v_scale"].shape
-                == k.shape[:2] + (1, k.shape[3])):
-            raise ValueError("int8 arrays")
-        if header["storage"] == "float" and (k.dtype != v.dtype or k.dtype.kind != "f"):
-            raise ValueError("float arrays")
-    except (ValueError, KeyError, TypeError) as e:
-        raise _Corrupt(f"inconsistent array table ({e})") from None
-    return arrays
 
 
 # ---- the directory ---------------------------------------------------------------------------------
@@ -693,5 +567,3 @@ def _close_quietly(mm: mmap.mmap) -> None:
         pass
 
 
-def _align(n: int) -> int:
-    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
