@@ -267,11 +267,13 @@ def _count_parameters(path: Path) -> int:
 
 def _model_info(pipeline_model, config) -> dict:
     t, v = config.text, config.vision
-    return {"hidden_size": t.hidden_size, "num_layers": t.num_layers, "num_kv_heads": t.num_kv_heads,
-            "head_dim": t.head_dim, "num_deepstack": len(v.deepstack_indexes),
+    return {"hidden_size": t.hidden_size, "num_layers": t.num_layers, "num_attention_heads": t.num_heads,
+            "num_kv_heads": t.num_kv_heads, "head_dim": t.head_dim, "intermediate_size": t.intermediate_size,
+            "vocab_size": t.vocab_size, "num_deepstack": len(v.deepstack_indexes),
             "vision": {"patch_size": v.patch_size, "merge_size": v.spatial_merge_size,
                        "side": int(round(v.num_position_embeddings ** 0.5)), "head_dim": v.head_dim,
-                       "rope_theta": v.rope_theta}}
+                       "rope_theta": v.rope_theta, "depth": v.depth, "hidden_size": v.hidden_size,
+                       "num_heads": v.num_heads, "intermediate_size": v.intermediate_size}}
 
 
 def _save_array(path: Path, array: Tensor, precision: str) -> None:

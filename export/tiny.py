@@ -65,6 +65,11 @@ class TinyPreset:
     temporal_patch_size: int = 2
     rope_style: str = "rope_scaling"
     shards: int = 1
+    # preprocessor pixel budget (size.shortest_edge / size.longest_edge): 32*32..128*128 keeps tiny images tiny
+    min_pixels: int = 32 * 32
+    max_pixels: int = 128 * 128
+    # embedding rows; None: the tokenizer's size padded to VOCAB_MULTIPLE (real shapes, e.g. 151936, for timing)
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mrope_section", tuple(self.mrope_section))
@@ -93,6 +98,7 @@ class TinyPreset:
              f"deepstack_visual_indexes {deepstack} must be increasing vision block indexes"),
             (len(deepstack) > self.num_hidden_layers, "more deepstack features than text layers"),
             (self.rope_style not in ROPE_STYLES, f"rope_style must be one of {ROPE_STYLES}"),
+            (self.max_pixels < self.min_pixels, f"max_pixels {self.max_pixels} must be >= min_pixels {self.min_pixels}"),
         ]
 
     @property
@@ -295,7 +301,7 @@ def build_preprocessor_config(preset: str | TinyPreset) -> dict:
         "image_processor_type": "Qwen2VLImageProcessor", "patch_size": p.patch_size,
         "temporal_patch_size": p.temporal_patch_size, "merge_size": p.spatial_merge_size,
         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-        "size": {"shortest_edge": 32 * 32, "longest_edge": 128 * 128},
+        "size": {"shortest_edge": p.min_pixels, "longest_edge": p.max_pixels},
         "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
         "rescale_factor": 1 / 255, "resample": 3,
     }
@@ -349,7 +355,10 @@ def write_tiny_checkpoint(directory: str | Path, preset: str | TinyPreset = DEFA
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tokenizer(directory, build_tokenizer())
-    vocab_size = padded_vocab_size(tokenizer.get_vocab_size(with_added_tokens=True))
+    vocab_size = p.vocab_size or padded_vocab_size(tokenizer.get_vocab_size(with_added_tokens=True))
+    if vocab_size < tokenizer.get_vocab_size(with_added_tokens=True):
+        raise CheckpointError(f"vocab_size {vocab_size} is smaller than the tokenizer's "
+                              f"{tokenizer.get_vocab_size(with_added_tokens=True)} tokens; raise it or leave it None")
     token_ids = {token: tokenizer.token_to_id(token) for token in QWEN_SPECIAL_TOKENS}
     _write_json(directory / "config.json", build_config(p, token_ids, vocab_size))
     _write_json(directory / "preprocessor_config.json", build_preprocessor_config(p))

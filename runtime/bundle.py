@@ -20,8 +20,11 @@ A bundle directory holds::
     spec              the resolved RerankSpec (runtime/spec.py), every field explicit
     template          {"system_ids", "yes_id", "no_id", "image_pad_id", "vision_start_id", "vision_end_id"}
                       (the strings are in "spec"; the ids let anyone check the tokenizer)
-    model             {"hidden_size", "num_layers", "num_kv_heads", "head_dim", "num_deepstack",
-                       "vision": {"patch_size", "merge_size", "side", "head_dim", "rope_theta"}}
+    model             {"hidden_size", "num_layers", "num_attention_heads", "num_kv_heads", "head_dim",
+                       "intermediate_size", "vocab_size", "num_deepstack",
+                       "vision": {"patch_size", "merge_size", "side", "head_dim", "rope_theta", "depth",
+                                  "hidden_size", "num_heads", "intermediate_size"}}
+                      (the shapes the runtime needs, and those `profile --estimate` counts FLOPs with)
     preprocess        PreprocessConfig.to_dict() (runtime/preprocess.py)
     precision         "fp32" | "fp16": weights, embeddings, system and stored K/V
     attention         "portable" (MatMul/Softmax, opset 17) | "fused" (ONNX Attention, opset 23)

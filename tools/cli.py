@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
 
+    from .profile_cli import register as register_profile
+
+    register_profile(sub)
+
     p = sub.add_parser("tiny", help="write a random-weight tiny checkpoint (for tests and trials)",
                        description="Write a complete tiny Qwen3-VL checkpoint with random weights.")
     p.add_argument("output", help="directory to write")
