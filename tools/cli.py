@@ -267,8 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
 
+    from .bench_cli import register as register_bench
     from .profile_cli import register as register_profile
 
+    register_bench(sub)
     register_profile(sub)
 
     p = sub.add_parser("tiny", help="write a random-weight tiny checkpoint (for tests and trials)",

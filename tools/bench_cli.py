@@ -1,0 +1,57 @@
+"""``minireranker bench``: flags -> :class:`~minireranker.export.bench_presets.BenchConfig` -> ``run_bench``.
+
+Defaults live in ``BenchConfig`` only: a flag left out is not passed on, and the help text reads them there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+
+def _defaults() -> dict:
+    from ..export.bench_presets import BenchConfig
+
+    return {f.name: f.default for f in fields(BenchConfig) if f.init}
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    from ..export.bench_presets import BENCH_PRESETS, SYSTEMS  # numpy, Pillow: only when the parser is built
+
+    defaults = _defaults()
+    presets = "; ".join(f"{name}: {p.description}" for name, p in BENCH_PRESETS.items())
+    p = subparsers.add_parser(
+        "bench", help="time dense transformers, dense ONNX Runtime, prefix reuse and miniReranker side by side",
+        description="One query over N candidates indexed beforehand, in one run: (a) dense transformers pair by "
+        "pair (query-first), (b) dense ONNX Runtime batched without reuse, (c) vision-first prefix reuse (exact "
+        "spec, warm cache), (d) miniReranker with the preset's spec and any --spec. Systems alternate over "
+        "--repeats; writes results.json, results.md and results.png to --out and prints the tables. "
+        f"Presets (random weights): {presets}.")
+    p.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
+    p.add_argument("--preset", choices=sorted(BENCH_PRESETS), help=f"model preset (default {defaults['preset']})")
+    p.add_argument("-n", "--candidates", type=int, help=f"candidates per query (default {defaults['candidates']})")
+    p.add_argument("--repeats", type=int, help=f"queries per system, alternating systems (default {defaults['repeats']})")
+    p.add_argument("--spec", action="append", dest="spec_files", metavar="FILE",
+                   help="another miniReranker spec (minireranker.json) to time besides the preset's (repeatable)")
+    p.add_argument("--systems", type=lambda v: tuple(v.split(",")),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
+    p.add_argument("--dense-pairs", type=int, metavar="K",
+                   help="time (a) on K pairs and scale to N (it is linear in N); default: all N pairs")
+    p.add_argument("--batch-size", type=int, help=f"candidates per band batch (default {defaults['batch_size']})")
+    p.add_argument("--precision", choices=["fp32", "fp16"], help=f"bundle precision (default {defaults['precision']})")
+    p.add_argument("--no-validate", dest="validate", action="store_false", default=None,
+                   help="build the bundles without comparing them to the torch reference")
+    p.add_argument("--seed", type=int, help=f"weights, pages and queries (default {defaults['seed']})")
+    p.add_argument("--work", help="folder for the checkpoint, bundles, pages and caches (default: OUT/work)")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..export.bench import run_bench
+    from ..export.bench_presets import BenchConfig
+
+    given = {name: getattr(args, name) for name in _defaults() if getattr(args, name, None) is not None}
+    run_bench(BenchConfig(**{**given, "spec_files": tuple(given.get("spec_files", ()))}))
+    return 0
