@@ -108,7 +108,8 @@ class _DenseTransformers:
         self._vision_s = self._t = 0.0
         visual = self.model.model.visual
         visual.register_forward_pre_hook(lambda *_: setattr(self, "_t", time.perf_counter()))
-        visual.register_forward_hook(lambda *_: setattr(self, "_vision_s", self._vision_s + time.perf_counter() - self._t))
+        visual.register_forward_hook(
+            lambda *_: setattr(self, "_vision_s", self._vision_s + time.perf_counter() - self._t))
         self._score(warmup, pages[0], {})
 
     def _score(self, query: str, page: str, stages: dict) -> float:
@@ -122,7 +123,8 @@ class _DenseTransformers:
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         t1, vision_before = time.perf_counter(), self._vision_s
         with self.torch.no_grad():
-            logits = self.model(input_ids=ids, pixel_values=feats["pixel_values"], image_grid_thw=feats["image_grid_thw"],
+            logits = self.model(input_ids=ids, pixel_values=feats["pixel_values"],
+                                image_grid_thw=feats["image_grid_thw"],
                                 mm_token_type_ids=(ids == self.model.config.image_token_id).int(),
                                 logits_to_keep=1).logits[0, -1]
         t2, vision = time.perf_counter(), self._vision_s - vision_before
@@ -158,9 +160,10 @@ class _OnnxSystem:
         out = r.rerank(query, self.documents if documents is None else documents)
         total = time.perf_counter() - t0
         if out.failed:
-            raise BenchError(f"{len(out.failed)} candidates failed; first {out.failed[0].document}: {out.failed[0].error}")
+            first = out.failed[0]
+            raise BenchError(f"{len(out.failed)} candidates failed; first {first.document}: {first.error}")
         t = out.timings
-        stages = {k: t.get(k, 0.0) for k in ("preprocess", "vision", "guide", "doc_prefix", "query_head", "band", "tail")}
+        stages = {k: t.get(k, 0.0) for k in STAGES if k not in ("lm", "kv_read")}
         stages["kv_read"] = t.get("kv_lookup", 0.0) + t.get("kv_read", 0.0)
         return {"total_s": total, "stages": stages, "timings": dict(t), "measured_pairs": len(out.results),
                 "scores": [s for _, s in sorted((x.index, x.score) for x in out.results)],
@@ -376,14 +379,15 @@ def _plan(config: BenchConfig, prep: dict) -> list[tuple[str, str, dict, str | N
             "checkpoint": prep["checkpoint"], "pages": prep["pages"], "pairs": config.dense_pairs or config.candidates,
             "warmup": prep["warmup"]}, None))
     if "dense_onnx" in config.systems:
-        plan.append(("dense_onnx", "onnx", {"bundle": prep["bundles"]["exact"]["path"], "cache": str(cache / "keeps-nothing"),
-                                            "documents": prep["pages"], "recompute": True, **onnx}, None))
+        plan.append(("dense_onnx", "onnx", {"bundle": prep["bundles"]["exact"]["path"], "documents": prep["pages"],
+                                            "cache": str(cache / "keeps-nothing"), "recompute": True, **onnx}, None))
     cached = ["prefix_reuse"] if "prefix_reuse" in config.systems else []
     cached += [name for name, _ in config.specs] if "minireranker" in config.systems else []
     for name in cached:
         bundle = "exact" if name == "prefix_reuse" else name
         plan.append((name, "onnx", {"bundle": prep["bundles"][bundle]["path"], "documents": prep["ids"],
-                                    "cache": str(cache / bundle.replace(":", "-")), "recompute": False, **onnx}, bundle))
+                                    "cache": str(cache / bundle.replace(":", "-")), "recompute": False, **onnx},
+                     bundle))
     return plan
 
 
@@ -430,7 +434,8 @@ def _baselines(config: BenchConfig, runs: dict[str, list[dict]], repeat: int) ->
     this = [run for rs in runs.values() for run in rs if run["repeat"] == repeat]
     rows = config.batch_size * max((run.get("query_tokens", 0) for run in this), default=0) or config.batch_size * 48
     m = config.bench_preset.model
-    return {"repeat": repeat, "memcpy_gib_s": {str(n): memcpy_gib_s(n) for n in sorted({r["kv_bytes_read"] for r in this} - {0})},
+    sizes = sorted({r["kv_bytes_read"] for r in this} - {0})
+    return {"repeat": repeat, "memcpy_gib_s": {str(n): memcpy_gib_s(n) for n in sizes},
             "gemm": {"shape": [rows, m.hidden_size, m.intermediate_size],
                      "gflops": gemm_gflops(rows, m.hidden_size, m.intermediate_size)}}
 
@@ -457,10 +462,11 @@ def _scaled(run: dict, candidates: int) -> dict:
 def _bounds(config: BenchConfig, rs: list[dict], baselines: list[dict], spec: dict, index: dict) -> dict:
     """What bounds a warm rerank: its K/V bytes at the memcpy rate, its FLOPs at the GEMM rate."""
     total = statistics.median(r["total_s"] for r in rs)
-    kv_floor = [r["kv_bytes_read"] / (baselines[r["repeat"]]["memcpy_gib_s"][str(r["kv_bytes_read"])] * 2**30) for r in rs]
-    flops = [sum(warm_rerank_flops(config.bench_preset.model, RerankSpec.from_dict(spec), r["query_tokens"],
-                                   r["system_tokens"], statistics.median(index["tokens_per_doc"]), config.candidates).values())
-             for r in rs]
+    kv_floor = [r["kv_bytes_read"] / (baselines[r["repeat"]]["memcpy_gib_s"][str(r["kv_bytes_read"])] * 2**30)
+                for r in rs]
+    doc_tokens, model = statistics.median(index["tokens_per_doc"]), config.bench_preset.model
+    flops = [sum(warm_rerank_flops(model, RerankSpec.from_dict(spec), r["query_tokens"], r["system_tokens"],
+                                   doc_tokens, config.candidates).values()) for r in rs]
     rates = [baselines[r["repeat"]]["gemm"]["gflops"] * 1e9 for r in rs]
     compute_floor = statistics.median(f / g for f, g in zip(flops, rates))
     read = statistics.median(r["stages_s"]["kv_read"] for r in rs)
@@ -507,7 +513,8 @@ def _assemble(config: BenchConfig, prep: dict, plan: list, runs: dict[str, list[
                                 baselines, indexed.get(bundle) if bundle else None, peaks[name])
     for s in systems.values():
         for ref in ("dense_transformers", "dense_onnx"):
-            s[f"ratio_to_{ref}"] = s["total_s"]["median"] / systems[ref]["total_s"]["median"] if ref in systems else None
+            s[f"ratio_to_{ref}"] = (s["total_s"]["median"] / systems[ref]["total_s"]["median"]
+                                    if ref in systems else None)
     checks = {}
     if {"dense_onnx", "prefix_reuse"} <= set(runs):  # same graphs, same query: the same scores
         checks["exact_scores_max_abs_diff_b_vs_c"] = max(float(np.abs(np.subtract(b["scores"], c["scores"])).max())
@@ -519,7 +526,8 @@ def _assemble(config: BenchConfig, prep: dict, plan: list, runs: dict[str, list[
                 "query_head_runs_per_query": s["query_head_runs_per_query"]}
                for name, s in systems.items() if name.startswith("minireranker")]
     preset = config.bench_preset
-    return {"schema_version": SCHEMA_VERSION, "kind": "minireranker-bench", "created": started.isoformat(timespec="seconds"),
+    return {"schema_version": SCHEMA_VERSION, "kind": "minireranker-bench",
+            "created": started.isoformat(timespec="seconds"),
             "wall_s": (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(), "argv": list(sys.argv),
             "machine": machine_info(),
             "preset": {"name": config.preset, "description": preset.description, "page_size": list(preset.page_size),
@@ -568,7 +576,9 @@ def _ratio(x: float | None) -> str:
 
 
 def _bytes(n: float | None) -> str:
-    return "–" if not n else f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+    if not n:
+        return "–"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def render_markdown(result: dict) -> str:
@@ -594,7 +604,8 @@ def render_markdown(result: dict) -> str:
     for s in systems:
         cells = [_s(s["stages_s"][k]["median"]) + (f" ({s['query_head_runs_per_query']}×)" if k == "query_head" else "")
                  for k in names]
-        out.append(f"| {s['label']} | " + " | ".join(cells) + f" | {_s(s['other_s']['median'])} | {_s(s['total_s']['median'])} |")
+        out.append(f"| {s['label']} | " + " | ".join(cells)
+                   + f" | {_s(s['other_s']['median'])} | {_s(s['total_s']['median'])} |")
     out += ["", "What bounds the warm rerank: its K/V bytes at this run's memcpy rate (K/V floor) and its FLOPs at "
             "this run's GEMM rate (compute floor):", "",
             "| system | K/V read | read GiB/s | memcpy GiB/s | K/V floor | total / K/V floor | GFLOP | GEMM GFLOP/s "
@@ -641,7 +652,8 @@ def write_plot(result: dict, path: Path) -> bool:
     ax.set_xlabel("seconds per query, median (log scale, stages stacked)")
     share.set_xlabel("share of the system's time (%)")
     share.set_xlim(0, 100)
-    fig.suptitle(f"minireranker bench: preset {result['preset']['name']}, {result['settings']['candidates']} candidates")
+    st = result["settings"]
+    fig.suptitle(f"minireranker bench: preset {result['preset']['name']}, {st['candidates']} candidates")
     fig.legend(fontsize=7, ncol=len(names), loc="lower center")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
@@ -656,4 +668,4 @@ def _write(out: Path, result: dict, log: Callable[[str], None]) -> None:
     plotted = write_plot(result, out / "results.png")
     log("\n" + table)
     log(f"wrote {out / 'results.json'}, {out / 'results.md'}"
-        + (f", {out / 'results.png'}" if plotted else " (no PNG: matplotlib is not installed; the 'plot' extra has it)"))
+        + (f", {out / 'results.png'}" if plotted else " (no PNG: install matplotlib, the 'plot' extra)"))

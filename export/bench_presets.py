@@ -134,14 +134,15 @@ class BenchConfig:
 
     def _checks(self) -> list[tuple[bool, str]]:
         return [
-            (self.preset not in BENCH_PRESETS, f"preset {self.preset!r} is unknown; choose one of {sorted(BENCH_PRESETS)}"),
+            (self.preset not in BENCH_PRESETS,
+             f"preset {self.preset!r} is unknown; choose one of {sorted(BENCH_PRESETS)}"),
             (self.candidates < 1, f"candidates must be >= 1, got {self.candidates}"),
             (self.repeats < 1, f"repeats must be >= 1, got {self.repeats}"),
             (self.batch_size < 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.precision not in ("fp32", "fp16"), f"precision must be fp32 or fp16, got {self.precision!r}"),
             (self.dense_pairs is not None and not 1 <= self.dense_pairs <= self.candidates,
              f"dense_pairs must be between 1 and candidates ({self.candidates}), got {self.dense_pairs}"),
-            (not self.systems or any(s not in SYSTEMS for s in self.systems) or len(set(self.systems)) != len(self.systems),
+            (not self.systems or not set(self.systems) <= set(SYSTEMS) or len(set(self.systems)) != len(self.systems),
              f"systems must be distinct names among {list(SYSTEMS)}, got {list(self.systems)}"),
             (bool(self.spec_files) and "minireranker" not in self.systems, "--spec needs the minireranker system"),
         ]

@@ -98,7 +98,8 @@ class TinyPreset:
              f"deepstack_visual_indexes {deepstack} must be increasing vision block indexes"),
             (len(deepstack) > self.num_hidden_layers, "more deepstack features than text layers"),
             (self.rope_style not in ROPE_STYLES, f"rope_style must be one of {ROPE_STYLES}"),
-            (self.max_pixels < self.min_pixels, f"max_pixels {self.max_pixels} must be >= min_pixels {self.min_pixels}"),
+            (self.max_pixels < self.min_pixels,
+             f"max_pixels {self.max_pixels} must be >= min_pixels {self.min_pixels}"),
         ]
 
     @property

@@ -31,7 +31,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
     p.add_argument("--preset", choices=sorted(BENCH_PRESETS), help=f"model preset (default {defaults['preset']})")
     p.add_argument("-n", "--candidates", type=int, help=f"candidates per query (default {defaults['candidates']})")
-    p.add_argument("--repeats", type=int, help=f"queries per system, alternating systems (default {defaults['repeats']})")
+    p.add_argument("--repeats", type=int,
+                   help=f"queries per system, alternating systems (default {defaults['repeats']})")
     p.add_argument("--spec", action="append", dest="spec_files", metavar="FILE",
                    help="another miniReranker spec (minireranker.json) to time besides the preset's (repeatable)")
     p.add_argument("--systems", type=lambda v: tuple(v.split(",")),
