@@ -15,8 +15,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from minireranker.export.bench_report import render_markdown  # noqa: E402
 from minireranker.export.bench import (  # noqa: E402
-    STAGES, _scaled, query_first_prompt, render_markdown, run_bench, warm_rerank_flops,
+    STAGES, _scaled, query_first_prompt, run_bench, warm_rerank_flops,
 )
 from minireranker.export.bench_presets import (  # noqa: E402
     BENCH_PRESETS, QUERY_WORDS, SYSTEMS, BenchConfig, BenchError, draw_query,
