@@ -49,6 +49,11 @@ def test_readme_walkthrough_and_runtime_example_run(tmp_path):
             assert out.returncode == 0, (command, out.stderr)
             assert "Traceback" not in out.stderr
     assert "a.png" in out.stdout or "fingerprint" in out.stdout  # inspect printed the bundle
+    # the bench block (tiny preset)
+    bench = next(line for b in blocks("bash") for line in b.splitlines() if "bench --preset tiny" in line)
+    out = subprocess.run(moved(bench.split("#")[0].strip()), shell=True, capture_output=True, text=True,
+                         cwd=tmp_path, timeout=600)
+    assert out.returncode == 0 and (tmp_path / "bench-tiny" / "results.json").is_file(), out.stderr
     # the profile block's estimate line (the full default sweep takes minutes: tests/runtime/test_profile.py)
     estimate = next(line for b in blocks("bash") for line in b.splitlines() if "--estimate" in line)
     out = subprocess.run(moved(estimate.split("#")[0].strip()), shell=True, capture_output=True, text=True,
