@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_error_line, run_cli
 from PIL import Image
 
 from minireranker.runtime.spec import RerankSpec
@@ -24,21 +25,7 @@ SCORE_ATOL = 1e-9        # the same float32 computation in two processes: agreem
 PROBABILITY_ATOL = 1e-12
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minireranker.tools.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
 
-
-def assert_one_error_line(proc: subprocess.CompletedProcess, *parts: str) -> str:
-    """Exit status 2, nothing on stdout, exactly one ``error: ...`` line on stderr, no traceback."""
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert proc.stdout == ""
-    missing = [p for p in parts if p not in lines[0]]
-    assert not missing, f"{lines[0]!r} lacks {missing}"
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

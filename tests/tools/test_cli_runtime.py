@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_one_error_line, run_cli
 
 from minireranker.runtime.spec import RerankSpec
 from minireranker.tools.cli import build_parser
@@ -35,10 +36,6 @@ SUMMARY = re.compile(r"^indexed (\d+), skipped (\d+) \(already cached\), failed 
 TABLE_ROW = re.compile(r"^\s*(\d+)\. score ([+-]\d+\.\d{6})  p=(\d\.\d{4})  \[(\d+)\] (.+)$")
 
 
-def run_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minireranker.tools.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
-
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -46,16 +43,6 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
-def assert_one_error_line(proc: subprocess.CompletedProcess, *parts: str) -> str:
-    """Exit status 2, nothing on stdout, exactly one ``error: ...`` line on stderr, no traceback."""
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert proc.stdout == ""
-    missing = [p for p in parts if p not in lines[0]]
-    assert not missing, f"{lines[0]!r} lacks {missing}"
-    return lines[0]
 
 
 def subcommands() -> list[str]:
