@@ -18,6 +18,9 @@ Schema of ``minireranker.json`` (version 1; every key optional, defaults in :cla
       "yes_token": "yes", "no_token": "no"     # score = logit(yes) - logit(no); each must be one token
     }
 
+A relative ``embedder:<dir>`` in a spec *file* is relative to that file's directory, so a checkpoint can
+ship its embedder beside it (``"guide": "embedder:../embedder"``).
+
 ``exit_layer`` and ``band`` may be null: they then resolve against the model (E = L-1, band = [0, E]).
 
 Why ``query_position`` exists: with ``A > 0`` the query's first ``A`` layers must not depend on the
@@ -173,7 +176,12 @@ class RerankSpec:
             raise SpecError(f"spec file {path} does not exist") from None
         except (OSError, ValueError) as exc:
             raise SpecError(f"spec file {path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data, source=str(path))
+        spec = cls.from_dict(data, source=str(path))
+        guide_dir = spec.guide[len("embedder:"):] if spec.guide.startswith("embedder:") else None
+        if guide_dir is not None and not Path(guide_dir).is_absolute():
+            # a checkpoint that ships its embedder beside it (`embedder:../embedder`) works from any directory
+            spec = dataclasses.replace(spec, guide="embedder:" + str((path.parent / guide_dir).resolve()))
+        return spec
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")

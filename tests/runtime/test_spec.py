@@ -261,3 +261,13 @@ def test_template_accepts_default_yes_no(tiny_tokenizer):
     assert template.yes_id != template.no_id
     assert tiny_tokenizer.decode([template.yes_id]) == "yes"
     assert tiny_tokenizer.decode([template.no_id]) == "no"
+
+
+def test_relative_embedder_in_a_spec_file_is_relative_to_that_file(tmp_path, monkeypatch):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "minireranker.json").write_text(json.dumps({"guide": "embedder:../embedder"}))
+    monkeypatch.chdir("/")  # the caller's directory must not matter
+    spec = RerankSpec.from_file(tmp_path / "ckpt" / "minireranker.json")
+    assert spec.guide == "embedder:" + str((tmp_path / "embedder").resolve())
+    # in-memory specs (flags, dicts) keep the path as given: there is no file to be relative to
+    assert RerankSpec.from_dict({"guide": "embedder:../embedder"}).guide == "embedder:../embedder"
