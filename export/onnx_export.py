@@ -42,7 +42,9 @@ EXPORT_VERSION = 1
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 TOLERANCES = {"fp32": {"hidden": 1e-4, "score": 1e-4}, "fp16": {"hidden": 3e-2, "score": 5e-2}}
 
-# Graph I/O: names and dynamic axes. ``hidden`` of the band is always the one shared query: batch 1.
+# Graph I/O: names and dynamic axes. The band's ``hidden`` is [1, Q, D] (one query shared by every
+# candidate) or [N, Q, D] (one per candidate: the server's dynamic batching puts pairs of different
+# queries of one token length in a call), hence its free batch axis.
 IO: dict[str, tuple[list[str], list[str], dict[str, dict[int, str]]]] = {
     "vision": (["pixel_values", "pos_index", "pos_weight", "rot_cos", "rot_sin"], ["embeds", "deepstack"],
                {"pixel_values": {0: "patches"}, "pos_index": {0: "patches"}, "pos_weight": {0: "patches"},
@@ -57,7 +59,7 @@ IO: dict[str, tuple[list[str], list[str], dict[str, dict[int, str]]]] = {
     "query_head": (["embeds", "positions", "system_k", "system_v"], ["hidden"],
                    {"embeds": {1: "query_len"}, "positions": {2: "query_len"}, "hidden": {1: "query_len"}}),
     "band": (["hidden", "positions", "doc_k", "doc_v", "doc_mask", "system_k", "system_v"], ["hidden_out"],
-             {"hidden": {1: "query_len"}, "positions": {1: "batch", 2: "query_len"},
+             {"hidden": {0: "hidden_batch", 1: "query_len"}, "positions": {1: "batch", 2: "query_len"},
               "doc_k": {0: "batch", 3: "doc_len"}, "doc_v": {0: "batch", 3: "doc_len"},
               "doc_mask": {0: "batch", 1: "doc_len"}, "hidden_out": {0: "batch", 1: "query_len"}}),
     "tail": (["hidden", "positions", "system_k", "system_v"], ["scores"],

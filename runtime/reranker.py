@@ -8,6 +8,14 @@
 A document is an image (path, bytes, PIL image, numpy array), a text, or both, with an optional id.
 Its cache key is its id when it has one, else a hash of its content; an id already indexed needs no
 content, and a document not yet cached is indexed on the fly. ``rerank`` is thread-safe.
+
+The server's dynamic batching (:mod:`minireranker.runtime.batcher`) scores pairs of several queries in one
+engine call: ``prepare_query`` runs the query head once per query, ``lookup`` finds (or indexes) each
+query's documents, and ``score_pairs`` sends every (query, document) pair through the band and tail::
+
+    band  groups: all pairs whose queries have the same token count (a per-candidate ``hidden``); one
+                  query per call for bundles whose band ``hidden`` is fixed to batch 1 (built before 2026-11-26)
+    tail  groups: all pairs whose queries have the same token count (no query mask: never padded)
 """
 
 from __future__ import annotations
@@ -66,6 +74,15 @@ class RerankOutput:
                 "results": [{"index": r.index, "document": r.document, "score": r.score,
                              "probability": r.probability} for r in self.results],
                 "failed": [{"index": f.index, "document": f.document, "error": f.error} for f in self.failed]}
+
+
+@dataclass(frozen=True)
+class QueryState:
+    """A query after the query head: what every pair of this query shares (``prepare_query``)."""
+
+    text: str
+    ids: tuple[int, ...]   # the query segment's token ids
+    hidden: np.ndarray     # [1, Q, D] the query after layers 0..A-1
 
 
 @dataclass
@@ -291,34 +308,79 @@ class Reranker:
         """
         timings: dict[str, float] = defaultdict(float)
         t0 = time.perf_counter()
-        ids = self.query_ids(query)
-        hidden = self._query_head(ids)
+        state = self.prepare_query(query)
         timings["query_head"] = time.perf_counter() - t0
         docs = [d if isinstance(d, Document) else Document(id=str(d)) for d in documents]
-        entries: list[tuple[int, KVEntry]] = []
-        failed: list[Failure] = []
-        t0 = time.perf_counter()
-        for i, doc in enumerate(docs):
-            try:
-                entry = self._cached(doc)
-                if entry is None:
-                    t1 = time.perf_counter()
-                    entry = self._put(doc, self.encode_document(doc, timings))
-                    timings["index"] += time.perf_counter() - t1
-                entries.append((i, entry))
-            except MiniRerankerError as exc:
-                failed.append(Failure(i, doc.label, str(exc)))
-        timings["kv_lookup"] = time.perf_counter() - t0 - timings["index"]
-        scores = np.zeros(len(entries))
-        for start in range(0, len(entries), self.batch_size):
-            batch = [e for _, e in entries[start: start + self.batch_size]]
-            scores[start: start + len(batch)] = self._score_batch(hidden, ids, batch, timings)
+        entries, failed = self.lookup(docs, timings)
+        scores = self.score_pairs([(state, e) for _, e in entries], timings)
         results = [RerankResult(i, docs[i].id, docs[i].label, float(s), 1.0 / (1.0 + math.exp(-s)))
                    for (i, _), s in zip(entries, scores)]
         results.sort(key=lambda r: (-r.score, r.index))
         self._count("queries")
         self._count("candidates", len(entries))
         return RerankOutput(query, results[:top_k] if top_k else results, failed, dict(timings))
+
+    def prepare_query(self, query: str) -> QueryState:
+        """Tokenize ``query`` and run the query head once (raises TokenizerError like ``rerank``)."""
+        ids = self.query_ids(query)
+        return QueryState(query, tuple(ids), self._query_head(ids))
+
+    def lookup(self, docs: Sequence[Document], timings: dict[str, float] | None = None
+               ) -> tuple[list[tuple[int, KVEntry]], list[Failure]]:
+        """Each document's K/V entry from the cache, indexing those not cached; failures listed apart.
+
+        ``timings`` gets ``index`` (seconds spent indexing) and ``kv_lookup`` (the rest) added.
+        """
+        entries: list[tuple[int, KVEntry]] = []
+        failed: list[Failure] = []
+        t0 = time.perf_counter()
+        indexing = 0.0
+        for i, doc in enumerate(docs):
+            try:
+                entry = self._cached(doc)
+                if entry is None:
+                    t1 = time.perf_counter()
+                    entry = self._put(doc, self.encode_document(doc, timings))
+                    indexing += time.perf_counter() - t1
+                entries.append((i, entry))
+            except MiniRerankerError as exc:
+                failed.append(Failure(i, doc.label, str(exc)))
+        _add_time(timings, "index", indexing)
+        _add_time(timings, "kv_lookup", time.perf_counter() - t0 - indexing)
+        return entries, failed
+
+    def score_pairs(self, pairs: Sequence[tuple[QueryState, KVEntry]],
+                    timings: dict[str, float] | None = None) -> np.ndarray:
+        """Scores (logit(yes) - logit(no)) of (query, document entry) pairs, in order, with pairs of several
+        queries sharing engine calls of at most ``batch_size`` pairs (see the module docstring)."""
+        timings = timings if timings is not None else defaultdict(float)
+        timings.setdefault("kv_read", 0.0)
+        per_pair = self._band_takes_pair_hidden()
+        groups: dict[object, list[int]] = defaultdict(list)
+        for j, (q, _) in enumerate(pairs):
+            groups[len(q.ids) if per_pair else q.ids].append(j)
+        by_length: dict[int, list[tuple[list[int], np.ndarray, np.ndarray]]] = defaultdict(list)
+        for members in groups.values():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start: start + self.batch_size]
+                hidden = (np.concatenate([pairs[j][0].hidden for j in chunk]) if per_pair
+                          else pairs[chunk[0]][0].hidden)
+                ids = pairs[chunk[0]][0].ids
+                h, positions = self._band(hidden, ids, [pairs[j][1] for j in chunk], timings)
+                by_length[len(ids)].append((chunk, h, positions))
+        scores = np.zeros(len(pairs))
+        for parts in by_length.values():  # [N, Q, D] band outputs of equal Q: one tail per batch_size rows
+            order = [j for chunk, _, _ in parts for j in chunk]
+            h = np.concatenate([x for _, x, _ in parts])
+            positions = np.concatenate([p for _, _, p in parts], axis=1)
+            for start in range(0, len(order), self.batch_size):
+                end = start + self.batch_size
+                scores[order[start:end]] = self._tail(h[start:end], positions[:, start:end], timings)
+        return scores
+
+    def _band_takes_pair_hidden(self) -> bool:
+        """Whether the band graph takes one query hidden per candidate (batch axis not fixed to 1)."""
+        return self.encoder.runners["band"].inputs["hidden"].shape[0] != 1
 
     def _query_head(self, ids: list[int]) -> np.ndarray:
         """Layers 0..A-1 over the query: run ONCE per query, shared by every candidate: [1, Q, D]."""
@@ -332,9 +394,10 @@ class Reranker:
             "embeds": x, "positions": positions, "system_k": self.encoder.system_k[:a],
             "system_v": self.encoder.system_v[:a]})["hidden"]
 
-    def _score_batch(self, hidden: np.ndarray, ids: list[int], batch: list[KVEntry], timings: dict) -> np.ndarray:
+    def _band(self, hidden: np.ndarray, ids: Sequence[int], batch: list[KVEntry], timings: dict
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Layers A..B of N candidates: hidden [1|N, Q, D] -> (hidden [N, Q, D], positions [3, N, Q])."""
         a, b = self.spec.band
-        e = self.spec.exit_layer
         t0 = time.perf_counter()
         n, t = len(batch), max(x.k.shape[2] for x in batch)
         nb, hkv, _, d = batch[0].k.shape
@@ -353,12 +416,17 @@ class Reranker:
         h = self.encoder.runners["band"].infer({
             "hidden": hidden, "positions": positions, "doc_k": doc_k, "doc_v": doc_v, "doc_mask": mask,
             "system_k": self.encoder.system_k[a: b + 1], "system_v": self.encoder.system_v[a: b + 1]})["hidden_out"]
-        timings["band"] += time.perf_counter() - t0
+        timings["band"] = timings.get("band", 0.0) + time.perf_counter() - t0
+        return h, positions
+
+    def _tail(self, h: np.ndarray, positions: np.ndarray, timings: dict) -> np.ndarray:
+        """Layers B+1..E and the exit score: hidden [N, Q, D], positions [3, N, Q] -> scores [N] float64."""
+        b, e = self.spec.band[1], self.spec.exit_layer
         t0 = time.perf_counter()
         scores = self.encoder.runners["tail"].infer({
             "hidden": h, "positions": positions, "system_k": self.encoder.system_k[b + 1: e + 1],
             "system_v": self.encoder.system_v[b + 1: e + 1]})["scores"]
-        timings["tail"] += time.perf_counter() - t0
+        timings["tail"] = timings.get("tail", 0.0) + time.perf_counter() - t0
         return scores.astype(np.float64)
 
 

@@ -1,0 +1,121 @@
+"""``minireranker serve``: flags (or their environment variables) -> ServeConfig -> ``serve``.
+
+Every flag has an environment variable (``MINIRERANKER_`` + the flag in upper case, ``-`` -> ``_``, e.g.
+``--api-key`` / ``MINIRERANKER_API_KEY``); a flag given on the command line wins over its variable.
+Defaults live in ServeConfig and ServeLimits only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+
+from ..runtime.errors import MiniRerankerError
+
+ENV_PREFIX = "MINIRERANKER_"
+
+# flag -> (type, help); the default is read from ServeConfig / ServeLimits by the field of the same name.
+_FLAGS: dict[str, tuple[type, str]] = {
+    "host": (str, "address to listen on; 127.0.0.1 (loopback) unless set"),
+    "port": (int, "port; 0 picks a free one (printed)"),
+    "api-key": (str, "require 'Authorization: Bearer KEY' (prefer the environment variable)"),
+    "max-batch": (int, "pairs per band/tail engine call and per dynamic batch"),
+    "batch-window-ms": (float, "how long concurrent requests are gathered into one batch"),
+    "max-client-batch-size": (int, "documents per request (more: 413)"),
+    "served-model-name": (str, "the 'model' reported in responses (default: the bundle folder's name)"),
+    "max-body-bytes": (int, "request body size (more: 413)"),
+    "max-image-pixels": (int, "width*height of one image (more: 413)"),
+    "max-query-tokens": (int, "query tokens, at most 512 (more: 413)"),
+    "index-workers": (int, "POST /v1/documents jobs at once (reranking never waits for them)"),
+    "max-cache-bytes": (int, "LRU bound on the K/V cache size"),
+    "drain-timeout-s": (float, "on SIGTERM, how long requests in flight may take to finish"),
+}
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def _defaults() -> dict:
+    from ..runtime.serve_api import ServeLimits
+    from ..runtime.serve_service import ServeConfig
+
+    out = {f.name: f.default for f in fields(ServeLimits)}
+    out.update({f.name: f.default for f in fields(ServeConfig) if f.name != "limits"})
+    return out
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    defaults = _defaults()
+    p = subparsers.add_parser(
+        "serve", help="serve reranking over HTTP (Cohere v2 / Jina / Infinity / TEI compatible)",
+        description="An HTTP rerank service on the bundle's engines: POST /v1/rerank (also /rerank, /v2/rerank), "
+        "POST /v1/documents, GET|DELETE /v1/documents/{id}, GET /health, /v1/health/live, /v1/health/ready, "
+        "/metrics. Each flag can also be set by its environment variable (shown in brackets); a flag wins. "
+        "SIGTERM finishes requests in flight and exits 0. See docs/serve.md.")
+    p.add_argument("bundle", nargs="?", default=os.environ.get(env_name("bundle")),
+                   help=f"bundle directory (from minireranker build) [{env_name('bundle')}]")
+    p.add_argument("--cache", default=os.environ.get(env_name("cache")), help=f"K/V cache directory [{env_name('cache')}]")
+    for flag, (kind, text) in _FLAGS.items():
+        name = flag.replace("-", "_")
+        shown = f"; default {defaults[name]}" if defaults[name] is not None and "default" not in text else ""
+        p.add_argument(f"--{flag}", type=kind, default=None, help=f"{text}{shown} [{env_name(flag)}]")
+    p.add_argument("--allow-url-prefix", action="append", default=None, metavar="URL",
+                   help="fetch image URLs under this prefix (repeatable; default: image URLs are refused) "
+                   f"[{env_name('allow-url-prefix')}, comma-separated]")
+    p.add_argument("--provider", action="append", default=None,
+                   help=f"ONNX Runtime execution provider (repeatable) [{env_name('provider')}, comma-separated]")
+    p.add_argument("--int8-cache", action="store_true", default=None,
+                   help=f"store K/V as int8 with per-channel scales [{env_name('int8-cache')}=1]")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def _from_env(flag: str, kind: type):
+    raw = os.environ.get(env_name(flag))
+    if raw is None or raw == "":
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise MiniRerankerError(f"environment variable {env_name(flag)}={raw!r} is not a valid "
+                                f"{kind.__name__} for --{flag}") from None
+
+
+def config_from_args(args: argparse.Namespace):
+    """ServeConfig from parsed flags, falling back to environment variables, then to the defaults."""
+    from ..runtime.serve_api import ServeLimits
+    from ..runtime.serve_service import ServeConfig
+
+    if not args.bundle or not args.cache:
+        raise MiniRerankerError(f"give the BUNDLE directory and --cache DIR (or {env_name('bundle')} and "
+                                f"{env_name('cache')})")
+    given = {}
+    for flag, (kind, _) in _FLAGS.items():
+        name = flag.replace("-", "_")
+        value = getattr(args, name)
+        value = value if value is not None else _from_env(flag, kind)
+        if value is not None:
+            given[name] = value
+    lists = {}
+    for flag in ("allow-url-prefix", "provider"):
+        value = getattr(args, flag.replace("-", "_"))
+        env = os.environ.get(env_name(flag))
+        lists[flag] = tuple(value) if value else tuple(x for x in (env or "").split(",") if x) or None
+    int8 = args.int8_cache if args.int8_cache is not None else os.environ.get(env_name("int8-cache")) in ("1", "true")
+    limit_names = {f.name for f in fields(ServeLimits)}
+    limits = ServeLimits(**{k: v for k, v in given.items() if k in limit_names},
+                         allow_url_prefixes=lists["allow-url-prefix"] or ())
+    return ServeConfig(bundle=args.bundle, cache=args.cache, limits=limits, providers=lists["provider"],
+                       int8_cache=bool(int8), **{k: v for k, v in given.items() if k not in limit_names})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..runtime.bundle import load_bundle
+    from ..runtime.server import serve
+
+    config = config_from_args(args)
+    load_bundle(config.bundle)  # a wrong path fails here, in one line, before the port is bound
+    return serve(config)
