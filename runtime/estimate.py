@@ -303,15 +303,20 @@ def _index_stage(w: Workload, device: DeviceSpec, image_size: tuple[int, int]) -
 
 
 def predict(w: Workload, device: DeviceSpec, candidates: int, query_tokens: int, image_size: tuple[int, int],
-            batch_size: int = 32) -> dict[str, Any]:
+            batch_size: int = 32, doc_tokens: float | None = None) -> dict[str, Any]:
     """Predicted seconds per stage for one query over ``candidates`` cached documents (warm), plus the cold
-    case (none cached: ``index`` runs for each). Returns ``{"warm": {...}, "cold": {...}, "index_per_document"}``."""
+    case (none cached: ``index`` runs for each). Returns ``{"warm": {...}, "cold": {...}, "index_per_document"}``.
+
+    ``doc_tokens`` (optional) is the kept tokens of one document's segment, measured (e.g. a mean over a
+    data set, as ``minireranker calibrate`` does); by default it is derived from ``image_size``."""
     bv, kvb = w.bytes_per_value, w.kv_bytes_per_token
     a, b = w.band
     nb, nt = b - a + 1, w.exit_layer - b
     q = query_tokens + w.query_overhead_tokens
     t = (w.image_tokens(*image_size) if w.guide_layers is None
          else max(1, math.ceil(w.keep_ratio * w.image_tokens(*image_size)))) + w.doc_extra_tokens
+    if doc_tokens is not None:
+        t = doc_tokens
     n, calls = candidates, math.ceil(candidates / batch_size)
     p, s, aw, d = w.params, w.system_tokens, w.attention_width, w.hidden
     sys_kv = 2 * s * w.kv_heads * w.head_dim * bv  # one layer of the system segment's K + V

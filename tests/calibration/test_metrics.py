@@ -1,0 +1,76 @@
+"""Ranking metrics and rank agreement against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from minireranker.calibration.metrics import (average_ranks, hit_at_1, kendall, ndcg_at, query_metrics,
+                                              ranking, reciprocal_rank, spearman, summarize)
+
+ATOL = 1e-12  # closed forms evaluated in float64
+
+
+def test_graded_ndcg_mrr_hit_by_hand():
+    scores, grades = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 2, 1, 0])
+    # ranking 0,1,2,3 -> grades [0, 2, 1, 0]; DCG = 3/log2(3) + 1/log2(4); IDCG = 3/log2(2) + 1/log2(3)
+    dcg, idcg = 3 / math.log2(3) + 1 / 2, 3 + 1 / math.log2(3)
+    assert ndcg_at(scores, grades, 5) == pytest.approx(dcg / idcg, abs=ATOL)
+    assert dcg / idcg == pytest.approx(0.659002, abs=1e-6)
+    assert hit_at_1(scores, grades) == 0.0
+    assert reciprocal_rank(scores, grades) == 0.5
+    # cut-off: with k = 1 only the top (irrelevant) counts
+    assert ndcg_at(scores, grades, 1) == 0.0
+    # the ideal order scores 1
+    assert ndcg_at(np.array([0.1, 0.9, 0.5, 0.0]), grades, 10) == pytest.approx(1.0, abs=ATOL)
+
+
+def test_relevant_past_the_cutoff():
+    grades = np.zeros(12, dtype=int)
+    grades[10] = 1  # ranked 11th below
+    scores = -np.arange(12.0)
+    assert ndcg_at(scores, grades, 10) == 0.0
+    assert reciprocal_rank(scores, grades) == pytest.approx(1 / 11, abs=ATOL)
+    assert query_metrics(scores, grades)["ndcg@5"] == 0.0
+
+
+def test_ties_are_broken_by_candidate_order():
+    assert list(ranking(np.array([1.0, 1.0, 0.0, 1.0]))) == [0, 1, 3, 2]
+    assert hit_at_1(np.array([1.0, 1.0, 0.0]), np.array([0, 1, 0])) == 0.0
+    assert reciprocal_rank(np.array([1.0, 1.0, 0.0]), np.array([0, 1, 0])) == 0.5
+    assert hit_at_1(np.array([1.0, 1.0, 0.0]), np.array([1, 0, 0])) == 1.0
+
+
+def test_summary_excludes_queries_without_relevant_candidates():
+    s = summarize([np.array([2.0, 1.0]), np.array([1.0, 2.0]), np.array([0.0, 1.0])],
+                  [np.array([1, 0]), np.array([1, 0]), np.array([0, 0])])
+    assert (s.queries, s.excluded) == (2, 1)
+    assert s.means["hit@1"] == 0.5
+    assert s.means["mrr"] == pytest.approx(0.75, abs=ATOL)
+    assert s.means["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2, abs=ATOL)
+
+
+def test_spearman_and_kendall_by_hand():
+    a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0])
+    assert spearman(a, b) == pytest.approx(1 - 6 * 2 / (4 * 15), abs=ATOL)  # 0.8
+    assert kendall(a, b) == pytest.approx((5 - 1) / 6, abs=ATOL)
+    assert spearman(a, -a) == pytest.approx(-1.0, abs=ATOL)
+    # ties: average ranks [1.5, 1.5, 3]; tau-b = 2 / sqrt(2 * 3)
+    t, u = np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])
+    assert list(average_ranks(t)) == [1.5, 1.5, 3.0]
+    assert spearman(t, u) == pytest.approx(1.5 / math.sqrt(1.5 * 2), abs=ATOL)
+    assert kendall(t, u) == pytest.approx(2 / math.sqrt(6), abs=ATOL)
+    # a constant vector carries no order
+    assert spearman(np.ones(3), u) == 0.0 and kendall(u, np.ones(3)) == 0.0
+    assert spearman(np.ones(3), np.ones(3)) == 1.0
+
+
+def test_agreement_matches_scipy_on_random_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a, b = rng.integers(0, 5, 20).astype(float), rng.integers(0, 5, 20).astype(float)
+        assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+        assert kendall(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, abs=1e-12)

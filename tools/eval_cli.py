@@ -1,0 +1,58 @@
+"""``minireranker eval``: flags -> :class:`~minireranker.calibration.evaluate.EvalConfig` -> ``run_eval``."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Run a labelled set (JSONL: one query per line with its candidates and their relevance grades, images by
+path; see docs/eval.md) through: the first stage alone (the embedder's cosine order, with --embedder);
+dense (the checkpoint's plain model, every pair from scratch through every layer); exact (miniReranker's
+exact spec, document K/V computed once and cached; the ONNX Runtime engines when --bundle holds an exact
+bundle); and each --spec (the torch reference with that spec). Reports Hit@1, MRR, nDCG@5 and nDCG@10 per
+system (relevant = grade > 0, gains 2^grade - 1; queries without a relevant candidate are excluded and
+counted), each system's fraction of dense (metric / dense metric), and max |exact - dense| as a
+consistency check. Writes eval.json, eval.md and eval.png to --out and prints the table. Needs torch
+(the 'export' extra)."""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``eval`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    from ..calibration.evaluate import EvalConfig
+
+    d = EvalConfig("", "")
+    p = subparsers.add_parser("eval", help="measure ranking quality of dense, exact and specs on a labelled set",
+                              description=DESCRIPTION)
+    p.add_argument("checkpoint", help="Qwen3-VL reranker checkpoint directory (Hugging Face layout)")
+    p.add_argument("--data", required=True, metavar="FILE.jsonl", help="the labelled set (docs/eval.md)")
+    p.add_argument("--embedder", default=None, metavar="DIR",
+                   help="a Qwen3-VL-Embedding-style checkpoint: adds the 'first stage' system")
+    p.add_argument("--spec", action="append", dest="specs", default=None, metavar="FILE_OR_JSON",
+                   help="a spec to evaluate (repeatable): a minireranker.json file, an inline JSON object such "
+                   "as '{\"exit_layer\": 2, \"band\": [1, 2], \"query_position\": 64}', or 'exact'; template "
+                   "strings it leaves out come from the checkpoint; guide 'embedder:DIR' works")
+    p.add_argument("--bundle", default=None, metavar="DIR",
+                   help="a bundle built from this checkpoint: if its spec is exact it computes 'exact' with ONNX "
+                   "Runtime, otherwise it is one more system ('bundle')")
+    p.add_argument("--out", default=d.out, help=f"folder for eval.json, eval.md and eval.png (default {d.out})")
+    add_run_flags(p, d)
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def add_run_flags(p: argparse.ArgumentParser, d) -> None:
+    """--batch-size, --threads, --quiet: how eval and calibrate run the torch reference (``d``: defaults)."""
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"candidates per band batch (default {d.batch_size})")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help=f"torch intra-op threads (default {d.threads}: a small model runs many small matmuls, and "
+                   "idle-spinning threads cost more than they give on busy cores; raise it for large models)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..calibration.evaluate import EvalConfig, run_eval
+
+    run_eval(EvalConfig(args.checkpoint, args.data, embedder=args.embedder, specs=tuple(args.specs or ()),
+                        bundle=args.bundle, out=args.out, batch_size=args.batch_size, threads=args.threads, progress=not args.quiet))
+    return 0
