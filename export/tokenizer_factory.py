@@ -106,9 +106,13 @@ _COMMON_WORDS = (
 )
 
 
-def training_corpus() -> list[str]:
-    """The fixed lines the BPE is trained on (template strings, prose, numbers, answers)."""
-    lines = list(_TEMPLATE_LINES) + _PROSE.splitlines()
+def training_corpus(extra_lines: tuple[str, ...] = ()) -> list[str]:
+    """The fixed lines the BPE is trained on (template strings, prose, numbers, answers).
+
+    ``extra_lines`` come first, so a checkpoint with its own vocabulary (the demo models' digit and photo
+    words) gets whole-word tokens for it; with none the corpus, and so the tokenizer, is the default one.
+    """
+    lines = list(extra_lines) + list(_TEMPLATE_LINES) + _PROSE.splitlines()
     lines.append(_NUMBER_WORDS)
     lines.append(" ".join(str(n) for n in range(0, 1000, 7)))
     lines.append(_COMMON_WORDS)
@@ -120,17 +124,18 @@ def training_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer() -> Tokenizer:
+def build_tokenizer(extra_lines: tuple[str, ...] = ()) -> Tokenizer:
     """Train the tiny byte-level BPE and add Qwen's special tokens after its vocabulary.
 
-    Raises TokenizerError if an answer word (``yes``/``no``) is not a single token. Training is
-    deterministic, so the result is cached per process and each call returns a fresh copy.
+    ``extra_lines`` extend the training corpus (see :func:`training_corpus`). Raises TokenizerError if an
+    answer word (``yes``/``no``) is not a single token. Training is deterministic, so the result is cached
+    per process and each call returns a fresh copy.
     """
-    return Tokenizer.from_str(_trained_tokenizer_json())
+    return Tokenizer.from_str(_trained_tokenizer_json(tuple(extra_lines)))
 
 
-@lru_cache(maxsize=1)
-def _trained_tokenizer_json() -> str:
+@lru_cache(maxsize=4)
+def _trained_tokenizer_json(extra_lines: tuple[str, ...] = ()) -> str:
     tokenizer = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     # Digits one by one as Qwen does; ByteLevel's regex then splits words, spaces and punctuation.
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -147,7 +152,7 @@ def _trained_tokenizer_json() -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    tokenizer.train_from_iterator(training_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(training_corpus(extra_lines), trainer=trainer)
     tokenizer.add_special_tokens(
         [AddedToken(token, special=True, normalized=False) for token in QWEN_SPECIAL_TOKENS]
     )
