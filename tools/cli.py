@@ -194,7 +194,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..export.demo import run_demo
 
-    run_demo(output=Path(args.output), checkpoint=args.checkpoint, images=args.images, queries=args.query)
+    if args.candidates < 1 or args.show < 1:
+        raise MiniRerankerError("--candidates and --show must be at least 1")
+    run_demo(output=Path(args.output), checkpoint=args.checkpoint, embedder=args.embedder, images=args.images,
+             queries=args.query, spec_file=args.spec, candidates=args.candidates, show=args.show)
     return 0
 
 
@@ -268,10 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     from .bench_cli import register as register_bench
+    from .calibrate_cli import register as register_calibrate
+    from .eval_cli import register as register_eval
     from .profile_cli import register as register_profile
+    from .serve_cli import register as register_serve
 
     register_bench(sub)
+    register_eval(sub)
+    register_calibrate(sub)
     register_profile(sub)
+    register_serve(sub)
 
     p = sub.add_parser("tiny", help="write a random-weight tiny checkpoint (for tests and trials)",
                        description="Write a complete tiny Qwen3-VL checkpoint with random weights.")
@@ -294,12 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="run the demo on the embedded default",
-                       description="Rerank a small image corpus with the exact and an approximate spec, side "
-                       "by side, and report the time of each.")
-    p.add_argument("--output", default="minireranker-demo", help="folder for the demo's files")
-    p.add_argument("--checkpoint", default=None, help="your own reranker checkpoint instead of the built-in one")
-    p.add_argument("--images", nargs="*", default=None, metavar="DOC", help="your own documents; " + DOC_HELP)
-    p.add_argument("--query", action="append", default=None, help="a query (repeatable)")
+                       description="Build engines from the bundled real-data reranker with its calibrated spec, "
+                       "index the bundled corpus, retrieve with the bundled embedder, rerank a few queries with "
+                       "the runtime, and score the same candidates densely in the same run; prints rankings, "
+                       "per-stage times and the speedup, and writes a PNG contact sheet per query.")
+    p.add_argument("--output", default="minireranker-demo", help="folder for the demo's files (bundle, cache, "
+                   "contact sheets, demo.json)")
+    p.add_argument("--checkpoint", default=None, help="your own reranker checkpoint instead of the bundled one")
+    p.add_argument("--embedder", default=None, help="embedder checkpoint for the first stage (default: the bundled "
+                   "one with the bundled reranker, none with --checkpoint: then every document is a candidate)")
+    p.add_argument("--spec", default=None, help="minireranker.json to build (default: the checkpoint's own)")
+    p.add_argument("--images", nargs="*", default=None, metavar="DOC",
+                   help="your own documents instead of the bundled corpus; " + DOC_HELP)
+    p.add_argument("--query", action="append", default=None, help="a query (repeatable; default: the first "
+                   "bundled demo queries)")
+    p.add_argument("--candidates", type=int, default=20, help="first-stage candidates reranked per query")
+    p.add_argument("--show", type=int, default=5, help="results printed and drawn per query")
     p.set_defaults(func=cmd_demo)
     return parser
 
