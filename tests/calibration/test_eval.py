@@ -133,3 +133,14 @@ def test_bundle_system_matches_the_reference(tmp_path, tiny_checkpoint, tiny_bun
     for a, b in zip(onnx["scores"], torch_ref["scores"]):
         np.testing.assert_allclose(a, b, atol=SCORE_ATOL, rtol=0)
     assert _system(res, "exact")["fraction_of_dense"]["ndcg@10"] == pytest.approx(1.0, abs=FRACTION_ATOL)
+
+
+def test_a_spec_file_with_a_relative_embedder_reads_it_beside_the_file(tmp_path):
+    from minireranker.calibration.evaluate import read_spec_arg
+
+    (tmp_path / "ckpt").mkdir()
+    path = tmp_path / "ckpt" / "minireranker.json"
+    path.write_text('{"keep_ratio": 0.5, "guide": "embedder:../embedder"}')
+    spec, given, source = read_spec_arg(str(path))
+    assert spec.guide == "embedder:" + str((tmp_path / "embedder").resolve())
+    assert given == {"keep_ratio", "guide"} and source == str(path)

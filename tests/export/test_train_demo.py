@@ -181,3 +181,16 @@ def test_bundled_embedder_guides_the_bundled_reranker():
     assert np.isfinite(pipeline.score(query, [entry])).all()
     embeddings = td.DemoEmbedder(ASSETS / "embedder").embed_queries([query])
     assert embeddings.shape == (1, td.EMBEDDER_PRESET.hidden_size)
+
+
+def test_training_embedder_and_calibration_embedder_agree_on_the_bundled_model():
+    """The batched training-forward embedder (cards' metrics) and calibration's (eval, demo) are one model."""
+    from minireranker.calibration.embedder import Embedder
+
+    query, doc = _heldout_pairs(1)[0]
+    docs = [doc, Document(text="a handwritten seven")]
+    batched = td.DemoEmbedder(ASSETS / "embedder")
+    plain = Embedder(ASSETS / "embedder")
+    np.testing.assert_allclose(batched.embed_documents(docs), np.stack([plain.embed_document(d) for d in docs]),
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(batched.embed_queries([query])[0], plain.embed_text(query), atol=1e-5, rtol=0)
