@@ -14,19 +14,33 @@ import numpy as np
 
 from ..runtime.documents import Document
 from ..runtime.spec import RerankSpec
-from .demo import demo_corpus
+from .demo import ASSETS, load_corpus
 from .oracle import TransformersOracle
 from .reference import ReferencePipeline
 
-DEFAULT_QUERIES = ["a red circle", "which document mentions green stripes on a flag?"]
+DEFAULT_QUERIES = ["a handwritten seven", "which document mentions a cat?"]
 DEFAULT_TOLERANCE = 1e-4
+SAMPLE_IDS = ["heldout-photo-chelsea", "heldout-photo-rocket", "heldout-photo-coffee"]
+
+
+def sample_documents() -> list[Document]:
+    """Ten real documents from the bundled demo corpus: photographs, digits, digit composites, an image
+    followed by a text, and a text (images of several sizes and token counts)."""
+    corpus = load_corpus(ASSETS / "corpus" / "corpus.jsonl")
+    by_id = {d.id: d for d in corpus}
+    photos = [by_id[i] for i in SAMPLE_IDS]
+    digits = [d for d in corpus if d.id.startswith("heldout-d")][:3]
+    composites = [d for d in corpus if d.id.startswith("heldout-c")][:2]
+    texts = [d for d in corpus if d.image is None][:1]
+    captioned = Document(image=photos[0].image, text="A cat looks at the camera.", id="chelsea+caption")
+    return photos + digits + composites + [captioned] + texts
 
 
 def verify_checkpoint(checkpoint: str | Path, spec: RerankSpec | None = None,
                       documents: list[Document] | None = None, queries: list[str] | None = None,
                       tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Max |reference - transformers| per spec; ``ok`` when every one is within ``tolerance``."""
-    documents = documents or demo_corpus()
+    documents = documents or sample_documents()
     queries = queries or DEFAULT_QUERIES
     specs = {"exact": RerankSpec.exact()}
     if spec is not None:
