@@ -19,7 +19,7 @@ def test_demo_runs_end_to_end_on_the_bundled_models(tmp_path):
     assert "Traceback" not in out.stderr
     text = out.stdout
     queries = default_queries()
-    assert text.count("query: ") == len(queries) >= 3
+    assert text.count("\nquery: ") == len(queries) >= 3
     assert "(calibrated)" in text and "from the embedder" in text
     assert "stages (ms): " in text and "x faster, same run" in text
     report = json.loads((tmp_path / "d" / "demo.json").read_text())
