@@ -81,8 +81,10 @@ def read_spec_arg(value: str) -> tuple[RerankSpec, set[str], str]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise SpecError(f"spec file {path} is not valid JSON: {exc}") from None
-        # from_file: a relative embedder:<dir> is relative to the file, as everywhere a spec file is read
-        return RerankSpec.from_file(path), set(data) if isinstance(data, dict) else set(), str(path)
+        source = str(path)
+        # a relative embedder:<dir> is relative to the file, as everywhere a spec file is read
+        spec = RerankSpec.from_dict(data, source=source).relative_to(path.parent)
+        return spec, set(data) if isinstance(data, dict) else set(), source
     spec = RerankSpec.from_dict(data, source=source)
     return spec, set(data) if isinstance(data, dict) else set(), source
 

@@ -176,12 +176,15 @@ class RerankSpec:
             raise SpecError(f"spec file {path} does not exist") from None
         except (OSError, ValueError) as exc:
             raise SpecError(f"spec file {path} is not valid JSON: {exc}") from None
-        spec = cls.from_dict(data, source=str(path))
-        guide_dir = spec.guide[len("embedder:"):] if spec.guide.startswith("embedder:") else None
-        if guide_dir is not None and not Path(guide_dir).is_absolute():
-            # a checkpoint that ships its embedder beside it (`embedder:../embedder`) works from any directory
-            spec = dataclasses.replace(spec, guide="embedder:" + str((path.parent / guide_dir).resolve()))
-        return spec
+        return cls.from_dict(data, source=str(path)).relative_to(path.parent)
+
+    def relative_to(self, directory: str | Path) -> "RerankSpec":
+        """This spec with a relative ``embedder:<dir>`` read from ``directory`` (the spec file's folder), so a
+        checkpoint that ships its embedder beside it (``embedder:../embedder``) works from any directory."""
+        guide_dir = self.guide[len("embedder:"):] if self.guide.startswith("embedder:") else None
+        if guide_dir is None or Path(guide_dir).is_absolute():
+            return self
+        return dataclasses.replace(self, guide="embedder:" + str((Path(directory) / guide_dir).resolve()))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
