@@ -17,7 +17,8 @@ Systems (``docs/eval.md``):
      "queries": [{"qid", "query", "candidates": [ids], "grades": [int]}],
      "systems": [{"name", "kind", "spec": {...} | null, "metrics": {"hit@1", "mrr", "ndcg@5", "ndcg@10",
                   "queries", "excluded"}, "fraction_of_dense": {metric: value / dense value},
-                  "wall_s", "scores": [[float per candidate] per query]}],
+                  "vs_dense": {"delta", "ci95": [low, high], "queries", "wins", "losses"} (nDCG@10, paired
+                  bootstrap; null for dense itself), "wall_s", "scores": [[float per candidate] per query]}],
      "consistency": {"max_abs_exact_minus_dense": float, "pairs": int, ...}}
 """
 
@@ -36,7 +37,7 @@ from ..runtime.errors import SpecError
 from ..runtime.spec import RerankSpec
 from .data import LabelledSet, load_labelled_set
 from .errors import require_torch
-from .metrics import METRICS, summarize
+from .metrics import METRICS, paired_difference, per_query, summarize
 
 SCHEMA_VERSION = 1
 
@@ -198,9 +199,13 @@ def _run_eval(config: EvalConfig, log: Callable[[str], None]) -> dict:
 
 def _finish(config: EvalConfig, data: LabelledSet, systems: list[dict], wall: float) -> dict:
     dense = next(s for s in systems if s["kind"] == "dense")
+    grades = [q.grades for q in data.queries]
+    dense_ndcg = per_query(dense["scores"], grades, "ndcg@10")
     for s in systems:
         s["fraction_of_dense"] = {m: (s["metrics"][m] / dense["metrics"][m] if dense["metrics"][m] else None)
                                   for m in METRICS}
+        s["vs_dense"] = None if s is dense or not len(dense_ndcg) else \
+            paired_difference(per_query(s["scores"], grades, "ndcg@10"), dense_ndcg)
     exact = next(s for s in systems if s["kind"] == "exact")
     diff = max(float(np.max(np.abs(np.subtract(a, b)))) for a, b in zip(exact["scores"], dense["scores"]))
     return {

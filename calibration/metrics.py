@@ -11,6 +11,10 @@ Definitions (also in ``docs/eval.md``):
   IDCG@k the same sum over the grades sorted in decreasing order (the best possible ranking).
 * A query with **no relevant candidate** has no defined MRR or nDCG: it is excluded from every mean
   and counted in ``excluded`` (reports say how many), rather than silently scored 0 or 1.
+* **Paired difference** of two systems on one metric: the mean over queries of (system - reference),
+  with a 95% percentile-bootstrap interval (queries resampled with replacement, the same resample for
+  both systems, 10,000 draws, fixed seed). An interval that excludes 0 is what reports call a clear
+  difference; on a few dozen queries a gap of a few points often does not.
 * **Spearman** = Pearson correlation of the two vectors' ranks, ties given their average rank;
   **Kendall** = tau-b (tie-corrected). When one vector is constant and the other is not, the agreement
   is 0 (a constant carries no order); when both are constant it is 1.
@@ -77,6 +81,26 @@ def summarize(scores: list[np.ndarray], grades: list[np.ndarray]) -> MetricSumma
     rows = [query_metrics(s, g) for s, g in zip(scores, grades) if np.any(np.asarray(g) > 0)]
     means = {m: float(np.mean([r[m] for r in rows])) if rows else math.nan for m in METRICS}
     return MetricSummary(means, len(rows), len(scores) - len(rows))
+
+
+def per_query(scores: list[np.ndarray], grades: list[np.ndarray], metric: str) -> np.ndarray:
+    """``metric`` of each query that has a relevant candidate (the queries :func:`summarize` averages)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; one of {METRICS}")
+    return np.array([query_metrics(s, g)[metric] for s, g in zip(scores, grades) if np.any(np.asarray(g) > 0)])
+
+
+def paired_difference(system: np.ndarray, reference: np.ndarray, draws: int = 10_000,
+                      seed: int = 0) -> dict[str, float]:
+    """Mean of ``system - reference`` over queries and its 95% percentile-bootstrap interval."""
+    diff = np.asarray(system, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    if diff.ndim != 1 or len(diff) == 0:
+        raise ValueError(f"paired_difference needs two equal-length, non-empty vectors, got {np.shape(system)} "
+                         f"and {np.shape(reference)}")
+    means = diff[np.random.default_rng(seed).integers(0, len(diff), size=(draws, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"delta": float(diff.mean()), "ci95": [float(low), float(high)], "queries": len(diff),
+            "wins": int(np.sum(diff > 0)), "losses": int(np.sum(diff < 0))}
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:

@@ -51,6 +51,15 @@ def eval_markdown(result: dict) -> str:
             "| system | " + " | ".join(LABELS[m] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for s in systems:
         out.append(f"| {s['name']} | " + " | ".join(_pct(s["fraction_of_dense"][m]) for m in METRICS) + " |")
+    paired = [s for s in systems if s.get("vs_dense")]
+    if paired:
+        out += ["", "nDCG@10 minus dense's, query by query (mean, 95% paired-bootstrap interval; wins / losses "
+                "are queries above / below dense). An interval that excludes 0 is a clear difference:", "",
+                "| system | difference | 95% interval | wins / losses |", "|---|---:|---:|---:|"]
+        for s in paired:
+            v = s["vs_dense"]
+            out.append(f"| {s['name']} | {v['delta']:+.3f} | [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] | "
+                       f"{v['wins']} / {v['losses']} |")
     c = result["consistency"]
     out += ["", f"Consistency: max |{c['exact_system']} - dense| = {c['max_abs_exact_minus_dense']:.2e} over "
             f"{c['pairs']} pairs (score = logit yes - logit no)."]

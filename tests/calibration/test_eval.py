@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 from minireranker.calibration.evaluate import EvalConfig, run_eval  # noqa: E402
-from minireranker.calibration.metrics import METRICS, summarize  # noqa: E402
+from minireranker.calibration.metrics import METRICS, per_query, summarize  # noqa: E402
 from minireranker.runtime.spec import RerankSpec  # noqa: E402
 
 SCORE_ATOL = 1e-4        # exact (cached K/V) vs dense (one full forward): fp32 summation order only
@@ -71,6 +71,20 @@ def test_fractions_recomputed_from_scores(result):
         for m in METRICS:
             assert system["metrics"][m] == pytest.approx(mine.means[m], abs=1e-12)
             assert system["fraction_of_dense"][m] == pytest.approx(mine.means[m] / dense[m], abs=1e-12)
+
+
+def test_difference_from_dense_is_paired_over_the_same_queries(result):
+    res, out, _ = result
+    grades = [np.array(q["grades"]) for q in res["queries"]]
+    dense = per_query([np.array(s) for s in _system(res, "dense")["scores"]], grades, "ndcg@10")
+    assert _system(res, "dense")["vs_dense"] is None
+    for system in [s for s in res["systems"] if s["kind"] != "dense"]:
+        mine = per_query([np.array(s) for s in system["scores"]], grades, "ndcg@10")
+        v = system["vs_dense"]
+        assert v["queries"] == 4 and v["delta"] == pytest.approx(float(np.mean(mine - dense)), abs=1e-12)
+        assert v["ci95"][0] <= v["delta"] <= v["ci95"][1]
+        assert (v["wins"], v["losses"]) == (int(np.sum(mine > dense)), int(np.sum(mine < dense)))
+        assert f"| {system['name']} | {v['delta']:+.3f} |" in (out / "eval.md").read_text()
 
 
 def test_spec_scores_equal_a_fresh_reference(result, tiny_checkpoint, labelled_set):

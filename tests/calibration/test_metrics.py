@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from minireranker.calibration.metrics import (average_ranks, hit_at_1, kendall, ndcg_at, query_metrics,
-                                              ranking, reciprocal_rank, spearman, summarize)
+from minireranker.calibration.metrics import (average_ranks, hit_at_1, kendall, ndcg_at, paired_difference, per_query,
+                                              query_metrics, ranking, reciprocal_rank, spearman, summarize)
 
 ATOL = 1e-12  # closed forms evaluated in float64
 
@@ -74,3 +74,30 @@ def test_agreement_matches_scipy_on_random_ties():
         a, b = rng.integers(0, 5, 20).astype(float), rng.integers(0, 5, 20).astype(float)
         assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
         assert kendall(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, abs=1e-12)
+
+
+def test_per_query_keeps_the_queries_summarize_averages():
+    scores = [np.array([2.0, 1.0]), np.array([1.0, 2.0]), np.array([1.0, 0.0])]
+    grades = [np.array([1, 0]), np.array([1, 0]), np.array([0, 0])]
+    np.testing.assert_array_equal(per_query(scores, grades, "hit@1"), [1.0, 0.0])
+    assert per_query(scores, grades, "hit@1").mean() == summarize(scores, grades).means["hit@1"]
+    with pytest.raises(ValueError, match="unknown metric"):
+        per_query(scores, grades, "ndcg@3")
+
+
+def test_paired_difference_interval():
+    """A constant gap has a zero-width interval; a gap that flips sign across queries straddles 0."""
+    same = paired_difference(np.array([0.6, 0.7, 0.8]), np.array([0.5, 0.6, 0.7]))
+    assert same["delta"] == pytest.approx(0.1, abs=ATOL)
+    assert same["ci95"] == pytest.approx([0.1, 0.1], abs=ATOL) and (same["wins"], same["losses"]) == (3, 0)
+    noisy = paired_difference(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.0, 1.0, 0.0, 0.9]))
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1] and (noisy["wins"], noisy["losses"]) == (2, 2)
+    # 15 gaps of +1 and 5 of -1: a resample's mean is 2 X / 20 - 1 with X ~ Binomial(20, 0.75). The 2.5%
+    # quantile of X is 11 (P(X <= 10) = 0.014, P(X <= 11) = 0.041): mean 0.1. The 97.5% quantile is 18
+    # (P(X <= 18) = 0.976), so close to the edge that 10,000 draws may give 19: mean 0.8 or 0.9.
+    many = paired_difference(np.r_[np.ones(15), np.zeros(5)], np.r_[np.zeros(15), np.ones(5)])
+    assert many["delta"] == pytest.approx(0.5, abs=ATOL)
+    assert many["ci95"][0] == pytest.approx(0.1, abs=ATOL)
+    assert min(abs(many["ci95"][1] - 0.8), abs(many["ci95"][1] - 0.9)) < ATOL
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference(np.array([]), np.array([]))
