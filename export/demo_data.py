@@ -389,6 +389,7 @@ class DocPool:
         self.about_photos = [doc for doc in docs if doc.photo is not None]  # photographs and texts about them
         self.photos = [doc for doc in self.about_photos if doc.has_image]
         self.texts = [doc for doc in docs if doc.text is not None]
+        self.singles = [doc for doc in docs if len(doc.digits) == 1]
 
     def related(self, query: QuerySpec) -> list[DocSpec]:
         """Documents that can be graded above 0 or are hard negatives (they share a digit or are photos)."""
@@ -422,15 +423,19 @@ def sample_query(rng: np.random.Generator, kinds: dict[str, float]) -> QuerySpec
 
 
 def select_candidates(query: QuerySpec, pool: DocPool, rng: np.random.Generator,
-                      counts: tuple[int, int, int, int]) -> list[tuple[DocSpec, int]]:
+                      counts: tuple[int, int, int, int], hard_singles: bool = False) -> list[tuple[DocSpec, int]]:
     """Up to ``counts`` = (grade 2, grade 1, hard grade 0, random grade 0) candidates, shuffled.
 
     Hard negatives are grade-0 documents sharing a digit with the query (or other photographs);
-    random negatives come from the whole pool. No document appears twice.
+    random negatives come from the whole pool. No document appears twice. A single-digit query has no
+    document that shares its digit and is graded 0; with ``hard_singles`` (training) its hard negatives are
+    single digits of other labels, so "a single digit" alone never wins.
     """
     graded: dict[int, list[DocSpec]] = {0: [], 1: [], 2: []}
     for doc in pool.related(query):
         graded[relevance(query, doc)].append(doc)
+    if hard_singles and query.kind == "digit":
+        graded[0] = [doc for doc in pool.singles if doc.digits != query.digits]
     chosen: list[tuple[DocSpec, int]] = []
     for grade, docs, count in ((2, graded[2], counts[0]), (1, graded[1], counts[1]), (0, graded[0], counts[2])):
         for i in rng.permutation(len(docs))[:count]:

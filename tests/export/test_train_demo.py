@@ -18,7 +18,7 @@ from minireranker.export.pruning import EmbedderGuide  # noqa: E402
 from minireranker.export.reference import ReferencePipeline  # noqa: E402
 from minireranker.export.tiny import PRESETS  # noqa: E402
 from minireranker.runtime.documents import Document  # noqa: E402
-from minireranker.runtime.preprocess import PreprocessConfig  # noqa: E402
+from minireranker.runtime.preprocess import PreprocessConfig, preprocess_image  # noqa: E402
 from minireranker.runtime.spec import RerankSpec  # noqa: E402
 from minireranker.runtime.template import VisionFirstTemplate  # noqa: E402
 
@@ -102,6 +102,53 @@ def test_embedder_sequences_match_the_pruning_guide_and_batch_exactly(tokenizer,
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
 
 
+def test_grounding_marks_each_named_digit_and_where_the_image_shows_it(tokenizer, digits):
+    """Query tokens "3" and " five" point at the visual tokens of their cells; banded views get no target."""
+    template = VisionFirstTemplate(tokenizer, RerankSpec())
+    preprocess = PreprocessConfig.from_dict(td.build_preprocessor_config(td.RERANKER_PRESET))
+    doc = data.DocSpec("c", (3, 5), tuple(int(s) for s in digits.of("heldout")[:2]), (32, 0, 0))
+    image = data.render(doc, digits)
+    labels = td.token_labels(doc, preprocess_image(image, preprocess)[1])
+    query = "3 and a five"
+    sample = td.reranker_sample(template, preprocess, query, image, None, visual_labels=labels)
+    named = [(tokenizer.id_to_token(sample.ids[row]), sorted(set(labels[cols - sample.image_start])))
+             for row, cols in sample.ground]
+    assert named == [("3", [3]), ("\u0120five", [5])]
+    for _, cols in sample.ground:
+        assert all(sample.ids[c] == template.image_pad_id for c in cols) and len(cols) == 4  # 2x2 tokens a cell
+    banded = td.reranker_sample(template, preprocess, query, image, None, td.View(band=(1, 1)), 128,
+                                visual_labels=labels)
+    assert banded.ground == []
+
+
+def test_grounding_loss_trains_the_attention_of_its_layer(tokenizer, digits, monkeypatch):
+    cfg = td.TrainConfig.smoke()
+    model = td.new_model(PRESETS["tiny"], tokenizer, seed=5, answers=True)
+    template = VisionFirstTemplate(tokenizer, RerankSpec())
+    preprocess = PreprocessConfig.from_dict(td.build_preprocessor_config(PRESETS["tiny"]))
+    doc = data.DocSpec("c", (3, 5), tuple(int(s) for s in digits.of("heldout")[:2]), (0, 0, 0))
+    image = data.render(doc, digits)
+    labels = td.token_labels(doc, preprocess_image(image, preprocess)[1])
+    samples = [td.reranker_sample(template, preprocess, q, image, None, visual_labels=labels)
+               for q in ("the digit 3", "a seven")]
+    assert len(samples[0].ground) == 1 and samples[1].ground == []
+
+    def loss_and_grad(weight: float) -> tuple[float, torch.Tensor]:
+        monkeypatch.setattr(td, "GROUND_WEIGHT", weight)
+        model.zero_grad()
+        loss = td.reranker_loss(model, samples, [2, 0], [0, 0], cfg)
+        loss.backward()
+        return loss.item(), model.core.layers[td.GROUND_LAYER].q_proj.weight.grad.clone()
+
+    plain, g0 = loss_and_grad(0.0)
+    grounded, g1 = loss_and_grad(1.0)
+    assert grounded > plain  # minus a log-probability: positive
+    assert not torch.allclose(g0, g1)
+    # the term is -log(attention mass on the 4 tokens of the 3): near-uniform attention over ~40 keys at
+    # the start puts about a tenth there, so the term is near -log(0.1) = 2.3, far above 0
+    assert 0.5 < grounded - plain < 6
+
+
 def test_a_short_training_run_lowers_the_loss(tokenizer, digits):
     """Loss on a fixed batch of held-out groups, before and after a few steps of the real training loop."""
     cfg = td.TrainConfig.smoke()
@@ -143,11 +190,30 @@ def test_the_script_writes_loadable_checkpoints_and_cards(tmp_path):
     assert np.isfinite(scores).all()
 
 
-def test_ranking_metrics():
-    m = td.ranking_metrics([[2, 0, 1], [0, 2, 0]], k=10)
-    assert m["hit@1"] == 0.5 and m["mrr"] == pytest.approx(0.75)
+def test_card_metrics_are_the_eval_metrics():
+    """Cards count the first relevant candidate (grade > 0), as `minireranker eval` does."""
+    rows = [{"candidates": [{"relevance": g} for g in grades]} for grades in ([1, 0, 2], [0, 0, 0])]
+    m = td._summary(rows, [np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0])])
+    assert m["hit@1"] == 1.0 and m["mrr"] == 1.0 and m["queries"] == 1 and m["excluded"] == 1
     ideal = 3 + 1 / np.log2(3)
-    assert m["ndcg@10"] == pytest.approx(((3 + 1 / np.log2(4)) / ideal + (3 / np.log2(3)) / 3) / 2)
+    assert m["ndcg@10"] == pytest.approx((1 + 3 / np.log2(4)) / ideal, abs=1e-12)
+
+
+def test_token_labels_follow_cells_and_margins():
+    """Each merged token (32 px) is one digit cell's half or one margin; a resized image is ignored."""
+    doc = data.DocSpec("x", (8, 3), (0, 1), (32, 0, 32))       # margin, 8, 3, margin: 192 x 64 pixels
+    expected = [td.BLANK, 8, 8, 3, 3, td.BLANK]
+    np.testing.assert_array_equal(td.token_labels(doc, (1, 4, 12)), expected * 2)
+    assert (td.token_labels(doc, (1, 2, 6)) == td.IGNORE).all()  # the grid of a downscaled image
+
+
+def test_hard_singles_make_single_digits_of_other_labels_the_hard_negatives():
+    digits = data.split_digits(0)
+    pool = data.build_pool(digits, "train", 100, 0)
+    q = data.QuerySpec("digit", (4,))
+    picked = data.select_candidates(q, pool, np.random.default_rng(0), (1, 1, 5, 0), hard_singles=True)
+    negatives = [doc for doc, g in picked if g == 0]
+    assert len(negatives) == 5 and all(len(d.digits) == 1 and d.digits != (4,) for d in negatives)
 
 
 # ---------------------------------------------------------------------------------------------------
