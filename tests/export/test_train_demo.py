@@ -13,6 +13,7 @@ pytest.importorskip("sklearn", reason="the demo data is generated from sklearn's
 
 from minireranker.export import demo_data as data  # noqa: E402
 from minireranker.export import train_demo as td  # noqa: E402
+from minireranker.export import trainable  # noqa: E402
 from minireranker.export.checkpoint import open_checkpoint  # noqa: E402
 from minireranker.export.pruning import EmbedderGuide  # noqa: E402
 from minireranker.export.reference import ReferencePipeline  # noqa: E402
@@ -81,7 +82,7 @@ def test_training_forward_scores_like_reference_pipeline(tiny_reranker, tokenize
         samples.append(sample)
         expected.append((2, approx.score(query, [approx.index(doc, kept_visual=kept)])[0]))
     with torch.no_grad():
-        hidden = model(td.collate(samples, 4))[0]
+        hidden = model(trainable.collate(samples, 4))[0]
         got = [float(model.score(hidden[layer][i: i + 1])[0]) for i, (layer, _) in enumerate(expected)]
     np.testing.assert_allclose(got, [e for _, e in expected], atol=ATOL, rtol=0)
 
