@@ -111,14 +111,14 @@ def test_grounding_marks_each_named_digit_and_where_the_image_shows_it(tokenizer
     image = data.render(doc, digits)
     labels = td.token_labels(doc, preprocess_image(image, preprocess)[1])
     query = "3 and a five"
-    sample = td.reranker_sample(template, preprocess, query, image, None, visual_labels=labels)
+    sample = td.reranker_sample(template, preprocess, query, image, None, ground=doc)
     named = [(tokenizer.id_to_token(sample.ids[row]), sorted(set(labels[cols - sample.image_start])))
              for row, cols in sample.ground]
     assert named == [("3", [3]), ("\u0120five", [5])]
     for _, cols in sample.ground:
         assert all(sample.ids[c] == template.image_pad_id for c in cols) and len(cols) == 4  # 2x2 tokens a cell
     banded = td.reranker_sample(template, preprocess, query, image, None, td.View(band=(1, 1)), 128,
-                                visual_labels=labels)
+                                ground=doc)
     assert banded.ground == []
 
 
@@ -129,8 +129,7 @@ def test_grounding_loss_trains_the_attention_of_its_layer(tokenizer, digits, mon
     preprocess = PreprocessConfig.from_dict(td.build_preprocessor_config(PRESETS["tiny"]))
     doc = data.DocSpec("c", (3, 5), tuple(int(s) for s in digits.of("heldout")[:2]), (0, 0, 0))
     image = data.render(doc, digits)
-    labels = td.token_labels(doc, preprocess_image(image, preprocess)[1])
-    samples = [td.reranker_sample(template, preprocess, q, image, None, visual_labels=labels)
+    samples = [td.reranker_sample(template, preprocess, q, image, None, ground=doc)
                for q in ("the digit 3", "a seven")]
     assert len(samples[0].ground) == 1 and samples[1].ground == []
 
