@@ -8,7 +8,7 @@ without the server (``Reranker.rerank``, one query at a time, no dynamic batchin
     python benchmarks/serve_load.py --out /tmp/serve-load                  # builds a tiny bundle (torch)
     python benchmarks/serve_load.py --bundle B --clients 8 --requests 200 --documents 8 --out DIR
 
-Timings are reported, never asserted (tests/serve/test_load.py runs a small configuration).
+Timings are reported, never asserted (tests/runtime/serve/test_load.py runs a small configuration).
 """
 
 from __future__ import annotations
@@ -160,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--batch-window-ms", type=float, default=2.0)
     args = p.parse_args(argv)
-    from minireranker.runtime.serve_api import ServeLimits
-    from minireranker.runtime.serve_service import ServeConfig
-    from minireranker.runtime.server import make_server, shut_down
-    from minireranker.runtime.telemetry import machine_info
+    from minireranker.runtime.serve.api import ServeLimits
+    from minireranker.runtime.serve.service import ServeConfig
+    from minireranker.runtime.serve.server import make_server, shut_down
+    from minireranker.runtime.profiling.telemetry import machine_info
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Cost per query of a spec, from the checkpoint's shapes: :mod:`minireranker.runtime.estimate`'s model.
+"""Cost per query of a spec, from the checkpoint's shapes: :mod:`minireranker.runtime.profiling.estimate`'s model.
 
 For one query over ``N`` cached candidates (warm: indexing is paid once per document, not per query)::
 
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from ..export.config import ModelConfig
-from ..runtime.estimate import DEVICES, Workload, predict
+from ..runtime.profiling.estimate import DEVICES, Workload, predict
 
 
 def layer_parameters(config: ModelConfig) -> int:

@@ -9,7 +9,7 @@ A document is an image (path, bytes, PIL image, numpy array), a text, or both, w
 Its cache key is its id when it has one, else a hash of its content; an id already indexed needs no
 content, and a document not yet cached is indexed on the fly. ``rerank`` is thread-safe.
 
-The server's dynamic batching (:mod:`minireranker.runtime.batcher`) scores pairs of several queries in one
+The server's dynamic batching (:mod:`minireranker.runtime.serve.batcher`) scores pairs of several queries in one
 engine call: ``prepare_query`` runs the query head once per query, ``lookup`` finds (or indexes) each
 query's documents, and ``score_pairs`` sends every (query, document) pair through the band and tail::
 
@@ -37,7 +37,7 @@ from .errors import DocumentError, MiniRerankerError, TokenizerError
 from .kvstore import KVEntry, KVStore, StoreConfig
 from .preprocess import preprocess_image
 from .pruning import select_kept
-from .sessions import GraphRunner, choose_providers
+from ..engines.onnxrt import GraphRunner, choose_providers
 from .template import DocumentTokens, VisionFirstTemplate, document_positions, text_positions
 from .vision_inputs import vision_inputs
 

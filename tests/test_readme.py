@@ -54,7 +54,7 @@ def test_readme_walkthrough_and_runtime_example_run(tmp_path):
     out = subprocess.run(moved(bench.split("#")[0].strip()), shell=True, capture_output=True, text=True,
                          cwd=tmp_path, timeout=600)
     assert out.returncode == 0 and (tmp_path / "bench-tiny" / "results.json").is_file(), out.stderr
-    # the profile block's estimate line (the full default sweep takes minutes: tests/runtime/test_profile.py)
+    # the profile block's estimate line (the full default sweep takes minutes: tests/runtime/profiling/test_profile.py)
     estimate = next(line for b in blocks("bash") for line in b.splitlines() if "--estimate" in line)
     out = subprocess.run(moved(estimate.split("#")[0].strip()), shell=True, capture_output=True, text=True,
                          cwd=tmp_path, timeout=300)

@@ -1,4 +1,4 @@
-"""``minireranker bench``: flags -> :class:`~minireranker.export.bench_presets.BenchConfig` -> ``run_bench``.
+"""``minireranker bench``: flags -> :class:`~minireranker.calibration.bench.presets.BenchConfig` -> ``run_bench``.
 
 Defaults live in ``BenchConfig`` only: a flag left out is not passed on, and the help text reads them there.
 """
@@ -10,14 +10,14 @@ from dataclasses import fields
 
 
 def _defaults() -> dict:
-    from ..export.bench_presets import BenchConfig
+    from ..calibration.bench.presets import BenchConfig
 
     return {f.name: f.default for f in fields(BenchConfig) if f.init}
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from ..export.bench_presets import BENCH_PRESETS, SYSTEMS  # numpy, Pillow: only when the parser is built
+    from ..calibration.bench.presets import BENCH_PRESETS, SYSTEMS  # numpy, Pillow: only when the parser is built
 
     defaults = _defaults()
     presets = "; ".join(f"{name}: {p.description}" for name, p in BENCH_PRESETS.items())
@@ -50,8 +50,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..export.bench import run_bench
-    from ..export.bench_presets import BenchConfig
+    from ..calibration.bench.harness import run_bench
+    from ..calibration.bench.presets import BenchConfig
 
     given = {name: getattr(args, name) for name in _defaults() if getattr(args, name, None) is not None}
     run_bench(BenchConfig(**{**given, "spec_files": tuple(given.get("spec_files", ()))}))

@@ -175,7 +175,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..export.verify import verify_checkpoint
+    from ..calibration.verify import verify_checkpoint
     from ..runtime.documents import expand_document_args
 
     docs = expand_document_args(args.documents) if args.documents else None
@@ -192,7 +192,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..export.demo import run_demo
+    from ..calibration.demo.run import run_demo
 
     if args.candidates < 1 or args.show < 1:
         raise MiniRerankerError("--candidates and --show must be at least 1")

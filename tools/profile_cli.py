@@ -1,4 +1,4 @@
-"""``minireranker profile``: flags only; the work is :func:`minireranker.runtime.profile.run_profile`.
+"""``minireranker profile``: flags only; the work is :func:`minireranker.runtime.profiling.profile.run_profile`.
 
 ``register(subparsers)`` adds the subcommand to the ``minireranker`` parser.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..runtime.estimate import DEVICE_NAMES
-from ..runtime.profile import COLD_MODES, ProfileConfig
+from ..runtime.profiling.estimate import DEVICE_NAMES
+from ..runtime.profiling.profile import COLD_MODES, ProfileConfig
 
 _DEFAULTS = ProfileConfig()  # every default is defined once, in ProfileConfig
 
@@ -69,7 +69,7 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from ..runtime.documents import Document, expand_document_args
-    from ..runtime.profile import run_profile
+    from ..runtime.profiling.profile import run_profile
     from ..runtime.spec import RerankSpec
 
     docs = [d if d.id is not None else Document(d.image, d.text, id=d.label)

@@ -38,8 +38,8 @@ def env_name(flag: str) -> str:
 
 
 def _defaults() -> dict:
-    from ..runtime.serve_api import ServeLimits
-    from ..runtime.serve_service import ServeConfig
+    from ..runtime.serve.api import ServeLimits
+    from ..runtime.serve.service import ServeConfig
 
     out = {f.name: f.default for f in fields(ServeLimits)}
     out.update({f.name: f.default for f in fields(ServeConfig) if f.name != "limits"})
@@ -86,8 +86,8 @@ def _from_env(flag: str, kind: type):
 
 def config_from_args(args: argparse.Namespace):
     """ServeConfig from parsed flags, falling back to environment variables, then to the defaults."""
-    from ..runtime.serve_api import ServeLimits
-    from ..runtime.serve_service import ServeConfig
+    from ..runtime.serve.api import ServeLimits
+    from ..runtime.serve.service import ServeConfig
 
     if not args.bundle or not args.cache:
         raise MiniRerankerError(f"give the BUNDLE directory and --cache DIR (or {env_name('bundle')} and "
@@ -114,7 +114,7 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..runtime.bundle import load_bundle
-    from ..runtime.server import serve
+    from ..runtime.serve.server import serve
 
     config = config_from_args(args)
     load_bundle(config.bundle)  # a wrong path fails here, in one line, before the port is bound

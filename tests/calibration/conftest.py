@@ -60,10 +60,11 @@ def unlabelled_set(tmp_path_factory) -> Path:
     return write_set(tmp_path_factory.mktemp("calib-set") / "calib.jsonl", labelled=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """These tests run tiny models as many small matmuls: one thread, as eval and calibrate use by default
-    (restored after each module, so tests elsewhere keep torch's setting)."""
+    (restored after each module, so tests elsewhere keep torch's setting). The calibration modules ask for it
+    with ``pytestmark``; the demo and bench tests below this folder keep torch's own setting."""
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -15,6 +15,8 @@ from minireranker.calibration.calibrate import CalibrationConfig, default_grid, 
 from minireranker.calibration.metrics import spearman, summarize  # noqa: E402
 from minireranker.runtime.spec import RerankSpec  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TARGET = 0.9
 
 

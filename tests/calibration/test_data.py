@@ -11,6 +11,8 @@ from cli_helpers import assert_one_error_line, run_cli
 from minireranker.calibration.data import load_labelled_set
 from minireranker.calibration.errors import EvalDataError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GOOD = {"qid": "q1", "query": "a cat", "candidates": [
     {"id": "d1", "image": "img.png", "text": None, "relevance": 1},
     {"id": "d2", "image": None, "text": "a dog", "relevance": 0}]}

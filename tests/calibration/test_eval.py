@@ -13,6 +13,8 @@ from minireranker.calibration.evaluate import EvalConfig, run_eval  # noqa: E402
 from minireranker.calibration.metrics import METRICS, per_query, summarize  # noqa: E402
 from minireranker.runtime.spec import RerankSpec  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SCORE_ATOL = 1e-4        # exact (cached K/V) vs dense (one full forward): fp32 summation order only
 FRACTION_ATOL = 1e-6
 APPROX = RerankSpec(exit_layer=2, band=(1, 2), keep_ratio=0.5, query_position=64)

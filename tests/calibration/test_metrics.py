@@ -10,6 +10,8 @@ import pytest
 from minireranker.calibration.metrics import (average_ranks, hit_at_1, kendall, ndcg_at, paired_difference, per_query,
                                               query_metrics, ranking, reciprocal_rank, spearman, summarize)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ATOL = 1e-12  # closed forms evaluated in float64
 
 

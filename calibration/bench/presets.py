@@ -1,0 +1,204 @@
+"""What ``minireranker bench`` measures: model presets, the run's settings and the drawn corpus.
+
+Weights are random (timing does not depend on them); each preset is a Hugging Face-layout checkpoint
+written by :func:`minireranker.export.tiny.write_tiny_checkpoint`. Bench presets live here, not in
+``tiny.PRESETS``, because the test suite builds every entry of that dict.
+
+=======  ======================================================  ========================  ==============
+preset   text decoder (L, D, heads/KV, head_dim, MLP)             vision tower              page -> tokens
+=======  ======================================================  ========================  ==============
+tiny     4, 64, 4/2, 16, 128; DeepStack into 0-1                  3 x 32, MLP 64            96x128 -> 12
+small    28, 128, 4/2, 32, 384; DeepStack into 0-2; tied          6 x 64 (2 heads), MLP 256 1240x1754 -> 962
+2b       28, 2048, 16/8, 128, 6144; DeepStack into 0-2; tied;     24 x 1024 (16 heads),     1240x1754 -> 962
+         vocab 151936 (Qwen3-VL-2B's shapes)                      MLP 4096
+=======  ======================================================  ========================  ==============
+
+A "page" is a drawn A4 document at 150 dpi (title, lines of words, a table box); with the 1024x1024 pixel
+budget, patch 16 and 2x2 merge it becomes a 26x37 grid of merged tokens (962 visual tokens). Queries are
+5 to 20 words from QUERY_WORDS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ...runtime.errors import MiniRerankerError, SpecError
+from ...runtime.spec import RerankSpec
+from ...export.tiny import PRESETS, TinyPreset
+
+SYSTEMS = ("dense_transformers", "dense_onnx", "prefix_reuse", "minireranker")
+PAGE_PIXELS = 1024 * 1024  # the pixel budget that gives ~1,000 visual tokens at patch 16, merge 2
+
+WORDS = (
+    "annual report revenue growth market europe asia quarterly results profit margin table figure chart "
+    "invoice total amount due date customer account balance policy insurance claim contract clause party "
+    "agreement section schedule payment terms research paper abstract method results dataset accuracy model "
+    "training evaluation baseline experiment patient study clinical trial dose effect outcome safety energy "
+    "consumption carbon emissions target plan budget forecast cost sales region product launch manual "
+    "installation safety warning device battery charging temperature network server latency memory storage"
+).split()
+
+
+# Query words: ones the tiny tokenizer keeps whole (one token each, as Qwen's 151k vocabulary keeps common
+# English words), so that query segments have Qwen-like lengths: 26 template tokens + one per word.
+QUERY_WORDS = (
+    "after answer back bank boat bus capital cat city cup day document eggs eight every find first five flour "
+    "four fox give good have image lake legs line little live make many name near nine number other page "
+    "percent photo picture provided quarter query question quick read red relevant report retrieve said search "
+    "seven shows six small sound spider sun take text thing third three time train twelve twenty two warm wood year"
+).split()
+
+
+class BenchError(MiniRerankerError):
+    """The benchmark cannot run as configured, or one of its systems failed."""
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """A model shape, the page size of its corpus and its default miniReranker spec."""
+
+    model: TinyPreset
+    page_size: tuple[int, int]  # (width, height) of the drawn pages, before the preprocessor resizes them
+    spec: RerankSpec            # system (d) unless other specs are given besides it
+    description: str
+
+
+_SMALL_MODEL = TinyPreset(
+    hidden_size=128, intermediate_size=384, num_hidden_layers=28, num_attention_heads=4, num_key_value_heads=2,
+    head_dim=32, mrope_section=(6, 5, 5), vision_depth=6, vision_hidden_size=64, vision_intermediate_size=256,
+    vision_num_heads=2, num_position_embeddings=2304, deepstack_visual_indexes=(1, 3, 4), tie_word_embeddings=True,
+    min_pixels=256 * 256, max_pixels=PAGE_PIXELS,
+)
+_2B_MODEL = TinyPreset(
+    hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+    head_dim=128, mrope_section=(24, 20, 20), vision_depth=24, vision_hidden_size=1024,
+    vision_intermediate_size=4096, vision_num_heads=16, num_position_embeddings=2304,
+    deepstack_visual_indexes=(5, 11, 17), tie_word_embeddings=True, max_position_embeddings=262144,
+    min_pixels=256 * 256, max_pixels=PAGE_PIXELS, vocab_size=151936, shards=4,
+)
+# Paper-like: exit after 16 of 28 layers (57% of the decoder), a 4-layer band, a quarter of the visual tokens.
+_PAPER_SPEC = RerankSpec(exit_layer=15, band=(8, 11), keep_ratio=0.25, query_position=256)
+
+BENCH_PRESETS: dict[str, BenchPreset] = {
+    "tiny": BenchPreset(PRESETS["tiny"], (96, 128), RerankSpec.tiny(),
+                        "the 4-layer test model; runs end to end in seconds (CI)"),
+    "small": BenchPreset(_SMALL_MODEL, (1240, 1754), _PAPER_SPEC,
+                         "Qwen3-VL-2B's depth and layout at a narrow width; a CPU run takes minutes"),
+    "2b": BenchPreset(_2B_MODEL, (1240, 1754), _PAPER_SPEC,
+                      "Qwen3-VL-2B's real shapes (random weights); for long runs and GPUs"),
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run. Every default is defined here; the command line only overrides."""
+
+    out: Path
+    preset: str = "tiny"
+    candidates: int = 100
+    repeats: int = 3
+    spec_files: tuple[Path, ...] = ()   # extra miniReranker specs, each a system of its own besides (d)
+    systems: tuple[str, ...] = SYSTEMS
+    dense_pairs: int | None = None      # time (a) on this many pairs and scale to `candidates` (linear in N)
+    batch_size: int = 32
+    precision: str = "fp32"             # of the bundles (fp16 for GPUs); (a) runs float32
+    validate: bool = True               # build checks every graph against the torch reference
+    seed: int = 0
+    work: Path | None = None            # checkpoint, bundles, corpus and caches; default: <out>/work
+    specs: tuple[tuple[str, RerankSpec], ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "work", Path(self.work) if self.work is not None else self.out / "work")
+        object.__setattr__(self, "spec_files", tuple(Path(p) for p in self.spec_files))
+        object.__setattr__(self, "systems", tuple(self.systems))
+        problems = [text for bad, text in self._checks() if bad]
+        if problems:
+            raise BenchError("invalid bench settings: " + "; ".join(problems))
+        specs = [("minireranker", self.bench_preset.spec)]
+        for path in self.spec_files:
+            specs.append((f"minireranker:{path.stem}", RerankSpec.from_file(path)))  # SpecError names the file
+        if len({name for name, _ in specs}) != len(specs):
+            raise SpecError("two --spec files have the same name (file stem); rename one")
+        layers = self.bench_preset.model.num_hidden_layers
+        for name, spec in specs:
+            try:
+                spec.resolve(layers)
+            except SpecError as exc:
+                raise SpecError(f"{name}: {exc} (the {self.preset} preset has {layers} layers)") from None
+        object.__setattr__(self, "specs", tuple(specs))
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.preset not in BENCH_PRESETS,
+             f"preset {self.preset!r} is unknown; choose one of {sorted(BENCH_PRESETS)}"),
+            (self.candidates < 1, f"candidates must be >= 1, got {self.candidates}"),
+            (self.repeats < 1, f"repeats must be >= 1, got {self.repeats}"),
+            (self.batch_size < 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.precision not in ("fp32", "fp16"), f"precision must be fp32 or fp16, got {self.precision!r}"),
+            (self.dense_pairs is not None and not 1 <= self.dense_pairs <= self.candidates,
+             f"dense_pairs must be between 1 and candidates ({self.candidates}), got {self.dense_pairs}"),
+            (not self.systems or not set(self.systems) <= set(SYSTEMS) or len(set(self.systems)) != len(self.systems),
+             f"systems must be distinct names among {list(SYSTEMS)}, got {list(self.systems)}"),
+            (bool(self.spec_files) and "minireranker" not in self.systems, "--spec needs the minireranker system"),
+        ]
+
+    @property
+    def bench_preset(self) -> BenchPreset:
+        return BENCH_PRESETS[self.preset]
+
+    @classmethod
+    def tiny(cls, out: Path) -> "BenchConfig":
+        """The test-suite run: the tiny preset, 4 candidates, one repeat."""
+        return cls(out=out, preset="tiny", candidates=4, repeats=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the corpus
+# ---------------------------------------------------------------------------------------------------
+
+
+def draw_page(size: tuple[int, int], seed: int) -> Image.Image:
+    """A document page: a title, paragraphs of words, a table box and a footer, black on white."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    margin, line = max(2, w // 15), max(4, h // 60)
+    draw.rectangle((margin, margin, w - margin, margin + 2 * line), fill=(30, 30, 90))
+    y = margin + 3 * line
+    table_at = int(rng.integers(h // 3, 2 * h // 3))
+    while y < h - 2 * margin:
+        if abs(y - table_at) < line:  # a table: a box with ruled rows
+            bottom = min(h - 2 * margin, y + 8 * line)
+            draw.rectangle((margin, y, w - margin, bottom), outline="black", width=max(1, line // 8))
+            for r in range(y + line, bottom, line):
+                draw.line((margin, r, w - margin, r), fill=(120, 120, 120))
+            y = bottom + line
+            continue
+        words = " ".join(rng.choice(WORDS, size=int(rng.integers(6, 14))))
+        draw.text((margin, y), words, fill=(0, 0, 0))
+        y += line
+    draw.text((margin, h - margin), f"page {seed}", fill=(90, 90, 90))
+    return img
+
+
+def draw_query(seed: int) -> str:
+    """A query of 5 to 20 words from QUERY_WORDS."""
+    rng = np.random.default_rng(seed)
+    return " ".join(rng.choice(QUERY_WORDS, size=int(rng.integers(5, 21))))
+
+
+def write_corpus(directory: Path, size: tuple[int, int], count: int, seed: int) -> list[Path]:
+    """``count`` PNG pages in ``directory`` (existing files of the same name are rewritten)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = directory / f"page-{i:04d}.png"
+        draw_page(size, seed * 100_003 + i).save(path)
+        paths.append(path)
+    return paths

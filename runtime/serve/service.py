@@ -1,0 +1,259 @@
+"""The service behind ``minireranker serve``: engines, dynamic batcher, K/V store and metrics (no HTTP).
+
+::
+
+    rerank request thread:  parse -> query head (once) -> K/V lookup (index what is not cached)
+                            -> batcher.submit(pairs) ... wait ... -> sort, top_n -> response
+    batcher thread:         gather pairs of concurrent requests (window, max_batch) -> band -> tail
+    index request thread:   one of ``index_workers`` slots -> vision -> doc_prefix -> K/V store
+
+Indexing never holds anything a rerank waits for: it runs in its request's thread, bounded by its own
+semaphore, and the store is safe for concurrent readers and writers in one process (and across
+processes): a put writes a temp file and ``os.replace``s it (a reader sees the old entry or the new one),
+an entry's arrays are views of their own ``mmap`` (a delete or replace unlinks the name, the mapping a
+rerank is reading stays valid), and the store's counters sit behind its lock.
+
+Loading is observable: ``start_loading`` opens the bundle on a thread; until it is done ``ready`` is
+unset and the HTTP layer answers 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .batcher import DynamicBatcher
+from ..documents import Document
+from ..errors import MiniRerankerError, TokenizerError
+from .metrics import COUNT_BUCKETS, Counter, Gauge, Histogram, Registry
+from .api import RequestError, RerankRequest, ServeLimits, rerank_response
+
+log = logging.getLogger("minireranker.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``minireranker serve`` takes; each default is defined here once."""
+
+    bundle: Path
+    cache: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    max_batch: int = 32                 # pairs per engine call and per dynamic batch
+    batch_window_ms: float = 2.0        # how long the batcher gathers concurrent requests
+    served_model_name: str | None = None  # default: the bundle directory's name
+    index_workers: int = 1              # concurrent POST /v1/documents jobs
+    providers: tuple[str, ...] | None = None
+    max_cache_bytes: int | None = None
+    int8_cache: bool = False
+    drain_timeout_s: float = 30.0       # SIGTERM: how long in-flight requests may take to finish
+    limits: ServeLimits = field(default_factory=ServeLimits)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bundle", Path(self.bundle))
+        object.__setattr__(self, "cache", Path(self.cache))
+        if not 0 <= self.port <= 65535:
+            raise MiniRerankerError(f"--port must be 0..65535, got {self.port}")
+        for name in ("max_batch", "index_workers"):
+            if getattr(self, name) < 1:
+                raise MiniRerankerError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.batch_window_ms < 0:
+            raise MiniRerankerError(f"--batch-window-ms must be >= 0, got {self.batch_window_ms}")
+        if self.api_key is not None and not self.api_key:
+            raise MiniRerankerError("--api-key is empty; give a key or leave it out")
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.bundle.resolve().name
+
+
+class RerankService:
+    """Thread-safe operations of the server; ``loader()`` returns the Reranker (a hook for tests)."""
+
+    def __init__(self, config: ServeConfig, loader: Callable[[], Any] | None = None) -> None:
+        self.config = config
+        self.loader = loader or self._load_reranker
+        self.reranker: Any = None
+        self.batcher: DynamicBatcher | None = None
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self._index_slots = threading.Semaphore(config.index_workers)
+        self._store_stats: tuple[float, dict] = (0.0, {})
+        self._init_metrics()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def _load_reranker(self) -> Any:
+        from ..reranker import Reranker
+
+        c = self.config
+        return Reranker(c.bundle, c.cache, providers=c.providers, max_cache_bytes=c.max_cache_bytes,
+                        batch_size=c.max_batch, int8_cache=c.int8_cache)
+
+    def start_loading(self) -> threading.Thread:
+        """Load the engines on a thread; ``ready`` is set when they are (``load_error`` if they fail)."""
+        thread = threading.Thread(target=self._load, name="minireranker-load", daemon=True)
+        thread.start()
+        return thread
+
+    def _load(self) -> None:
+        try:
+            reranker = self.loader()
+        except Exception as exc:  # reported by /v1/health/ready and the log; the server stays up
+            self.load_error = f"loading the bundle failed: {exc}"
+            log.error("%s", self.load_error)
+            return
+        self.reranker = reranker
+        self.batcher = DynamicBatcher(self._score, self.config.batch_window_ms / 1e3, self.config.max_batch,
+                                      on_batch=self._on_batch)
+        self.ready.set()
+
+    def close(self) -> None:
+        """Finish queued batches, then release the engines and the store."""
+        if self.batcher is not None:
+            self.batcher.close(timeout=self.config.drain_timeout_s)
+        if self.reranker is not None:
+            self.reranker.close()
+
+    def _require_ready(self) -> Any:
+        if not self.ready.is_set():
+            raise RequestError(503, self.load_error or "the engines are still loading; retry shortly")
+        return self.reranker
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def _init_metrics(self) -> None:
+        r = self.registry = Registry()
+        self.m_requests = r.add(Counter("minireranker_requests_total", "HTTP requests by route and status code.",
+                                        ("route", "code")))
+        self.m_errors = r.add(Counter("minireranker_errors_total", "HTTP requests answered 4xx/5xx, by route.",
+                                      ("route", "code")))
+        self.m_latency = r.add(Histogram("minireranker_request_seconds", "HTTP request latency by route.",
+                                         ("route",)))
+        self.m_stage = r.add(Histogram("minireranker_stage_seconds", "Seconds per rerank stage (query_head, "
+                                       "kv_lookup, index, batch_wait, kv_read, band, tail).", ("stage",)))
+        self.m_candidates = r.add(Histogram("minireranker_candidates_per_request", "Documents per rerank request.",
+                                            buckets=COUNT_BUCKETS))
+        self.m_batch = r.add(Histogram("minireranker_batch_pairs", "Pairs per dynamic batch.", buckets=COUNT_BUCKETS))
+        self.m_batch_requests = r.add(Histogram("minireranker_batch_requests", "Requests per dynamic batch.",
+                                                buckets=COUNT_BUCKETS))
+        self.m_indexed = r.add(Counter("minireranker_documents_indexed_total", "Documents indexed by POST "
+                                       "/v1/documents.", ("result",)))
+        for name, what in (("hits", "K/V store hits."), ("misses", "K/V store misses."),
+                           ("evictions", "K/V store LRU evictions.")):
+            r.add(Gauge(f"minireranker_cache_{name}_total", what, lambda n=name: self._store_stat(n), kind="counter"))
+        r.add(Gauge("minireranker_cache_bytes", "Bytes of K/V entries on disk for this bundle.",
+                    lambda: self._store_stat("bytes")))
+        r.add(Gauge("minireranker_kv_bytes_read_total", "K/V bytes read into band batches.",
+                    lambda: self.reranker.stats["kv_bytes_read"] if self.reranker else 0, kind="counter"))
+        r.add(Gauge("minireranker_queue_depth", "Rerank requests waiting for a dynamic batch.",
+                    lambda: self.batcher.depth if self.batcher else 0))
+        r.add(Gauge("minireranker_ready", "1 once the engines are loaded.", lambda: float(self.ready.is_set())))
+
+    def _store_stat(self, name: str) -> float:
+        if self.reranker is None:
+            return 0
+        at, stats = self._store_stats
+        if time.monotonic() - at > 0.5:  # one directory scan per scrape, not one per metric
+            stats = self.reranker.store.stats()
+            self._store_stats = (time.monotonic(), stats)
+        return stats.get(name) or 0
+
+    def _on_batch(self, requests: int, pairs: int, seconds: float) -> None:
+        self.m_batch.observe(pairs)
+        self.m_batch_requests.observe(requests)
+
+    def _score(self, pairs: list) -> Any:
+        timings: dict[str, float] = {}
+        scores = self.reranker.score_pairs(pairs, timings)
+        for stage in ("kv_read", "band", "tail"):
+            if stage in timings:
+                self.m_stage.observe(timings[stage], stage=stage)
+        return scores
+
+    def record(self, route: str, status: int, seconds: float) -> None:
+        self.m_requests.inc(route=route, code=str(status))
+        self.m_latency.observe(seconds, route=route)
+        if status >= 400:
+            self.m_errors.inc(route=route, code=str(status))
+
+    # -- operations -------------------------------------------------------------------------------
+    def rerank(self, request: RerankRequest) -> Any:
+        """Score ``request`` (through the dynamic batcher); the response body (dict, or a TEI list)."""
+        reranker = self._require_ready()
+        limits = self.config.limits
+        t0 = time.perf_counter()
+        try:
+            n = len(reranker.encoder.tokenizer.encode(request.query, add_special_tokens=False).ids)
+            if n > limits.max_query_tokens:
+                raise RequestError(413, f"the query is {n} tokens long; the limit is {limits.max_query_tokens} "
+                                   "(--max-query-tokens): shorten it")
+            state = reranker.prepare_query(request.query)
+        except TokenizerError as exc:
+            raise RequestError(413 if "tokens long" in str(exc) else 422, str(exc)) from None
+        t1 = time.perf_counter()
+        self.m_stage.observe(t1 - t0, stage="query_head")
+        timings: dict[str, float] = {}
+        entries, failed = reranker.lookup(request.documents, timings)
+        for stage in ("kv_lookup", "index"):
+            self.m_stage.observe(timings.get(stage, 0.0), stage=stage)
+        if failed:
+            _raise_failures(failed, request.documents)
+        self.m_candidates.observe(len(entries))
+        t2 = time.perf_counter()
+        scores = self.batcher.submit([(state, e) for _, e in entries]).result()
+        self.m_stage.observe(time.perf_counter() - t2, stage="batch_wait")
+        probability = [1.0 / (1.0 + _exp(-s)) for s in scores]
+        order = sorted(range(len(entries)), key=lambda j: (-scores[j], entries[j][0]))
+        if request.top_n is not None:
+            order = order[: request.top_n]
+        scored = [(entries[j][0], probability[j], float(scores[j])) for j in order]
+        tokens = sum(len(state.ids) + int(e.k.shape[2]) for _, e in entries)
+        return rerank_response(request, scored, self.config.model_name, tokens, uuid.uuid4().hex, int(time.time()))
+
+    def index(self, documents: Sequence[Document]) -> dict:
+        """``POST /v1/documents``: index (or re-index changed) documents; one index slot at a time."""
+        reranker = self._require_ready()
+        with self._index_slots:
+            report = reranker.index(documents)
+        self.m_indexed.inc(report.indexed, result="indexed")
+        self.m_indexed.inc(report.skipped, result="skipped")
+        self.m_indexed.inc(len(report.failed), result="failed")
+        return {"indexed": report.indexed, "skipped": report.skipped,
+                "failed": [{"index": f.index, "id": documents[f.index].id, "error": f.error} for f in report.failed]}
+
+    def document_status(self, doc_id: str) -> dict:
+        """``GET /v1/documents/{id}``: whether the id is cached (404 when it is not)."""
+        reranker = self._require_ready()
+        key = reranker.key(Document(id=doc_id))
+        if key not in reranker.store:
+            raise RequestError(404, f"document id {doc_id!r} is not in the cache")
+        return {"id": doc_id, "cached": True}
+
+    def delete_document(self, doc_id: str) -> dict:
+        """``DELETE /v1/documents/{id}`` (404 when it was not cached)."""
+        reranker = self._require_ready()
+        if not reranker.store.delete(reranker.key(Document(id=doc_id))):
+            raise RequestError(404, f"document id {doc_id!r} is not in the cache")
+        return {"id": doc_id, "deleted": True}
+
+
+def _raise_failures(failed: list, documents: Sequence[Document]) -> None:
+    first = failed[0]
+    doc = documents[first.index]
+    unknown = doc.image is None and not doc.text
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    if unknown:
+        raise RequestError(404, f"documents[{first.index}]: id {doc.id!r} is not in the cache and has no "
+                           f"content; index it with POST /v1/documents first{more}")
+    raise RequestError(422, f"documents[{first.index}] cannot be scored: {first.error}{more}")
+
+
+def _exp(x: float) -> float:
+    import math
+
+    return math.exp(x) if x < 700 else math.inf

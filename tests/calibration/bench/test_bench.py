@@ -1,0 +1,200 @@
+"""`minireranker bench` on the tiny preset, end to end: the JSON's structure and internal consistency.
+
+Never its speed: timings are whatever this machine gives; only relations that hold by construction
+(stages within totals, ratios as quotients, bytes as N x per-document bytes, once-per-query) are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from minireranker.calibration.bench.report import render_markdown  # noqa: E402
+from minireranker.calibration.bench.harness import (  # noqa: E402
+    STAGES, _scaled, query_first_prompt, run_bench, warm_rerank_flops,
+)
+from minireranker.calibration.bench.presets import (  # noqa: E402
+    BENCH_PRESETS, QUERY_WORDS, SYSTEMS, BenchConfig, BenchError, draw_query,
+)
+from minireranker.export.tiny import PRESETS  # noqa: E402
+from minireranker.export.tokenizer_factory import build_tokenizer  # noqa: E402
+from minireranker.runtime.errors import SpecError  # noqa: E402
+from minireranker.runtime.spec import RerankSpec  # noqa: E402
+from minireranker.tools.bench_cli import register  # noqa: E402
+
+EPS = 1e-9  # seconds: float summation slack when comparing stage sums with totals
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = run_bench(BenchConfig.tiny(out), log=lambda _: None)
+    return out, result
+
+
+def test_outputs_are_written_and_the_json_is_the_result(bench):
+    out, result = bench
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(result))
+    table = (out / "results.md").read_text()
+    assert table == render_markdown(result)
+    for s in result["systems"].values():
+        assert s["label"] in table
+    if importlib.util.find_spec("matplotlib") is not None:  # the PNG is optional (the 'plot' extra)
+        assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_system_is_present_with_its_stages(bench):
+    _, result = bench
+    systems = result["systems"]
+    assert list(systems) == list(SYSTEMS) and result["settings"]["systems"] == list(SYSTEMS)
+    n, repeats = result["settings"]["candidates"], result["settings"]["repeats"]
+    for name, s in systems.items():
+        assert len(s["runs"]) == repeats, name
+        assert set(s["stages_s"]) == set(STAGES), name
+        assert s["measured_pairs"] == n and not s["scaled"], name
+        assert s["peak_rss_bytes"]["serve"] > 0, name
+    a, b, c, d = (systems[k]["stages_s"] for k in SYSTEMS)
+    assert all(a[k]["median"] > 0 for k in ("preprocess", "vision", "lm"))
+    assert all(b[k]["median"] > 0 for k in ("preprocess", "vision", "doc_prefix", "band"))
+    for warm in (c, d):  # nothing about the documents is recomputed on a warm rerank
+        assert all(warm[k]["max"] == 0 for k in ("preprocess", "vision", "doc_prefix", "lm"))
+        assert warm["band"]["median"] > 0 and warm["kv_read"]["median"] > 0
+
+
+def test_stage_times_sum_to_at_most_the_total(bench):
+    _, result = bench
+    for name, s in result["systems"].items():
+        for run in s["runs"]:
+            assert sum(run["stages_s"].values()) <= run["total_s"] + EPS, name
+            assert run["other_s"] == pytest.approx(run["total_s"] - sum(run["stages_s"].values()), abs=EPS)
+        for spread in [s["total_s"], s["other_s"], *s["stages_s"].values()]:
+            assert spread["min"] <= spread["median"] <= spread["max"], name
+
+
+def test_ratios_are_the_quotients_of_the_medians(bench):
+    _, result = bench
+    systems = result["systems"]
+    for s in systems.values():
+        for ref in ("dense_transformers", "dense_onnx"):
+            assert s[f"ratio_to_{ref}"] == s["total_s"]["median"] / systems[ref]["total_s"]["median"]
+    assert systems["dense_transformers"]["ratio_to_dense_transformers"] == 1.0
+    target = result["targets"][0]
+    assert target["system"] == "minireranker" and target["target"] == 0.01 and target["aim"] == 0.005
+    assert target["ratio_to_dense_transformers"] == systems["minireranker"]["ratio_to_dense_transformers"]
+
+
+def test_kv_bytes_read_are_n_times_the_bytes_of_one_document(bench):
+    _, result = bench
+    systems, n = result["systems"], result["settings"]["candidates"]
+    for name in ("prefix_reuse", "minireranker"):
+        s = systems[name]
+        per_doc = s["index_one_doc"]["kv_bytes_per_doc"]
+        assert per_doc > 0 and s["index_one_doc"]["documents"] == n
+        assert all(run["kv_bytes_read"] == n * per_doc for run in s["runs"]), name
+        bounds = s["bounds"]
+        assert bounds["kv_floor_s"] == pytest.approx(n * per_doc / (bounds["memcpy_gib_s"] * 2**30), rel=1e-9)
+        assert bounds["total_over_kv_floor"] == pytest.approx(s["total_s"]["median"] / bounds["kv_floor_s"], rel=1e-9)
+    # (b) feeds the band the same K/V as (c), recomputed instead of read; the pruned spec reads less
+    assert systems["dense_onnx"]["kv_bytes_read_per_query"] == systems["prefix_reuse"]["kv_bytes_read_per_query"]
+    assert systems["minireranker"]["kv_bytes_read_per_query"] < systems["prefix_reuse"]["kv_bytes_read_per_query"]
+    assert systems["dense_transformers"]["index_one_doc"] is None and systems["dense_onnx"]["bounds"] is None
+
+
+def test_query_head_runs_once_per_query_and_exact_systems_agree(bench):
+    _, result = bench
+    systems = result["systems"]
+    assert RerankSpec.from_dict(systems["minireranker"]["spec"]).band[0] > 0  # A > 0: there is a query head
+    assert all(run["query_head_runs"] == 1 for run in systems["minireranker"]["runs"])
+    assert systems["minireranker"]["query_head_runs_per_query"] == 1
+    assert result["targets"][0]["query_head_runs_per_query"] == 1
+    assert all(run["query_head_runs"] == 0 for run in systems["prefix_reuse"]["runs"])  # A = 0: none
+    assert "(1×)" in render_markdown(result)
+    assert result["checks"]["exact_scores_max_abs_diff_b_vs_c"] <= 1e-4  # same graphs, fp32: the build's tolerance
+
+
+def test_machine_and_settings_are_recorded(bench):
+    _, result = bench
+    assert result["schema_version"] == 1 and result["kind"] == "minireranker-bench"
+    assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
+    assert result["preset"]["name"] == "tiny" and result["preset"]["model"]["num_hidden_layers"] == 4
+    assert len(result["queries"]) == result["settings"]["repeats"] == len(result["baselines"])
+    assert set(result["bundles"]) == {"exact", "minireranker"}
+
+
+def test_a_subset_of_pairs_is_scaled_linearly():
+    run = {"total_s": 2.0, "stages": {"preprocess": 0.5, "vision": 1.0, "lm": 0.25}, "measured_pairs": 5,
+           "query_head_runs": 0, "kv_bytes_read": 0, "repeat": 0, "cpu_s": 2.0, "contention": 0.0}
+    scaled = _scaled(run, 100)
+    assert scaled["scale"] == 20 and scaled["total_s"] == 40.0 and scaled["measured_total_s"] == 2.0
+    assert scaled["stages_s"]["vision"] == 20.0 and scaled["other_s"] == pytest.approx(40.0 - 35.0)
+
+
+def test_warm_rerank_flops_follow_the_spec():
+    model = PRESETS["tiny"]
+    exact = RerankSpec.exact().resolve(model.num_hidden_layers)
+    flops = warm_rerank_flops(model, exact, query_tokens=10, system_tokens=5, doc_tokens=20, candidates=3)
+    assert flops["query_head"] == 0 and flops["tail"] == 3 * 4 * model.hidden_size  # no layer after B = L-1
+    one = warm_rerank_flops(model, exact, 10, 5, 20, 1)
+    assert flops["band"] == pytest.approx(3 * one["band"])
+
+
+def test_query_first_prompt_is_qwen3_vl_rerankers_format():
+    spec = RerankSpec.exact()
+    prompt = query_first_prompt(spec, "red car", 2, "caption")
+    assert prompt == (f"<|im_start|>system\n{spec.system}<|im_end|>\n<|im_start|>user\n<Instruct>: {spec.instruction}\n"
+                      "<Query>: red car\n<Document>: <|vision_start|><|image_pad|><|image_pad|><|vision_end|>caption"
+                      "<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_presets_and_queries():
+    assert {"tiny", "small", "2b"} <= set(BENCH_PRESETS)
+    small, big = BENCH_PRESETS["small"].model, BENCH_PRESETS["2b"].model
+    assert small not in PRESETS.values() and big not in PRESETS.values()  # the suite builds every entry of PRESETS
+    for p in (small, big):
+        assert p.num_hidden_layers == 28 and p.num_attention_heads == 2 * p.num_key_value_heads
+        assert len(p.deepstack_visual_indexes) == 3  # into decoder layers 0-2
+    assert (big.hidden_size, big.head_dim, big.intermediate_size, big.vocab_size) == (2048, 128, 6144, 151936)
+    assert all(5 <= len(draw_query(seed).split()) <= 20 for seed in range(50))
+    tokenizer = build_tokenizer()  # Qwen-like query lengths: one token per query word
+    assert all(len(tokenizer.encode(" " + w, add_special_tokens=False).ids) == 1 for w in QUERY_WORDS)
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"candidates": 0}, BenchError), ({"repeats": 0}, BenchError), ({"preset": "huge"}, BenchError),
+    ({"systems": ("dense_onnx", "nope")}, BenchError), ({"dense_pairs": 5, "candidates": 4}, BenchError),
+    ({"precision": "int4"}, BenchError),
+])
+def test_bad_settings_are_refused(tmp_path, change, error):
+    with pytest.raises(error, match="invalid bench settings"):
+        BenchConfig(out=tmp_path, **change)
+
+
+def test_a_bad_spec_file_is_named(tmp_path):
+    bad = tmp_path / "late.json"
+    bad.write_text(json.dumps({"exit_layer": 9, "band": [1, 2], "query_position": 64}))
+    with pytest.raises(SpecError, match="late"):
+        BenchConfig(out=tmp_path, spec_files=(bad,))
+
+
+def test_cli_help_and_flags(capsys, tmp_path):
+    parser = argparse.ArgumentParser(prog="minireranker")
+    register(parser.add_subparsers(dest="command", required=True))
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["bench", "--help"])
+    assert exit_.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--preset", "--candidates", "--repeats", "--spec", "--out", "--dense-pairs", "--systems"):
+        assert flag in help_text
+    assert f"default {BenchConfig.__dataclass_fields__['repeats'].default}" in help_text
+    args = parser.parse_args(["bench", "--out", str(tmp_path), "--preset", "small", "-n", "7", "--spec", "a.json",
+                              "--spec", "b.json", "--systems", "dense_onnx,minireranker"])
+    assert (args.preset, args.candidates, args.spec_files, args.systems) == (
+        "small", 7, ["a.json", "b.json"], ("dense_onnx", "minireranker"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--out", str(tmp_path), "--preset", "huge"])
