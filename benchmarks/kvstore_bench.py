@@ -3,7 +3,8 @@
     python benchmarks/kvstore_bench.py --out bench-out/kvstore            # 100 entries of 4 MiB fp16
 
 A rerank read is ``get_many`` of every key plus touching every byte (a uint64 sum, ~memory speed), as
-the band graph would. It is timed three ways:
+the band graph would: ``Reranker.lookup`` (runtime/reranker.py) reads a rerank's candidates with exactly
+this one ``get_many`` call. It is timed three ways:
 
 * cold:  the entries' pages were dropped from the page cache (``posix_fadvise(DONTNEED)``; a VM's host may
          still cache them) and the store object is new, so the first read also checks each payload CRC;

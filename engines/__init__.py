@@ -1,1 +1,50 @@
-"""engines."""
+"""The backend seam: every graph the toolkit runs is opened here, as a runner.
+
+A runner (:class:`~.base.BaseRunner`) is a context manager whose ``infer(feed)`` checks input names,
+dtypes, ranks and fixed dimensions against the backend's own metadata, then calls the backend's
+``infer_impl``. :func:`open_runner` is the one way the runtime and the build's validation get a runner;
+it picks the backend by name from ``BACKENDS``.
+
+Backends:
+
+* ``onnxruntime`` (:mod:`.onnxrt`): ONNX Runtime with the CPU, CUDA or TensorRT execution provider.
+* ``tensorrt``: native TensorRT plans built with polygraphy, a later issue. It goes in ``engines/tensorrt.py``
+  (importing ``tensorrt`` lazily, like :mod:`.onnxrt` does ``onnxruntime``) and registers one opener in
+  ``BACKENDS``; nothing above this package changes.
+
+This package imports nothing of the runtime: its errors (:mod:`.errors`) are the project's root types.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .base import BaseRunner, TensorSpec
+from .errors import EngineError, MiniRerankerError
+from .onnxrt import PREFERRED_PROVIDERS, OnnxRuntimeRunner, choose_providers
+
+__all__ = ["BACKENDS", "BaseRunner", "EngineError", "MiniRerankerError", "OnnxRuntimeRunner",
+           "PREFERRED_PROVIDERS", "TensorSpec", "choose_providers", "open_runner"]
+
+
+def _open_onnxruntime(name: str, path: Path, providers: Sequence[str] | None, threads: int | None) -> BaseRunner:
+    return OnnxRuntimeRunner(name, path, choose_providers(providers), threads)
+
+
+# backend name -> opener(name, path, providers, threads); the TensorRT runner registers here (see above)
+BACKENDS: dict[str, Callable[[str, Path, Sequence[str] | None, int | None], BaseRunner]] = {
+    "onnxruntime": _open_onnxruntime,
+}
+
+
+def open_runner(name: str, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                backend: str = "onnxruntime") -> BaseRunner:
+    """A runner for the graph ``name`` stored at ``path``.
+
+    ``providers``: ONNX Runtime execution providers, in order (None: every preferred one present, see
+    :func:`choose_providers`). ``threads``: intra-op threads (None: the backend's default).
+    """
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown engine backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[backend](name, Path(path), providers, threads)

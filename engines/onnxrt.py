@@ -1,9 +1,8 @@
-"""ONNX Runtime sessions for a bundle's graphs, with execution providers chosen where present.
+"""The ONNX Runtime runner: one ``InferenceSession`` per graph, execution providers chosen where present.
 
-``GraphRunner.infer`` checks input names, dtypes and ranks against the graph before running it, so a
-wrong feed fails with a message naming the graph and the input instead of an ONNX Runtime trace.
 Providers, in order of preference when present: TensorRT, CUDA, CPU (the TensorRT and CUDA execution
-providers come with ``onnxruntime-gpu``; nothing here imports a GPU library).
+providers come with ``onnxruntime-gpu``; nothing here imports a GPU library). ``onnxruntime`` itself is
+imported when a runner is made, so importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -13,15 +12,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ..runtime.errors import MiniRerankerError
+from .base import BaseRunner, TensorSpec
+from .errors import EngineError
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-              "tensor(bool)": np.bool_}
-
-
-class EngineError(MiniRerankerError):
-    """An engine cannot be loaded or was fed inputs that do not fit it."""
+# ONNX Runtime's type strings -> numpy; a type missing here is not checked by ``infer`` (dtype None).
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+              "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 
 
 def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
@@ -38,33 +36,48 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in PREFERRED_PROVIDERS if p in available]
 
 
-class GraphRunner:
-    """One graph's session. ``infer(feed)`` validates the feed, then runs; returns outputs by name."""
+def _specs(values) -> dict[str, TensorSpec]:
+    return {v.name: TensorSpec(v.name, np.dtype(_ORT_TYPES[v.type]) if v.type in _ORT_TYPES else None,
+                               tuple(v.shape)) for v in values}
 
-    def __init__(self, name: str, path: Path, providers: list[str], threads: int | None = None) -> None:
+
+class OnnxRuntimeRunner(BaseRunner):
+    """One ONNX graph in an ONNX Runtime session (created here, so a bad file fails at load)."""
+
+    def __init__(self, name: str, path: str | Path, providers: Sequence[str], threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        super().__init__(name)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise EngineError(f"cannot load graph '{name}' from {path}: {exc}") from None
-        self.name = name
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.path = Path(path)
+        self._inputs = _specs(self.session.get_inputs())
+        self._outputs = _specs(self.session.get_outputs())
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: v for k, v in feed.items() if k in self.inputs}  # graphs may have dropped unused inputs
-        for name, meta in self.inputs.items():
-            if name not in feed:
-                raise EngineError(f"graph '{self.name}': input '{name}' was not given")
-            value = feed[name]
-            want = _ORT_TYPES.get(meta.type)
-            if want is not None and value.dtype != want:
-                raise EngineError(f"graph '{self.name}': input '{name}' has dtype {value.dtype}, needs {np.dtype(want)}")
-            if value.ndim != len(meta.shape):
-                raise EngineError(f"graph '{self.name}': input '{name}' has rank {value.ndim}, needs {len(meta.shape)}")
-        return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually uses, in order."""
+        return list(self.session.get_providers())
+
+    def input_metadata(self) -> dict[str, TensorSpec]:
+        return self._inputs
+
+    def output_metadata(self) -> dict[str, TensorSpec]:
+        return self._outputs
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.__dict__.get("session")
+        if session is None:
+            raise EngineError(f"graph '{self.name}' is closed; open a new runner with engines.open_runner")
+        names = list(self._outputs)
+        return dict(zip(names, session.run(names, feed)))
+
+    def close(self) -> None:
+        # ONNX Runtime frees a session when its last reference goes; dropping ours is the release.
+        self.__dict__.pop("session", None)

@@ -1,7 +1,9 @@
 """``minireranker build``: checkpoint + spec -> bundle of ONNX engines, validated before it reports success.
 
 Each engine segment of :mod:`minireranker.export.graphs` is exported once with dynamic axes (candidates,
-document length, query length, image patches), then run in ONNX Runtime on *fresh* inputs (other image
+document length, query length, image patches), its inputs, outputs and dynamic axes named by the graph
+I/O table (:mod:`minireranker.runtime.graph_io`, which the runtime reads too), then run in ONNX Runtime
+(an :mod:`minireranker.engines` runner on the CPU) on *fresh* inputs (other image
 sizes, other lengths, another batch size than the export trace) and compared with the torch fp32
 reference. Tolerances (max |difference|, scaled by max(1, max |reference|) for hidden states and K/V):
 
@@ -22,7 +24,6 @@ import hashlib
 import json
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,70 +32,18 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ..engines import BaseRunner, open_runner
 from ..runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, load_bundle
 from ..runtime.documents import Document
-from ..runtime.errors import MiniRerankerError
+from ..runtime.graph_io import GRAPH_IO
 from ..runtime.spec import RerankSpec
+from .build_config import BuildConfig, BuildError  # torch-free, so that `build --help` can read its defaults
 from .checkpoint import Checkpoint, open_checkpoint
 from .reference import ReferencePipeline
 
 EXPORT_VERSION = 1
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 TOLERANCES = {"fp32": {"hidden": 1e-4, "score": 1e-4}, "fp16": {"hidden": 3e-2, "score": 5e-2}}
-
-# Graph I/O: names and dynamic axes. The band's ``hidden`` is [1, Q, D] (one query shared by every
-# candidate) or [N, Q, D] (one per candidate: the server's dynamic batching puts pairs of different
-# queries of one token length in a call), hence its free batch axis.
-IO: dict[str, tuple[list[str], list[str], dict[str, dict[int, str]]]] = {
-    "vision": (["pixel_values", "pos_index", "pos_weight", "rot_cos", "rot_sin"], ["embeds", "deepstack"],
-               {"pixel_values": {0: "patches"}, "pos_index": {0: "patches"}, "pos_weight": {0: "patches"},
-                "rot_cos": {0: "patches"}, "rot_sin": {0: "patches"}, "embeds": {0: "tokens"},
-                "deepstack": {1: "tokens"}}),
-    "doc_prefix": (["embeds", "positions", "system_k", "system_v", "deepstack"], ["doc_k", "doc_v"],
-                   {"embeds": {1: "doc_len"}, "positions": {2: "doc_len"}, "deepstack": {1: "doc_len"},
-                    "doc_k": {2: "doc_len"}, "doc_v": {2: "doc_len"}}),
-    "guide": (["embeds", "positions", "system_k", "system_v", "deepstack"], ["attention"],
-              {"embeds": {1: "doc_len"}, "positions": {2: "doc_len"}, "deepstack": {1: "doc_len"},
-               "attention": {0: "keys"}}),
-    "query_head": (["embeds", "positions", "system_k", "system_v"], ["hidden"],
-                   {"embeds": {1: "query_len"}, "positions": {2: "query_len"}, "hidden": {1: "query_len"}}),
-    "band": (["hidden", "positions", "doc_k", "doc_v", "doc_mask", "system_k", "system_v"], ["hidden_out"],
-             {"hidden": {0: "hidden_batch", 1: "query_len"}, "positions": {1: "batch", 2: "query_len"},
-              "doc_k": {0: "batch", 3: "doc_len"}, "doc_v": {0: "batch", 3: "doc_len"},
-              "doc_mask": {0: "batch", 1: "doc_len"}, "hidden_out": {0: "batch", 1: "query_len"}}),
-    "tail": (["hidden", "positions", "system_k", "system_v"], ["scores"],
-             {"hidden": {0: "batch", 1: "query_len"}, "positions": {1: "batch", 2: "query_len"},
-              "scores": {0: "batch"}}),
-}
-
-
-class BuildError(MiniRerankerError):
-    """The export failed, or an exported graph disagrees with the torch reference."""
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """How to build engines. ``precision``: fp32 (CPU targets) or fp16 (GPUs)."""
-
-    precision: str = "fp32"
-    attention: str = "portable"
-    validate: bool = True
-    external_data_threshold: int = 2_000_000_000  # bytes of weights above which a graph uses external data
-
-    def __post_init__(self) -> None:
-        if self.precision not in TORCH_DTYPES:
-            raise BuildError(f"precision must be one of {sorted(TORCH_DTYPES)}, got {self.precision!r}")
-        if self.attention not in ("portable", "fused"):
-            raise BuildError(f"attention must be 'portable' or 'fused', got {self.attention!r}")
-
-    @property
-    def opset(self) -> int:
-        return 23 if self.attention == "fused" else 17
-
-    @classmethod
-    def tiny(cls) -> "BuildConfig":
-        return cls()
-
 
 class _Recorder(nn.Module):
     """Wraps a graph and keeps a copy of the arguments of every call (the export/validation samples)."""
@@ -149,10 +98,12 @@ def _cast(args: tuple, dtype: torch.dtype) -> tuple:
 
 
 def _io_for(kind: str, args: tuple) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
-    inputs, outputs, axes = IO[kind]
-    inputs = inputs[: len([a for a in args if a is not None])]
-    names = set(inputs) | set(outputs)
-    return inputs, outputs, {k: v for k, v in axes.items() if k in names}
+    """Input names, output names and dynamic axes of one call, from the graph I/O table
+    (:mod:`minireranker.runtime.graph_io`); optional trailing inputs the call leaves out (None) are dropped."""
+    io = GRAPH_IO[kind]
+    inputs = io.input_names[: len([a for a in args if a is not None])]
+    names = set(inputs) | set(io.output_names)
+    return inputs, io.output_names, {k: v for k, v in io.dynamic_axes().items() if k in names}
 
 
 def export_graph(graph: nn.Module, kind: str, args: tuple, path: Path, config: BuildConfig) -> None:
@@ -201,19 +152,15 @@ def finalize_onnx(path: Path, kind: str, threshold: int) -> None:
         raise BuildError(f"graph '{kind}' fails the ONNX checker: {exc}") from None
 
 
-def _onnx_session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _cpu_runner(kind: str, path: Path) -> BaseRunner:
+    """The graph in ONNX Runtime on the CPU: validation compares numbers, so no GPU provider's rounding."""
+    return open_runner(kind, path, providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()
 def validate_graph(graph: nn.Module, kind: str, samples: list[tuple], path: Path, precision: str) -> dict:
     """ONNX Runtime vs the torch fp32 graph on fresh samples; raises BuildError past the tolerance."""
-    session = _onnx_session(path)
-    wanted = [i.name for i in session.get_inputs()]
+    runner = _cpu_runner(kind, path)
     np_dtype = np.float16 if precision == "fp16" else np.float32
     worst: dict[str, float] = {}
     for args in samples:
@@ -222,8 +169,9 @@ def validate_graph(graph: nn.Module, kind: str, samples: list[tuple], path: Path
         expected = expected if isinstance(expected, tuple) else (expected,)
         names, outputs, _ = _io_for(kind, args)
         feed = {n: (a.numpy().astype(np_dtype) if a.is_floating_point() else a.numpy())
-                for n, a in zip(names, args) if n in wanted}
-        got = session.run(outputs, feed)
+                for n, a in zip(names, args)}
+        result = runner.infer(feed)  # checks the feed; leaves out inputs the exporter dropped
+        got = [result[name] for name in outputs]
         for name, mine, ref in zip(outputs, got, expected):
             ref = ref.float().numpy()
             if mine.shape != ref.shape:
@@ -251,12 +199,13 @@ def checkpoint_digest(ckpt: Checkpoint, progress: Callable[[str], None] | None =
     return h.hexdigest()
 
 
-def _describe(session) -> dict:
+def _describe(runner: BaseRunner) -> dict:
+    """bundle.json's record of a graph's inputs and outputs, as the backend reads the exported file."""
     def io(values):
-        return [{"name": v.name, "dtype": v.type, "shape": [d if isinstance(d, int) else str(d) for d in v.shape]}
-                for v in values]
+        return [{"name": v.name, "dtype": v.dtype.name if v.dtype is not None else None,
+                 "shape": [d if isinstance(d, int) else str(d) for d in v.shape]} for v in values.values()]
 
-    return {"inputs": io(session.get_inputs()), "outputs": io(session.get_outputs())}
+    return {"inputs": io(runner.input_metadata()), "outputs": io(runner.output_metadata())}
 
 
 def _count_parameters(path: Path) -> int:
@@ -320,7 +269,7 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
             export_graph(graph, kind, calls[-1], staging / rel, config)
             if config.validate:
                 validation[key] = validate_graph(graph, kind, fresh[key], staging / rel, config.precision)
-            graphs[key] = {"file": rel, **_describe(_onnx_session(staging / rel)),
+            graphs[key] = {"file": rel, **_describe(_cpu_runner(kind, staging / rel)),
                            "parameters": _count_parameters(staging / rel)}
         _write_arrays(pipeline, staging, config.precision)
         meta = _bundle_json(ckpt, pipeline, config, graphs, validation, staging)

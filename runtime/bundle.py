@@ -10,9 +10,9 @@ A bundle directory holds::
     embedder/            with an embedder guide: its tokenizer.json, embed_tokens.npy, system_k/v.npy,
                          onnx/vision.onnx, onnx/guide.onnx
 
-``bundle.json`` (schema version 1)::
+``bundle.json`` (schema version 2)::
 
-    schema_version    1
+    schema_version    2 (1: before the graph I/O table; the runtime refuses it: rebuild the bundle)
     fingerprint       sha256 of the checkpoint's files, the spec, the build settings and EXPORT_VERSION;
                       the K/V store keys entries by it, so a new bundle never reads an old entry
     minireranker_version, export_version, created (UTC ISO 8601)
@@ -29,8 +29,12 @@ A bundle directory holds::
     precision         "fp32" | "fp16": weights, embeddings, system and stored K/V
     attention         "portable" (MatMul/Softmax, opset 17) | "fused" (ONNX Attention, opset 23)
     opset             the ONNX opset of every graph
-    graphs            {name: {"file", "inputs": [{"name", "dtype", "shape"}], "outputs": [...]}};
-                      a shape entry is an int or the name of a dynamic axis
+    graphs            {name: {"file", "parameters", "inputs": [{"name", "dtype", "shape"}], "outputs": [...]}}
+                      as the exported file declares them: "file" is relative to the bundle directory (the
+                      embedder's too: "embedder/onnx/guide.onnx"); "dtype" a numpy name ("float32",
+                      "int64", "bool"); a shape entry is an int or the name of a dynamic axis. Names, dims
+                      and dtypes follow the graph I/O table (runtime/graph_io.py), which the runtime
+                      checks every graph against when it loads it.
     guide             null | {"kind": "self", "layer": g} |
                       {"kind": "embedder", "layer": g, "dir": "embedder", "system_ids", "image_pad_id",
                        "model": {...as above...}, "graphs": {...}}
@@ -48,12 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MiniRerankerError
+from .graph_io import GRAPH_IO
 from .preprocess import PreprocessConfig
 from .spec import RerankSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUNDLE_FILE = "bundle.json"
-GRAPHS = ("vision", "guide", "doc_prefix", "query_head", "band", "tail")
+GRAPHS = tuple(GRAPH_IO)
 
 
 class BundleError(MiniRerankerError):
@@ -93,8 +98,10 @@ class Bundle:
     def guide(self) -> dict[str, Any] | None:
         return self.data.get("guide")
 
-    def file(self, relative: str) -> Path:
-        return self.path / relative
+    def graph_path(self, graph: dict[str, Any]) -> Path:
+        """Where a graph entry of ``graphs`` (the reranker's or the embedder's) lies: its ``file`` is
+        relative to the bundle directory."""
+        return self.path / graph["file"]
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -116,15 +123,29 @@ def load_bundle(path: str | Path) -> Bundle:
             "upgrade minireranker, or rebuild the bundle with this version"
         )
     if version < SCHEMA_VERSION:
-        raise BundleError(f"{meta} has old schema version {version}; rebuild the bundle with `minireranker build`")
+        raise BundleError(f"{meta} has old schema version {version} (this runtime reads {SCHEMA_VERSION}); "
+                          "rebuild it with `minireranker build`")
     for key in ("fingerprint", "spec", "template", "model", "preprocess", "precision", "graphs", "files"):
         if key not in data:
             raise BundleError(f"{meta} lacks '{key}'; rebuild the bundle")
     missing = [name for name in data["files"] if not (path / name).is_file()]
     if missing:
         raise BundleError(f"bundle {path} is incomplete, missing: {missing[:5]}; copy the whole directory or rebuild")
+    _check_graph_entries(meta, data)
     spec = RerankSpec.from_dict(data["spec"], source=str(meta))
     return Bundle(path, data, spec, PreprocessConfig.from_dict(data["preprocess"]))
+
+
+def _check_graph_entries(meta: Path, data: dict[str, Any]) -> None:
+    """Every graph is one of the table's, and its file one of the bundle's listed (so present) files."""
+    entries = list(data["graphs"].items()) + list(((data.get("guide") or {}).get("graphs") or {}).items())
+    unknown = sorted({name for name, _ in entries if name not in GRAPH_IO})
+    if unknown:
+        raise BundleError(f"{meta} names graphs this runtime does not know ({unknown}); rebuild the bundle")
+    unlisted = [g.get("file") for _, g in entries if g.get("file") not in data["files"]]
+    if unlisted:
+        raise BundleError(f"{meta} names graph files it does not list under 'files' ({unlisted[:3]}); "
+                          "rebuild the bundle")
 
 
 def kv_bytes_per_token(bundle: Bundle) -> int:

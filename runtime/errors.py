@@ -2,14 +2,15 @@
 
 Every error a user can cause (a bad checkpoint, a bad spec, an unreadable image, a bad command-line
 argument) is raised as a subclass of :class:`MiniRerankerError` with a message that names the input and
-says what to do. The command line prints these messages without a traceback.
+says what to do. The command line prints these messages without a traceback. ``MiniRerankerError`` and
+``EngineError`` (a graph cannot be loaded, or a feed does not fit it) are defined in
+:mod:`minireranker.engines.errors` and re-exported here.
 """
 
 from __future__ import annotations
 
-
-class MiniRerankerError(Exception):
-    """Base class of every error the toolkit raises on purpose."""
+# The root type lives in engines/ (the bottom of the import order) so that engines raise it too.
+from ..engines.errors import EngineError, MiniRerankerError  # noqa: F401  (re-exported)
 
 
 class CheckpointError(MiniRerankerError):

@@ -6,17 +6,9 @@ The system segment's K/V is the same for every document; the bundle keeps it onc
 Reads are zero-copy (numpy views over a read-only ``mmap``), except in the int8 mode, where ``get``
 returns freshly dequantized float32 arrays. docs/kvstore.md compares this design with LMDB and
 safetensors, with measured figures. The entry encoding and its checks live in
-:mod:`minireranker.runtime.kvformat`; this module keeps the directory, locking, recency and eviction.
-
-Layout on disk (format version 1)::
-
-    <directory>/
-      minireranker-kvstore.json          marker: {"format": "minireranker-kvstore", "version": 1}
-      <fingerprint>/                     one namespace per bundle fingerprint: a new bundle never
-        .lock                              reads an old entry; flock'ed while evicting
-        <blake2b-160(key) hex>.kv        one entry; the key is hashed, never used as a path
-        .tmp-<pid>-<random>.kv           a put in progress (flock'ed by its writer); stale ones are
-                                           removed when a store opens
+:mod:`minireranker.runtime.kvformat`, the directory layout (marker, one namespace per fingerprint, entry
+file names, temp files, the eviction lock) in :mod:`minireranker.runtime.kvlayout`; this module keeps
+writing, reading, recency and eviction.
 
 One entry file::
 
@@ -46,8 +38,6 @@ entries of its namespace until the sum of entry file sizes is within the bound.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import mmap
@@ -62,7 +52,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -80,23 +70,25 @@ from .kvformat import (  # noqa: F401  (KVEntry and the int8 helpers are part of
     quantize_per_channel_int8,
     read_header,
 )
-
-try:  # POSIX only; without it stale temp files are removed by age instead of by lock
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from .kvlayout import (  # noqa: F401  (MARKER_NAME, TEMP_PREFIX and entry_file_stem are part of this API)
+    ENTRY_SUFFIX,
+    MARKER_NAME,
+    O_CLOEXEC,
+    TEMP_PREFIX,
+    entry_file_stem,
+    fcntl,
+    fsync_directory,
+    namespace_lock,
+    open_namespace,
+    open_noatime,
+    remove_stale_temps,
+    scan_entries,
+    unlink_quietly,
+)
 
 logger = logging.getLogger("minireranker.kvstore")
 
-MARKER_NAME = "minireranker-kvstore.json"
-ENTRY_SUFFIX = ".kv"
-TEMP_PREFIX = ".tmp-"
-STALE_TEMP_SECONDS = 3600  # only where flock is missing: a temp file this old has no live writer
-
 _FINGERPRINT_RE = re.compile(r"[0-9a-f]{8,128}")
-_ENTRY_NAME_RE = re.compile(r"[0-9a-f]{40}\.kv")
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
 _MAX_VERIFIED = 1 << 16
 # CPython < 3.13 keeps a duplicate descriptor per mapping: each entry alive holds one fd until freed.
 _MMAP_OPTIONS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -143,8 +135,8 @@ class KVStore:
         if not isinstance(config, StoreConfig):
             raise CacheError(f"KVStore needs a StoreConfig, got {type(config).__name__}")
         self.config = config
-        self.namespace = _open_namespace(config.directory, config.fingerprint)
-        _remove_stale_temps(self.namespace)
+        self.namespace = open_namespace(config.directory, config.fingerprint)
+        remove_stale_temps(self.namespace)
         self._lock = threading.Lock()
         self._verified: set[tuple[int, int, int, int]] = set()
         self._counts = {"hits": 0, "misses": 0, "puts": 0, "evictions": 0, "corrupted": 0}
@@ -193,7 +185,7 @@ class KVStore:
     def _write_atomically(self, path: Path, header_bytes: bytes, payload_start: int,
                           arrays: dict[str, np.ndarray], payload_len: int) -> int:
         tmp = self.namespace / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{ENTRY_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # tells a store opening meanwhile that this writer is alive
@@ -216,11 +208,11 @@ class KVStore:
             os.utime(fd, ns=(time.time_ns(), os.fstat(fd).st_mtime_ns))  # recency: just used
             os.replace(tmp, path)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         finally:
             os.close(fd)
-        _fsync_directory(self.namespace)
+        fsync_directory(self.namespace)
         return payload_start + payload_len
 
     def delete(self, key: str) -> bool:
@@ -236,8 +228,8 @@ class KVStore:
         """Remove least recently used entries (never ``keep``) until the namespace fits ``max_bytes``."""
         if self.config.max_bytes is None:
             return
-        with _namespace_lock(self.namespace):
-            entries = sorted(_scan(self.namespace))  # (atime_ns, name, size): oldest first
+        with namespace_lock(self.namespace):
+            entries = sorted(scan_entries(self.namespace))  # (atime_ns, name, size): oldest first
             total = sum(size for _, _, size in entries)
             evicted = 0
             for _, name, size in entries:
@@ -245,7 +237,7 @@ class KVStore:
                     break
                 if name == keep:
                     continue
-                _unlink_quietly(self.namespace / name)
+                unlink_quietly(self.namespace / name)
                 total -= size
                 evicted += 1
         with self._lock:
@@ -261,7 +253,7 @@ class KVStore:
         self._check_open()
         path = self._path(key)
         try:
-            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
         except FileNotFoundError:
             return self._count_miss()
         try:
@@ -368,9 +360,9 @@ class KVStore:
         """The keys of this fingerprint's entries, read from their headers (recency untouched)."""
         self._check_open()
         found = []
-        for _, name, _ in _scan(self.namespace):
+        for _, name, _ in scan_entries(self.namespace):
             try:
-                with _open_noatime(self.namespace / name) as f:
+                with open_noatime(self.namespace / name) as f:
                     head = f.read(_PREFIX.size)
                     _, _, header_len, header_crc, _, _ = _PREFIX.unpack(head)
                     header_bytes = f.read(header_len)
@@ -383,7 +375,7 @@ class KVStore:
     def stats(self) -> dict[str, int | None]:
         """Entries and bytes on disk for this fingerprint; hits, misses, puts, evictions, corrupted so far."""
         self._check_open()
-        sizes = [size for _, _, size in _scan(self.namespace)]
+        sizes = [size for _, _, size in scan_entries(self.namespace)]
         with self._lock:
             counts = dict(self._counts)
         return {"entries": len(sizes), "bytes": sum(sizes), "max_bytes": self.config.max_bytes, **counts}
@@ -416,148 +408,6 @@ class KVStore:
         if not isinstance(key, str) or not key:
             raise CacheError(f"a K/V store key must be a non-empty string, got {key!r}")
         return self.namespace / (entry_file_stem(key) + ENTRY_SUFFIX)
-
-
-def entry_file_stem(key: str) -> str:
-    """The file stem of ``key``'s entry: blake2b-160 of its UTF-8 bytes, in hex."""
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
-
-
-# ---- the directory ---------------------------------------------------------------------------------
-
-
-def _open_namespace(directory: Path, fingerprint: str) -> Path:
-    """Create or check the store directory and its marker; return the fingerprint's namespace folder."""
-    if directory.exists() and not directory.is_dir():
-        raise CacheError(f"K/V cache directory {directory} is a file, not a directory; "
-                         "pass a directory for the store (it is created if missing)")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CacheError(f"cannot create the K/V cache directory {directory} ({e.strerror or e}); "
-                         "choose a writable location or fix its permissions") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise CacheError(f"K/V cache directory {directory} is not writable; "
-                         "choose a writable location or fix its permissions")
-    marker = directory / MARKER_NAME
-    if not marker.exists():
-        others = [n for n in os.listdir(directory) if not n.startswith(TEMP_PREFIX) and n != MARKER_NAME]
-        if others and not marker.exists():  # a store opening at the same time writes its marker first
-            raise CacheError(f"{directory} is not a miniReranker K/V store: it holds other files "
-                             f"({', '.join(sorted(others)[:3])}) and no {MARKER_NAME}; use an empty or dedicated "
-                             "directory for the cache")
-        _write_marker(directory)
-    try:
-        content = json.loads(marker.read_text())
-        ok = content.get("format") == "minireranker-kvstore" and isinstance(content.get("version"), int)
-    except (OSError, ValueError, AttributeError):
-        ok = False
-    if not ok:
-        raise CacheError(f"{marker} is not a miniReranker K/V store marker; remove {directory} or choose "
-                         "another cache directory")
-    if content["version"] > FORMAT_VERSION:
-        raise CacheError(f"the K/V store at {directory} has format version {content['version']}, newer than "
-                         f"this miniReranker's {FORMAT_VERSION}; upgrade or choose another cache directory")
-    namespace = directory / fingerprint
-    try:
-        namespace.mkdir(exist_ok=True)
-    except OSError as e:
-        raise CacheError(f"cannot create {namespace} in the K/V cache directory ({e.strerror or e}); "
-                         "choose a writable location or fix its permissions") from None
-    if not os.access(namespace, os.W_OK | os.X_OK):
-        raise CacheError(f"K/V cache directory {namespace} is not writable; fix its permissions")
-    return namespace
-
-
-def _write_marker(directory: Path) -> None:
-    tmp = directory / f"{TEMP_PREFIX}marker-{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps({"format": "minireranker-kvstore", "version": FORMAT_VERSION}) + "\n")
-    try:
-        os.link(tmp, directory / MARKER_NAME)  # atomic and never clobbers a marker written meanwhile
-    except FileExistsError:
-        pass
-    except OSError:  # a file system without hard links
-        os.replace(tmp, directory / MARKER_NAME)
-    finally:
-        _unlink_quietly(tmp)
-
-
-def _remove_stale_temps(namespace: Path) -> None:
-    """Delete temp files left by writers that died (kill -9, power loss). Live writers hold a flock."""
-    for item in os.scandir(namespace):
-        if not item.name.startswith(TEMP_PREFIX):
-            continue
-        try:
-            fd = os.open(item.path, os.O_RDONLY | _O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # its writer is alive
-            elif time.time() - os.fstat(fd).st_mtime < STALE_TEMP_SECONDS:
-                continue
-            _unlink_quietly(Path(item.path))
-        finally:
-            os.close(fd)
-
-
-def _scan(namespace: Path) -> list[tuple[int, str, int]]:
-    """(access time ns, file name, size) of every entry file in the namespace."""
-    found = []
-    for item in os.scandir(namespace):
-        if _ENTRY_NAME_RE.fullmatch(item.name):
-            try:
-                st = item.stat()
-            except FileNotFoundError:
-                continue
-            found.append((st.st_atime_ns, item.name, st.st_size))
-    return found
-
-
-@contextlib.contextmanager
-def _namespace_lock(namespace: Path) -> Iterator[None]:
-    """An exclusive flock on ``<namespace>/.lock``: one evictor at a time across processes."""
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(namespace / ".lock", os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _open_noatime(path: Path):
-    """Open for reading without bumping the access time (our LRU clock) where the OS allows it."""
-    try:
-        return open(os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOATIME), "rb")
-    except PermissionError:  # O_NOATIME needs file ownership
-        return open(path, "rb")
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable across power loss (kill -9 alone never loses it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | _O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _close_quietly(mm: mmap.mmap) -> None:

@@ -1,5 +1,8 @@
 """The runtime: a bundle's engines stitched with the disk-backed K/V store (numpy + onnxruntime only).
 
+Its graphs are opened through :mod:`minireranker.engines` (the backend seam) and fed by the graph I/O
+table (:mod:`minireranker.runtime.graph_io`), which each loaded graph is checked against.
+
 ::
 
     index(documents)        preprocess -> vision -> [guide -> keep top tokens] -> doc_prefix -> K/V store
@@ -13,9 +16,11 @@ The server's dynamic batching (:mod:`minireranker.runtime.serve.batcher`) scores
 engine call: ``prepare_query`` runs the query head once per query, ``lookup`` finds (or indexes) each
 query's documents, and ``score_pairs`` sends every (query, document) pair through the band and tail::
 
-    band  groups: all pairs whose queries have the same token count (a per-candidate ``hidden``); one
-                  query per call for bundles whose band ``hidden`` is fixed to batch 1 (built before 2026-11-26)
+    band  groups: all pairs whose queries have the same token count (a per-candidate ``hidden``)
     tail  groups: all pairs whose queries have the same token count (no query mask: never padded)
+
+``lookup`` reads a call's candidates with one batched store read (``KVStore.get_many``, the read
+benchmarks/kvstore_bench.py measures) and indexes the misses.
 """
 
 from __future__ import annotations
@@ -31,14 +36,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..engines import BaseRunner, choose_providers, open_runner
 from .bundle import Bundle, BundleError, load_bundle
 from .documents import Document
 from .errors import DocumentError, MiniRerankerError, TokenizerError
+from .graph_io import BAND, DOC_PREFIX, GRAPH_IO, GUIDE, QUERY_HEAD, TAIL, VISION, GraphIO
 from .kvstore import KVEntry, KVStore, StoreConfig
 from .preprocess import preprocess_image
 from .pruning import select_kept
-from ..engines.onnxrt import GraphRunner, choose_providers
-from .template import DocumentTokens, VisionFirstTemplate, document_positions, text_positions
+from .template import DocumentTokens, VisionFirstTemplate, document_positions, embedder_image_tail, text_positions
 from .vision_inputs import vision_inputs
 
 log = logging.getLogger("minireranker.runtime")
@@ -95,7 +101,7 @@ class IndexReport:
 class _Encoder:
     """Tokenizer, embedding table, system K/V and vision engine of one model (reranker or embedder)."""
 
-    def __init__(self, root: Path, model: dict, graphs: dict, providers: list[str]) -> None:
+    def __init__(self, bundle: Bundle, root: Path, model: dict, graphs: dict, providers: list[str]) -> None:
         import tokenizers
 
         self.tokenizer = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
@@ -103,8 +109,17 @@ class _Encoder:
         self.system_k = np.load(root / "system_k.npy")
         self.system_v = np.load(root / "system_v.npy")
         self.model = model
-        self.runners = {name: GraphRunner(name, root.parent / g["file"] if g["file"].startswith(root.name + "/")
-                                          else root / g["file"], providers) for name, g in graphs.items()}
+        self.runners: dict[str, BaseRunner] = {}
+        for name, g in graphs.items():
+            runner = self.runners[name] = open_runner(name, bundle.graph_path(g), providers)
+            wrong = GRAPH_IO[name].mismatches(runner.input_metadata(), runner.output_metadata(), self.dtype)
+            if wrong:
+                raise BundleError(f"{bundle.path}: graph '{name}' ({g['file']}) does not fit the graph I/O table: "
+                                  f"{'; '.join(wrong)}; rebuild it with `minireranker build`")
+
+    def run(self, io: GraphIO, **arrays: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """One call of the graph ``io`` names, fed and read in the table's order."""
+        return io.unpack(self.runners[io.name].infer(io.feed(**arrays)))
 
     @property
     def dtype(self) -> np.dtype:
@@ -116,14 +131,14 @@ class _Encoder:
         v = self.model["vision"]
         vi = vision_inputs(grid[1], grid[2], v["merge_size"], v["side"], v["head_dim"], v["rope_theta"])
         t1 = time.perf_counter()
-        out = self.runners["vision"].infer({
-            "pixel_values": pixels.astype(self.dtype), "pos_index": vi.pos_index,
-            "pos_weight": vi.pos_weight.astype(self.dtype), "rot_cos": vi.rot_cos.astype(self.dtype),
-            "rot_sin": vi.rot_sin.astype(self.dtype)})
+        embeds, deepstack = self.run(
+            VISION, pixel_values=pixels.astype(self.dtype), pos_index=vi.pos_index,
+            pos_weight=vi.pos_weight.astype(self.dtype), rot_cos=vi.rot_cos.astype(self.dtype),
+            rot_sin=vi.rot_sin.astype(self.dtype))
         _add_time(timings, "preprocess", t1 - t0)
         _add_time(timings, "vision", time.perf_counter() - t1)
         m = v["merge_size"]
-        return out["embeds"], out["deepstack"], (grid[1] // m, grid[2] // m)
+        return embeds, deepstack, (grid[1] // m, grid[2] // m)
 
     def sequence(self, tokens: DocumentTokens, embeds: np.ndarray | None, deepstack: np.ndarray | None):
         """Token embeddings with the image rows filled, and dense DeepStack [K, Td, D] (None if K = 0)."""
@@ -139,11 +154,10 @@ class _Encoder:
         return x, rows, dense
 
     def guide(self, x: np.ndarray, positions: np.ndarray, dense: np.ndarray | None, layer: int) -> np.ndarray:
-        feed = {"embeds": x[None], "positions": positions[:, None], "system_k": self.system_k[: layer + 1],
-                "system_v": self.system_v[: layer + 1]}
-        if dense is not None:
-            feed["deepstack"] = dense
-        return self.runners["guide"].infer(feed)["attention"].astype(np.float64)
+        (attention,) = self.run(GUIDE, embeds=x[None], positions=positions[:, None],
+                                system_k=self.system_k[: layer + 1], system_v=self.system_v[: layer + 1],
+                                deepstack=dense)
+        return attention.astype(np.float64)
 
 
 class Reranker:
@@ -156,13 +170,13 @@ class Reranker:
         self.batch_size = batch_size
         b = self.bundle
         self.spec = b.spec
-        self.encoder = _Encoder(b.path, b.model, b.graphs, self.providers)
+        self.encoder = _Encoder(b, b.path, b.model, b.graphs, self.providers)
         self.template = VisionFirstTemplate(self.encoder.tokenizer, self.spec)
         if self.template.system_ids != b.template["system_ids"] or self.template.yes_id != b.template["yes_id"]:
             raise BundleError(f"{b.path}: tokenizer.json does not reproduce the ids in bundle.json; rebuild the bundle")
         self.embedder = None
         if b.guide and b.guide["kind"] == "embedder":
-            self.embedder = _Encoder(b.path / b.guide["dir"], b.guide["model"], b.guide["graphs"], self.providers)
+            self.embedder = _Encoder(b, b.path / b.guide["dir"], b.guide["model"], b.guide["graphs"], self.providers)
         self.store = KVStore(StoreConfig(Path(cache_dir), b.fingerprint, max_bytes=max_cache_bytes,
                                          quantize_int8=int8_cache))
         self.stats: dict[str, float] = defaultdict(float)
@@ -216,17 +230,15 @@ class Reranker:
             x, positions = x[keep], positions[:, keep]
             dense = dense[:, keep] if dense is not None else None
         b = self.spec.band[1]
-        feed = {"embeds": x[None], "positions": positions[:, None], "system_k": self.encoder.system_k[: b + 1],
-                "system_v": self.encoder.system_v[: b + 1]}
-        if dense is not None:
-            feed["deepstack"] = dense
         t1 = time.perf_counter()
-        out = self.encoder.runners["doc_prefix"].infer(feed)
+        doc_k, doc_v = self.encoder.run(DOC_PREFIX, embeds=x[None], positions=positions[:, None],
+                                        system_k=self.encoder.system_k[: b + 1],
+                                        system_v=self.encoder.system_v[: b + 1], deepstack=dense)
         _add_time(timings, "doc_prefix", time.perf_counter() - t1)
         self._count("index_seconds", time.perf_counter() - t0)
         meta = {"label": doc.label, "kept_visual": None if kept is None else kept.tolist(),
                 "content_hash": doc.content_hash()}
-        return KVEntry(out["doc_k"], out["doc_v"], positions, int(query_start), meta)
+        return KVEntry(doc_k, doc_v, positions, int(query_start), meta)
 
     def _importance(self, doc, x, positions, rows, dense, grid_hw) -> np.ndarray:
         guide = self.bundle.guide
@@ -240,8 +252,7 @@ class Reranker:
         if e_grid != grid_hw:
             raise BundleError(f"embedder grid {e_grid} differs from the reranker's {grid_hw}; rebuild the bundle")
         n = grid_hw[0] * grid_hw[1]
-        tail = emb.tokenizer.encode(f"<|vision_end|>{doc.text or ''}<|im_end|>\n<|im_start|>assistant\n",
-                                    add_special_tokens=False).ids
+        tail = emb.tokenizer.encode(embedder_image_tail(doc.text), add_special_tokens=False).ids
         tokens = DocumentTokens([guide["image_pad_id"]] * n + list(tail), 0, n, grid_hw)
         ex, erows, edense = emb.sequence(tokens, e_embeds, e_ds)
         epos, _ = document_positions(len(guide["system_ids"]), tokens)
@@ -249,7 +260,11 @@ class Reranker:
         return probs[len(guide["system_ids"]) + erows]
 
     def _cached(self, doc: Document) -> KVEntry | None:
-        entry = self.store.get(self.key(doc))
+        return self._still_current(doc, self.store.get(self.key(doc)))
+
+    @staticmethod
+    def _still_current(doc: Document, entry: KVEntry | None) -> KVEntry | None:
+        """``entry``, unless ``doc`` has an id and content that the entry was not computed from."""
         if entry is not None and doc.id is not None and (doc.image is not None or doc.text):
             if entry.meta.get("content_hash") != doc.content_hash():
                 return None  # the id now names other content: re-index
@@ -329,25 +344,46 @@ class Reranker:
                ) -> tuple[list[tuple[int, KVEntry]], list[Failure]]:
         """Each document's K/V entry from the cache, indexing those not cached; failures listed apart.
 
-        ``timings`` gets ``index`` (seconds spent indexing) and ``kv_lookup`` (the rest) added.
+        The cached entries are read with ONE ``get_many`` (each distinct key once; CRC-checked, a corrupted
+        one counts as a miss and is recomputed, every hit's recency is touched). ``timings`` gets ``index``
+        (seconds spent indexing) and ``kv_lookup`` (the rest) added.
         """
         entries: list[tuple[int, KVEntry]] = []
-        failed: list[Failure] = []
         t0 = time.perf_counter()
+        keys, stored, failed = self._read_cached(docs)
+        fresh: dict[str, KVEntry] = {}  # indexed by this call: a document given twice reads it back
         indexing = 0.0
-        for i, doc in enumerate(docs):
+        for i, key in keys.items():
+            doc = docs[i]
             try:
-                entry = self._cached(doc)
+                entry = self._still_current(doc, fresh[key] if key in fresh else stored[key])
                 if entry is None:
                     t1 = time.perf_counter()
-                    entry = self._put(doc, self.encode_document(doc, timings))
+                    entry = fresh[key] = self._put(doc, self.encode_document(doc, timings))
                     indexing += time.perf_counter() - t1
                 entries.append((i, entry))
             except MiniRerankerError as exc:
                 failed.append(Failure(i, doc.label, str(exc)))
+        failed.sort(key=lambda f: f.index)
         _add_time(timings, "index", indexing)
         _add_time(timings, "kv_lookup", time.perf_counter() - t0 - indexing)
         return entries, failed
+
+    def _read_cached(self, docs: Sequence[Document]
+                     ) -> tuple[dict[int, str], dict[str, KVEntry | None], list[Failure]]:
+        """Each document's key (by position) and one batched store read of the distinct keys."""
+        keys: dict[int, str] = {}
+        failed: list[Failure] = []
+        for i, doc in enumerate(docs):
+            try:
+                keys[i] = self.key(doc)
+            except MiniRerankerError as exc:  # e.g. an image that cannot be read to hash it
+                failed.append(Failure(i, doc.label, str(exc)))
+        try:
+            unique = list(dict.fromkeys(keys.values()))
+            return keys, dict(zip(unique, self.store.get_many(unique))), failed
+        except MiniRerankerError as exc:  # the store cannot be read at all: every document fails with it
+            return {}, {}, failed + [Failure(i, docs[i].label, str(exc)) for i in keys]
 
     def score_pairs(self, pairs: Sequence[tuple[QueryState, KVEntry]],
                     timings: dict[str, float] | None = None) -> np.ndarray:
@@ -355,16 +391,14 @@ class Reranker:
         queries sharing engine calls of at most ``batch_size`` pairs (see the module docstring)."""
         timings = timings if timings is not None else defaultdict(float)
         timings.setdefault("kv_read", 0.0)
-        per_pair = self._band_takes_pair_hidden()
-        groups: dict[object, list[int]] = defaultdict(list)
+        groups: dict[int, list[int]] = defaultdict(list)
         for j, (q, _) in enumerate(pairs):
-            groups[len(q.ids) if per_pair else q.ids].append(j)
+            groups[len(q.ids)].append(j)
         by_length: dict[int, list[tuple[list[int], np.ndarray, np.ndarray]]] = defaultdict(list)
         for members in groups.values():
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start: start + self.batch_size]
-                hidden = (np.concatenate([pairs[j][0].hidden for j in chunk]) if per_pair
-                          else pairs[chunk[0]][0].hidden)
+                hidden = np.concatenate([pairs[j][0].hidden for j in chunk])  # [N, Q, D]: one per pair
                 ids = pairs[chunk[0]][0].ids
                 h, positions = self._band(hidden, ids, [pairs[j][1] for j in chunk], timings)
                 by_length[len(ids)].append((chunk, h, positions))
@@ -378,10 +412,6 @@ class Reranker:
                 scores[order[start:end]] = self._tail(h[start:end], positions[:, start:end], timings)
         return scores
 
-    def _band_takes_pair_hidden(self) -> bool:
-        """Whether the band graph takes one query hidden per candidate (batch axis not fixed to 1)."""
-        return self.encoder.runners["band"].inputs["hidden"].shape[0] != 1
-
     def _query_head(self, ids: list[int]) -> np.ndarray:
         """Layers 0..A-1 over the query: run ONCE per query, shared by every candidate: [1, Q, D]."""
         x = np.array(self.encoder.embed[np.asarray(ids)], dtype=self.encoder.dtype)[None]
@@ -390,13 +420,13 @@ class Reranker:
             return x
         positions = text_positions(self.spec.query_position, len(ids))[:, None]
         self._count("query_head_runs")
-        return self.encoder.runners["query_head"].infer({
-            "embeds": x, "positions": positions, "system_k": self.encoder.system_k[:a],
-            "system_v": self.encoder.system_v[:a]})["hidden"]
+        (hidden,) = self.encoder.run(QUERY_HEAD, embeds=x, positions=positions,
+                                     system_k=self.encoder.system_k[:a], system_v=self.encoder.system_v[:a])
+        return hidden
 
     def _band(self, hidden: np.ndarray, ids: Sequence[int], batch: list[KVEntry], timings: dict
               ) -> tuple[np.ndarray, np.ndarray]:
-        """Layers A..B of N candidates: hidden [1|N, Q, D] -> (hidden [N, Q, D], positions [3, N, Q])."""
+        """Layers A..B of N candidates: hidden [N, Q, D] -> (hidden [N, Q, D], positions [3, N, Q])."""
         a, b = self.spec.band
         t0 = time.perf_counter()
         n, t = len(batch), max(x.k.shape[2] for x in batch)
@@ -413,9 +443,8 @@ class Reranker:
         timings["kv_read"] += time.perf_counter() - t0
         self._count("kv_bytes_read", doc_k.nbytes + doc_v.nbytes)
         t0 = time.perf_counter()
-        h = self.encoder.runners["band"].infer({
-            "hidden": hidden, "positions": positions, "doc_k": doc_k, "doc_v": doc_v, "doc_mask": mask,
-            "system_k": self.encoder.system_k[a: b + 1], "system_v": self.encoder.system_v[a: b + 1]})["hidden_out"]
+        (h,) = self.encoder.run(BAND, hidden=hidden, positions=positions, doc_k=doc_k, doc_v=doc_v, doc_mask=mask,
+                                system_k=self.encoder.system_k[a: b + 1], system_v=self.encoder.system_v[a: b + 1])
         timings["band"] = timings.get("band", 0.0) + time.perf_counter() - t0
         return h, positions
 
@@ -423,9 +452,8 @@ class Reranker:
         """Layers B+1..E and the exit score: hidden [N, Q, D], positions [3, N, Q] -> scores [N] float64."""
         b, e = self.spec.band[1], self.spec.exit_layer
         t0 = time.perf_counter()
-        scores = self.encoder.runners["tail"].infer({
-            "hidden": h, "positions": positions, "system_k": self.encoder.system_k[b + 1: e + 1],
-            "system_v": self.encoder.system_v[b + 1: e + 1]})["scores"]
+        (scores,) = self.encoder.run(TAIL, hidden=h, positions=positions, system_k=self.encoder.system_k[b + 1: e + 1],
+                                     system_v=self.encoder.system_v[b + 1: e + 1])
         timings["tail"] = timings.get("tail", 0.0) + time.perf_counter() - t0
         return scores.astype(np.float64)
 

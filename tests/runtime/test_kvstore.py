@@ -405,21 +405,26 @@ def test_a_put_in_progress_holds_the_lock_that_keeps_its_temp_file(store, monkey
 
 # ---- several processes -----------------------------------------------------------------------------------
 
+# The processes hand over by marker files, not by a clock, so the reads overlap the writes whatever the
+# machine's speed: the writer keeps writing (at least 200 puts) until both readers have read 20 rounds with a
+# good entry among them, and each reader keeps reading until the writer has stopped.
 WRITER = r'''
-import sys, time
+import os, sys
 store = KVStore(StoreConfig(sys.argv[1], sys.argv[2]))
-end, version = time.monotonic() + float(sys.argv[3]), 0
-while time.monotonic() < end:
+signals, version = sys.argv[3], 0
+while version < 200 or not all(os.path.exists(os.path.join(signals, f"reader-{i}")) for i in range(2)):
     version += 1
     store.put(f"k{version % 10}", make_entry(version % 10, version=version, tokens=256))
+open(os.path.join(signals, "writer"), "w").close()
 print(version)
 '''
 
 READER = r'''
-import json, sys, time
+import json, os, sys
 store = KVStore(StoreConfig(sys.argv[1], sys.argv[2], verify_every_read=True))
-end, good, bad, missing = time.monotonic() + float(sys.argv[3]), 0, 0, 0
-while time.monotonic() < end:
+signals, me = sys.argv[3], sys.argv[4]
+rounds, good, bad, missing = 0, 0, 0, 0
+while not os.path.exists(os.path.join(signals, "writer")):
     for seed, entry in enumerate(store.get_many([f"k{i}" for i in range(10)])):
         if entry is None:
             missing += 1
@@ -427,16 +432,21 @@ while time.monotonic() < end:
             good += 1
         else:
             bad += 1
+    rounds += 1
+    if rounds >= 20 and good and not os.path.exists(os.path.join(signals, me)):
+        open(os.path.join(signals, me), "w").close()
 print(json.dumps({"good": good, "bad": bad, "missing": missing, "corrupted": store.stats()["corrupted"]}))
 '''
 
 
 def test_two_readers_and_a_writer_at_once(tmp_path):
-    directory, seconds = str(tmp_path / "kv"), "1.5"
+    directory, signals = str(tmp_path / "kv"), tmp_path / "signals"
+    signals.mkdir()
     KVStore(StoreConfig(directory, FP)).close()
-    procs = [run_child(WRITER, directory, FP, seconds, stdout=subprocess.PIPE)]
-    procs += [run_child(READER, directory, FP, seconds, stdout=subprocess.PIPE) for _ in range(2)]
-    outs = [p.communicate(timeout=60)[0] for p in procs]
+    procs = [run_child(WRITER, directory, FP, str(signals), stdout=subprocess.PIPE)]
+    procs += [run_child(READER, directory, FP, str(signals), f"reader-{i}", stdout=subprocess.PIPE)
+              for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]  # a bound that only fails loudly
     assert all(p.returncode == 0 for p in procs), outs
     assert int(outs[0]) > 10  # the writer rewrote entries while the readers read them
     for out in outs[1:]:

@@ -76,15 +76,19 @@ def test_band_takes_pairs_of_different_queries_in_one_call(bundle_factory, tmp_p
 
     bundle = bundle_factory("tiny", RerankSpec.tiny(), attention=attention)
     with Reranker(bundle, tmp_path / "probe") as r:
-        assert r._band_takes_pair_hidden()
+        assert r.encoder.runners["band"].input_metadata()["hidden"].shape[0] != 1  # a free batch axis
         assert _band_batches(r, SAME_LENGTH_CANDIDATES) == [4]  # both queries' pairs in one band call
     assert _check_batched_equals_unbatched(bundle, tmp_path / "cache", images, batch_size=5) > 1
 
 
-def test_bundle_with_a_batch_one_band_hidden_still_batches_correctly(tiny_bundle, tmp_path, images):
-    """A bundle whose band ``hidden`` is fixed to batch 1 (built before the axis was freed) runs one query
-    per band call, and its scores are still those of rerank."""
+@pytest.mark.parametrize("schema_version", [1, 2])
+def test_bundle_with_a_batch_one_band_hidden_is_refused_with_a_rebuild_message(tiny_bundle, tmp_path, schema_version):
+    """A bundle whose band ``hidden`` is fixed to batch 1 (built before the axis was freed, schema 1) is
+    refused in one line saying to rebuild it; so is such a graph in a schema 2 bundle (the graph I/O table)."""
+    import json
+
     onnx = pytest.importorskip("onnx")
+    from minireranker.runtime.bundle import BundleError
     from minireranker.runtime.reranker import Reranker
 
     bundle = tmp_path / "bundle"
@@ -94,10 +98,15 @@ def test_bundle_with_a_batch_one_band_hidden_still_batches_correctly(tiny_bundle
     assert model.graph.input[0].name == "hidden" and dim.dim_param == "hidden_batch"
     dim.dim_value = 1  # clears dim_param: the old, fixed axis
     onnx.save(model, str(bundle / "onnx" / "band.onnx"))
-    with Reranker(bundle, tmp_path / "probe") as r:
-        assert not r._band_takes_pair_hidden()
-        assert _band_batches(r, SAME_LENGTH_CANDIDATES) == [1, 1]  # one query per band call
-    _check_batched_equals_unbatched(bundle, tmp_path / "cache", images, batch_size=5)
+    data = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    data["schema_version"] = schema_version
+    data["files"]["onnx/band.onnx"] = (bundle / "onnx" / "band.onnx").stat().st_size
+    (bundle / "bundle.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(BundleError) as info:
+        Reranker(bundle, tmp_path / "probe")
+    message = str(info.value)
+    assert "\n" not in message and "rebuild it with `minireranker build`" in message, message
+    assert ("old schema version 1" if schema_version == 1 else "'hidden' axis 0 is fixed to 1") in message, message
 
 
 def test_batcher_gathers_concurrent_requests():
@@ -108,7 +117,9 @@ def test_batcher_gathers_concurrent_requests():
         time.sleep(0.05)
         return np.asarray(pairs, dtype=float) * 2
 
-    batcher = DynamicBatcher(score, window_s=0.2, max_pairs=100)
+    # a window far longer than the test: the batch closes when its 10 pairs are in (max_pairs), so how fast
+    # this thread submits cannot split it
+    batcher = DynamicBatcher(score, window_s=600, max_pairs=10)
     futures = [batcher.submit([i, i + 0.5]) for i in range(5)]
     results = [f.result(timeout=10) for f in futures]
     for i, r in enumerate(results):
