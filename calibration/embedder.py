@@ -1,15 +1,8 @@
 """First-stage scoring with a Qwen3-VL-Embedding-style checkpoint: cosine of pooled last-token states.
 
-Sequences (the document one is exactly what :class:`~minireranker.export.pruning.EmbedderGuide` builds,
-so the embedder that retrieves is the embedder that guides pruning)::
-
-    image document  <|im_start|>system\\n{EMBEDDER_SYSTEM}<|im_end|>\\n<|im_start|>user\\n<|vision_start|>
-                    <|image_pad|>*n<|vision_end|>{text}<|im_end|>\\n<|im_start|>assistant\\n
-    text document   <|im_start|>system\\n{EMBEDDER_SYSTEM}<|im_end|>\\n<|im_start|>user\\n
-                    {text}<|im_end|>\\n<|im_start|>assistant\\n
-    query           the text document's template with the query text in the user turn
-
-``EMBEDDER_SYSTEM`` is "Represent the user's input.". Positions follow Qwen3-VL's rope index (image
+Sequences: the embedder template of :mod:`minireranker.runtime.template` (image documents cut exactly as
+:class:`~minireranker.export.pruning.EmbedderGuide` cuts them, so the embedder that retrieves is the
+embedder that guides pruning; a query is a text document). Positions follow Qwen3-VL's rope index (image
 tokens 3-D, text after the image at max position + 1); DeepStack features are added after the first
 layers as in the reranker. **Pooling**: the hidden state of the last token (the ``\\n`` after
 ``assistant``) at the output of the last layer, through the final RMS norm, L2-normalised; the score of a
@@ -24,15 +17,12 @@ import numpy as np
 import torch
 
 from ..export.checkpoint import load_state_dict, open_checkpoint
-from ..export.modeling import Qwen3VLTorch
-from ..export.pruning import EMBEDDER_SYSTEM
+from ..export.modeling import build_model
 from ..runtime.documents import Document
 from ..runtime.preprocess import preprocess_image
-from ..runtime.template import DocumentTokens, document_positions, text_positions
+from ..runtime.template import (EMBEDDER_IMAGE_HEAD, DocumentTokens, document_positions, embedder_image_tail,
+                                embedder_text, text_positions)
 from .scoring import run_causal
-
-HEAD = f"<|im_start|>system\n{EMBEDDER_SYSTEM}<|im_end|>\n<|im_start|>user\n"
-CLOSE = "<|im_end|>\n<|im_start|>assistant\n"
 
 
 class Embedder:
@@ -40,7 +30,7 @@ class Embedder:
 
     def __init__(self, path: str | Path) -> None:
         self.ckpt = open_checkpoint(path)
-        self.model = Qwen3VLTorch(self.ckpt.config, load_state_dict(self.ckpt)).eval()
+        self.model = build_model(self.ckpt.config, load_state_dict(self.ckpt)).eval()
         self.tokenizer = self.ckpt.load_tokenizer()
         self.num_layers = self.ckpt.config.text.num_layers
         self.num_deepstack = len(self.ckpt.config.vision.deepstack_indexes)
@@ -51,14 +41,14 @@ class Embedder:
 
     def text_ids(self, text: str) -> list[int]:
         """A text document's or a query's ids."""
-        return self.encode(f"{HEAD}{text}{CLOSE}")
+        return self.encode(embedder_text(text))
 
     def image_ids(self, grid_hw: tuple[int, int], text: str | None) -> tuple[list[int], DocumentTokens]:
         """(head ids through ``<|vision_start|>``, the document part), as EmbedderGuide cuts them."""
         n = grid_hw[0] * grid_hw[1]
-        tail = self.encode(f"<|vision_end|>{text or ''}{CLOSE}")
+        tail = self.encode(embedder_image_tail(text))
         doc = DocumentTokens([self.ckpt.config.image_token_id] * n + tail, 0, n, (grid_hw[0], grid_hw[1]))
-        return self.encode(f"{HEAD}<|vision_start|>"), doc
+        return self.encode(EMBEDDER_IMAGE_HEAD), doc
 
     @torch.no_grad()
     def _pool(self, x: torch.Tensor, positions: np.ndarray, deepstack: torch.Tensor | None) -> np.ndarray:

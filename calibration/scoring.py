@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..export.checkpoint import open_checkpoint, load_state_dict
 from ..export.graphs import build_graphs, system_kv
-from ..export.modeling import Qwen3VLTorch
+from ..export.modeling import TorchModel, build_model
 from ..export.pruning import EmbedderGuide
 from ..export.reference import Counters, PreparedDocument, ReferencePipeline
 from ..runtime.documents import Document
@@ -73,7 +73,7 @@ class LoadedReranker:
 
         self.ckpt = open_checkpoint(checkpoint)
         self.num_layers = self.ckpt.config.text.num_layers
-        self.model = Qwen3VLTorch(self.ckpt.config, load_state_dict(self.ckpt)).eval()
+        self.model = build_model(self.ckpt.config, load_state_dict(self.ckpt)).eval()
         self.model.set_attention("portable")
         self.tokenizer = self.ckpt.load_tokenizer()
         self.vision = _MemoVision(VisionGraph(self.model))
@@ -147,7 +147,7 @@ class SharedReference(ReferencePipeline):
         return self.loaded.prepared[key]
 
 
-def run_causal(model: Qwen3VLTorch, x: Tensor, positions: np.ndarray, deepstack: Tensor | None,
+def run_causal(model: TorchModel, x: Tensor, positions: np.ndarray, deepstack: Tensor | None,
                num_layers: int) -> Tensor:
     """``num_layers`` decoder layers over one whole sequence, causal, no cache.
 

@@ -1,4 +1,4 @@
-"""Reading a Qwen3-VL checkpoint directory (Hugging Face layout) with clear errors.
+"""Reading a checkpoint directory (Hugging Face layout, a registered architecture) with clear errors.
 
 A checkpoint directory holds ``config.json``, ``*.safetensors`` (one file, or shards with or without
 ``model.safetensors.index.json``), ``tokenizer.json``, ``preprocessor_config.json`` and optionally
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..runtime.errors import CheckpointError, SpecError
 from ..runtime.preprocess import PreprocessConfig
 from ..runtime.spec import RerankSpec
+from .arch import architecture_for
 from .config import ModelConfig, parse_model_config
 
 if TYPE_CHECKING:  # torch is only needed once weights are loaded
@@ -104,48 +105,8 @@ def open_checkpoint(path: str | Path, spec: RerankSpec | None = None) -> Checkpo
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor of ``Qwen3VLForConditionalGeneration`` that the pipeline reads, with its shape."""
-    t, v = config.text, config.vision
-    vh, m2 = v.hidden_size, v.hidden_size * v.spatial_merge_size**2
-    shapes: dict[str, tuple[int, ...]] = {
-        "model.visual.patch_embed.proj.weight": (vh, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size),
-        "model.visual.patch_embed.proj.bias": (vh,),
-        "model.visual.pos_embed.weight": (v.num_position_embeddings, vh),
-    }
-    for i in range(v.depth):
-        p = f"model.visual.blocks.{i}."
-        shapes.update({
-            p + "norm1.weight": (vh,), p + "norm1.bias": (vh,), p + "norm2.weight": (vh,), p + "norm2.bias": (vh,),
-            p + "attn.qkv.weight": (3 * vh, vh), p + "attn.qkv.bias": (3 * vh,),
-            p + "attn.proj.weight": (vh, vh), p + "attn.proj.bias": (vh,),
-            p + "mlp.linear_fc1.weight": (v.intermediate_size, vh), p + "mlp.linear_fc1.bias": (v.intermediate_size,),
-            p + "mlp.linear_fc2.weight": (vh, v.intermediate_size), p + "mlp.linear_fc2.bias": (vh,),
-        })
-    mergers = [("model.visual.merger.", vh)] + [
-        (f"model.visual.deepstack_merger_list.{j}.", m2) for j in range(len(v.deepstack_indexes))
-    ]
-    for p, norm in mergers:
-        shapes.update({
-            p + "norm.weight": (norm,), p + "norm.bias": (norm,),
-            p + "linear_fc1.weight": (m2, m2), p + "linear_fc1.bias": (m2,),
-            p + "linear_fc2.weight": (v.out_hidden_size, m2), p + "linear_fc2.bias": (v.out_hidden_size,),
-        })
-    h, q, kv = t.hidden_size, t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim
-    shapes["model.language_model.embed_tokens.weight"] = (t.vocab_size, h)
-    shapes["model.language_model.norm.weight"] = (h,)
-    for i in range(t.num_layers):
-        p = f"model.language_model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-            p + "self_attn.q_norm.weight": (t.head_dim,), p + "self_attn.k_norm.weight": (t.head_dim,),
-            p + "mlp.gate_proj.weight": (t.intermediate_size, h), p + "mlp.up_proj.weight": (t.intermediate_size, h),
-            p + "mlp.down_proj.weight": (h, t.intermediate_size),
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-        })
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (t.vocab_size, h)
-    return shapes
+    """Every tensor of the checkpoint that the pipeline reads, with its shape (from the architecture's adapter)."""
+    return {name: weight.shape for name, weight in architecture_for(config.model_type).weights(config).items()}
 
 
 def load_state_dict(ckpt: Checkpoint, dtype: "torch.dtype | None" = None) -> dict[str, "torch.Tensor"]:
@@ -178,5 +139,6 @@ def load_state_dict(ckpt: Checkpoint, dtype: "torch.dtype | None" = None) -> dic
                 "use the config.json that came with these weights"
             )
     if ckpt.config.tie_word_embeddings:
-        tensors["lm_head.weight"] = tensors["model.language_model.embed_tokens.weight"]
+        for name, shared in architecture_for(ckpt.config.model_type).tied:
+            tensors[name] = tensors[shared]
     return tensors

@@ -1,15 +1,14 @@
-"""Model configuration of a Qwen3-VL checkpoint, read from its ``config.json``.
+"""The architecture-neutral model configuration, read from a checkpoint's ``config.json``.
 
-Architectures are registered adapters (:data:`ADAPTERS`): each maps one ``model_type`` to a parser that
-produces the same :class:`ModelConfig`, so the rest of the code never branches on a model's name.
-Accepted rotary forms: the released Qwen3-VL one (``rope_scaling`` + ``rope_theta`` in ``text_config``)
-and transformers 5's ``rope_parameters``. MRoPE is always interleaved (as transformers computes it).
+Architectures are registered adapters (:data:`minireranker.export.arch.ARCHITECTURES`): each maps one
+``model_type`` to a parser that produces the same :class:`ModelConfig`, so the rest of the code never
+branches on a model's name. The validation here holds for every architecture.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..runtime.errors import CheckpointError
 
@@ -100,7 +99,8 @@ class ModelConfig:
             raise CheckpointError("config.json: more DeepStack features than decoder layers")
 
 
-def _get(d: dict[str, Any], key: str, where: str, default: Any = ...) -> Any:
+def config_field(d: dict[str, Any], key: str, where: str, default: Any = ...) -> Any:
+    """``d[key]`` of config.json's ``where`` section; without a default a missing key is a CheckpointError."""
     if key in d and d[key] is not None:
         return d[key]
     if default is ...:
@@ -108,89 +108,25 @@ def _get(d: dict[str, Any], key: str, where: str, default: Any = ...) -> Any:
     return default
 
 
-def _text_rope(tc: dict[str, Any]) -> tuple[float, tuple[int, int, int]]:
-    rope = tc.get("rope_parameters") or tc.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "mrope"):
-        raise CheckpointError(f"config.json: text rope_type {rope_type!r} is not supported (only default MRoPE)")
-    theta = rope.get("rope_theta", tc.get("rope_theta", 500000.0))
-    section = tuple(int(x) for x in rope.get("mrope_section", (24, 20, 20)))
-    if len(section) != 3:
-        raise CheckpointError(f"config.json: mrope_section must have 3 entries (t, h, w), got {list(section)}")
-    return float(theta), section  # type: ignore[return-value]
-
-
-def _parse_qwen3_vl(raw: dict[str, Any]) -> ModelConfig:
-    tc = _get(raw, "text_config", "the top level")
-    vc = _get(raw, "vision_config", "the top level")
-    num_heads = int(_get(tc, "num_attention_heads", "text_config"))
-    hidden = int(_get(tc, "hidden_size", "text_config"))
-    theta, section = _text_rope(tc)
-    text = TextConfig(
-        vocab_size=int(_get(tc, "vocab_size", "text_config")),
-        hidden_size=hidden,
-        intermediate_size=int(_get(tc, "intermediate_size", "text_config")),
-        num_layers=int(_get(tc, "num_hidden_layers", "text_config")),
-        num_heads=num_heads,
-        num_kv_heads=int(_get(tc, "num_key_value_heads", "text_config", num_heads)),
-        head_dim=int(_get(tc, "head_dim", "text_config", hidden // num_heads)),
-        rms_norm_eps=float(_get(tc, "rms_norm_eps", "text_config", 1e-6)),
-        rope_theta=theta,
-        mrope_section=section,
-    )
-    for key, expected in (("hidden_act", "silu"), ("attention_bias", False)):
-        if tc.get(key, expected) != expected:
-            raise CheckpointError(f"config.json: text_config {key}={tc[key]!r} is not supported (need {expected!r})")
-    if vc.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
-        raise CheckpointError(f"config.json: vision hidden_act={vc['hidden_act']!r} is not supported")
-    vrope = vc.get("rope_parameters") or {}
-    vision = VisionConfig(
-        depth=int(_get(vc, "depth", "vision_config")),
-        hidden_size=int(_get(vc, "hidden_size", "vision_config")),
-        intermediate_size=int(_get(vc, "intermediate_size", "vision_config")),
-        num_heads=int(_get(vc, "num_heads", "vision_config")),
-        patch_size=int(_get(vc, "patch_size", "vision_config", 16)),
-        temporal_patch_size=int(_get(vc, "temporal_patch_size", "vision_config", 2)),
-        spatial_merge_size=int(_get(vc, "spatial_merge_size", "vision_config", 2)),
-        out_hidden_size=int(_get(vc, "out_hidden_size", "vision_config")),
-        num_position_embeddings=int(_get(vc, "num_position_embeddings", "vision_config")),
-        deepstack_indexes=tuple(int(i) for i in _get(vc, "deepstack_visual_indexes", "vision_config", ())),
-        rope_theta=float(vrope.get("rope_theta", 10000.0)),
-        in_channels=int(vc.get("in_channels", 3)),
-    )
-    return ModelConfig(
-        model_type="qwen3_vl",
-        text=text,
-        vision=vision,
-        image_token_id=int(_get(raw, "image_token_id", "the top level", 151655)),
-        vision_start_token_id=int(_get(raw, "vision_start_token_id", "the top level", 151652)),
-        vision_end_token_id=int(_get(raw, "vision_end_token_id", "the top level", 151653)),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))),
-    )
-
-
-# model_type -> (accepted architectures, parser). Qwen2/2.5-VL register here when they are supported.
-ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], ModelConfig]]] = {
-    "qwen3_vl": (("Qwen3VLForConditionalGeneration",), _parse_qwen3_vl),
-}
-
-
 def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
     """Validate a ``config.json`` dict and return the architecture-neutral :class:`ModelConfig`."""
+    # imported here: the adapters import this module's dataclasses
+    from .arch import ARCHITECTURES
+
     model_type = raw.get("model_type")
-    if model_type not in ADAPTERS:
+    if model_type not in ARCHITECTURES:
         raise CheckpointError(
-            f"config.json: model_type {model_type!r} is not supported; supported: {sorted(ADAPTERS)}"
+            f"config.json: model_type {model_type!r} is not supported; supported: {sorted(ARCHITECTURES)}"
         )
-    architectures, parse = ADAPTERS[model_type]
-    for arch in raw.get("architectures") or []:
-        if arch not in architectures:
+    arch = ARCHITECTURES[model_type]
+    for name in raw.get("architectures") or []:
+        if name not in arch.hf_architectures:
             raise CheckpointError(
-                f"config.json: architecture {arch!r} is not supported for {model_type}; "
-                f"expected one of {list(architectures)} (an embedding-only or generation checkpoint "
+                f"config.json: architecture {name!r} is not supported for {model_type}; "
+                f"expected one of {list(arch.hf_architectures)} (an embedding-only or generation checkpoint "
                 "of another head cannot score yes/no)"
             )
     try:
-        return parse(raw)
+        return arch.parse_config(raw)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"config.json: malformed value ({exc})") from None

@@ -25,10 +25,10 @@ from torch import Tensor, nn
 
 from ..runtime.vision_inputs import vision_inputs
 from .config import VisionConfig
-from .modeling import Qwen3VLTorch
+from .modeling import TorchModel
 
 
-def _run_layers(model: Qwen3VLTorch, first: int, x: Tensor, positions: Tensor, prefix_k: list[Tensor],
+def _run_layers(model: TorchModel, first: int, x: Tensor, positions: Tensor, prefix_k: list[Tensor],
                 prefix_v: list[Tensor], visible: Tensor, deepstack: Tensor | None = None, count: int | None = None,
                 collect: int | None = None) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Run ``count`` layers from ``first``; layer ``first + j`` sees prefix K/V ``prefix_k[j]``.
@@ -59,7 +59,7 @@ def vision_tensors(cfg: VisionConfig, grid_h: int, grid_w: int) -> tuple[Tensor,
 
 
 class VisionGraph(nn.Module):
-    def __init__(self, model: Qwen3VLTorch) -> None:
+    def __init__(self, model: TorchModel) -> None:
         super().__init__()
         self.vision = model.vision
 
@@ -71,7 +71,7 @@ class VisionGraph(nn.Module):
 class DocPrefixGraph(nn.Module):
     """Document tokens through layers 0..B; returns the K/V of layers A..B: [B-A+1, Hkv, Td, d] each."""
 
-    def __init__(self, model: Qwen3VLTorch, band: tuple[int, int], has_deepstack: bool) -> None:
+    def __init__(self, model: TorchModel, band: tuple[int, int], has_deepstack: bool) -> None:
         super().__init__()
         self.model, self.band, self.has_deepstack = model, band, has_deepstack
 
@@ -88,7 +88,7 @@ class DocPrefixGraph(nn.Module):
 class GuideGraph(nn.Module):
     """Head-averaged softmax attention of the last document token at layer ``g`` over system + document."""
 
-    def __init__(self, model: Qwen3VLTorch, layer: int, has_deepstack: bool) -> None:
+    def __init__(self, model: TorchModel, layer: int, has_deepstack: bool) -> None:
         super().__init__()
         self.model, self.layer, self.has_deepstack = model, layer, has_deepstack
 
@@ -110,7 +110,7 @@ class GuideGraph(nn.Module):
 class QueryHeadGraph(nn.Module):
     """Layers 0..A-1 over the query alone (it sees only the system K/V there)."""
 
-    def __init__(self, model: Qwen3VLTorch, band_start: int) -> None:
+    def __init__(self, model: TorchModel, band_start: int) -> None:
         super().__init__()
         self.model, self.band_start = model, band_start
 
@@ -125,7 +125,7 @@ class QueryHeadGraph(nn.Module):
 class BandGraph(nn.Module):
     """Layers A..B for N candidates: the query hidden (shared or per candidate) meets each document."""
 
-    def __init__(self, model: Qwen3VLTorch, band: tuple[int, int]) -> None:
+    def __init__(self, model: TorchModel, band: tuple[int, int]) -> None:
         super().__init__()
         self.model, self.band = model, band
 
@@ -145,7 +145,7 @@ class BandGraph(nn.Module):
 class TailGraph(nn.Module):
     """Layers B+1..E (query sees the system K/V only), then the exit score logit(yes) - logit(no)."""
 
-    def __init__(self, model: Qwen3VLTorch, first: int, head_rows: Tensor) -> None:
+    def __init__(self, model: TorchModel, first: int, head_rows: Tensor) -> None:
         super().__init__()
         self.model, self.first = model, first
         self.head_rows = nn.Parameter(head_rows.clone(), requires_grad=False)
@@ -161,7 +161,7 @@ class TailGraph(nn.Module):
 
 
 @torch.no_grad()
-def system_kv(model: Qwen3VLTorch, system_ids: list[int], num_layers: int) -> tuple[Tensor, Tensor]:
+def system_kv(model: TorchModel, system_ids: list[int], num_layers: int) -> tuple[Tensor, Tensor]:
     """K/V of the system segment for layers 0..num_layers-1: [num_layers, 1, Hkv, S, d] each."""
     from ..runtime.template import text_positions
 
@@ -175,7 +175,7 @@ def system_kv(model: Qwen3VLTorch, system_ids: list[int], num_layers: int) -> tu
     return torch.stack(ks), torch.stack(vs)
 
 
-def build_graphs(model: Qwen3VLTorch, band: tuple[int, int], exit_layer: int, head_rows: Tensor,
+def build_graphs(model: TorchModel, band: tuple[int, int], exit_layer: int, head_rows: Tensor,
                  guide_layer: int | None) -> dict[str, nn.Module]:
     """The segments one spec needs (``guide`` only with the self guide, ``query_head`` only if A > 0)."""
     has_ds = bool(model.config.vision.deepstack_indexes)

@@ -1,8 +1,9 @@
-"""Export-friendly torch modules of Qwen3-VL, loaded from a checkpoint's safetensors.
+"""What every architecture's torch model offers, and the building blocks they share.
 
-Every module takes its inputs explicitly (hidden states, 3-D positions, prefix K/V, masks) and keeps no
-state between calls: transformers keeps ``rope_deltas`` in the module, we pass positions instead. The
-math follows the published architecture; parity with transformers is tested at fp32 atol 1e-5.
+An architecture's modules live beside its adapter (``export/arch/<arch>_torch.py``); the graphs, the
+reference and the calibration only see the :class:`TorchModel` interface, and get a model from
+:func:`build_model`, which asks the registry. Every module takes its inputs explicitly (hidden states,
+3-D positions, prefix K/V, masks) and keeps no state between calls.
 
 Shapes: ``T`` tokens, ``P`` prefix (cached) tokens, ``B`` batch, ``Hq``/``Hkv`` query/KV heads, ``d`` head dim.
 """
@@ -10,30 +11,81 @@ Shapes: ``T`` tokens, ``P`` prefix (cached) tokens, ``B`` batch, ``Hq``/``Hkv`` 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..runtime.vision_inputs import vision_inputs
-from .config import ModelConfig, TextConfig, VisionConfig
+from .config import ModelConfig
 
 
-def _linear(sd: dict[str, Tensor], prefix: str, bias: bool = True) -> nn.Linear:
-    w = sd[prefix + ".weight"]
-    layer = nn.Linear(w.shape[1], w.shape[0], bias=bias)
-    layer.weight = nn.Parameter(w.clone(), requires_grad=False)
-    if bias:
-        layer.bias = nn.Parameter(sd[prefix + ".bias"].clone(), requires_grad=False)
-    return layer
+class TorchModel(Protocol):
+    """The pieces the pipeline composes: vision tower, embeddings, decoder layers, final norm, exit head.
+
+    ``vision(pixels, grid_h, grid_w)`` -> (LM tokens [Nv, D], DeepStack features); ``vision.encode`` is the
+    graph part. ``layers[i](x, cos, sin, prefix_k, prefix_v, prefix_visible)`` -> (x, own K, own V), with
+    ``project_qkv``/``attend``/``finish`` for callers that split it. ``rotary(positions [3, B, T])`` -> cos, sin.
+    """
+
+    config: ModelConfig
+    vision: nn.Module
+    layers: nn.ModuleList
+    rotary: nn.Module
+    norm: nn.Module
+    embed: Tensor                        # [vocab, D]
+    lm_head: Tensor                      # [vocab, D]
+    transformers_names: dict[str, str]   # parameter path (and "lm_head") -> the checkpoint tensor it came from
+
+    def set_attention(self, mode: str) -> None: ...
+    def embed_tokens(self, ids: Tensor) -> Tensor: ...
+    def exit_head(self, yes_id: int, no_id: int) -> Tensor: ...
+    def score_hidden(self, hidden: Tensor, head_rows: Tensor) -> Tensor: ...
 
 
-def _layer_norm(sd: dict[str, Tensor], prefix: str) -> nn.LayerNorm:
-    w = sd[prefix + ".weight"]
-    norm = nn.LayerNorm(w.shape[0], eps=1e-6)
-    norm.weight = nn.Parameter(w.clone(), requires_grad=False)
-    norm.bias = nn.Parameter(sd[prefix + ".bias"].clone(), requires_grad=False)
-    return norm
+def build_model(config: ModelConfig, state_dict: dict[str, Tensor]) -> TorchModel:
+    """The torch model of ``config``'s architecture over ``state_dict`` (from ``checkpoint.load_state_dict``)."""
+    from .arch import architecture_for
+
+    return architecture_for(config.model_type).build_model(config, state_dict)
+
+
+class WeightReader:
+    """Hands out a state dict's tensors as frozen parameters and remembers each one's checkpoint name.
+
+    A model built through one reader can then say which checkpoint tensor each of its parameters came
+    from (:meth:`names`), so the training map back to transformers' names is derived, never written out.
+    """
+
+    def __init__(self, state_dict: dict[str, Tensor]) -> None:
+        self.state_dict = state_dict
+        self._names: dict[int, str] = {}
+
+    def parameter(self, name: str, shape: tuple[int, ...] | None = None) -> nn.Parameter:
+        """A frozen copy of tensor ``name`` (reshaped to ``shape`` when given)."""
+        w = self.state_dict[name]
+        param = nn.Parameter((w if shape is None else w.reshape(shape)).clone(), requires_grad=False)
+        self._names[id(param)] = name
+        return param
+
+    def linear(self, prefix: str, bias: bool = True) -> nn.Linear:
+        """``nn.Linear`` over ``{prefix}.weight`` [out, in] (and ``{prefix}.bias``)."""
+        w = self.state_dict[prefix + ".weight"]
+        layer = nn.Linear(w.shape[1], w.shape[0], bias=bias)
+        layer.weight = self.parameter(prefix + ".weight")
+        if bias:
+            layer.bias = self.parameter(prefix + ".bias")
+        return layer
+
+    def layer_norm(self, prefix: str, eps: float = 1e-6) -> nn.LayerNorm:
+        """``nn.LayerNorm`` over ``{prefix}.weight`` and ``{prefix}.bias``."""
+        norm = nn.LayerNorm(self.state_dict[prefix + ".weight"].shape[0], eps=eps)
+        norm.weight, norm.bias = self.parameter(prefix + ".weight"), self.parameter(prefix + ".bias")
+        return norm
+
+    def names(self, module: nn.Module) -> dict[str, str]:
+        """Parameter path in ``module`` -> the checkpoint tensor it was read from."""
+        return {path: self._names[id(p)] for path, p in module.named_parameters()}
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -64,213 +116,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None, fused: bo
 class RMSNorm(nn.Module):
     def __init__(self, weight: Tensor, eps: float) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight.clone(), requires_grad=False)
+        # a WeightReader parameter is kept as is, so the reader still knows its checkpoint name
+        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.clone(), requires_grad=False)
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Vision tower
-# ---------------------------------------------------------------------------------------------------
-class VisionBlock(nn.Module):
-    def __init__(self, cfg: VisionConfig, sd: dict[str, Tensor], prefix: str) -> None:
-        super().__init__()
-        self.num_heads = cfg.num_heads
-        self.norm1, self.norm2 = _layer_norm(sd, prefix + "norm1"), _layer_norm(sd, prefix + "norm2")
-        self.qkv, self.proj = _linear(sd, prefix + "attn.qkv"), _linear(sd, prefix + "attn.proj")
-        self.fc1, self.fc2 = _linear(sd, prefix + "mlp.linear_fc1"), _linear(sd, prefix + "mlp.linear_fc2")
-        self.fused = False
-
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        # x: [N, D]   cos/sin: [1, N, d]; full attention over the N patches of one image
-        n = x.shape[0]
-        q, k, v = self.qkv(self.norm1(x)).reshape(n, 3, self.num_heads, -1).permute(1, 2, 0, 3)  # [Hv, N, d] each
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        attn = attention(q[None], k[None], v[None], None, self.fused)[0]  # [Hv, N, d]
-        x = x + self.proj(attn.transpose(0, 1).reshape(n, -1))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
-
-
-class PatchMerger(nn.Module):
-    """Merges ``merge x merge`` neighbouring patches into one LM token (norm before or after the shuffle)."""
-
-    def __init__(self, sd: dict[str, Tensor], prefix: str, merged: int, postshuffle: bool) -> None:
-        super().__init__()
-        self.merged, self.postshuffle = merged, postshuffle
-        self.norm = _layer_norm(sd, prefix + "norm")
-        self.fc1, self.fc2 = _linear(sd, prefix + "linear_fc1"), _linear(sd, prefix + "linear_fc2")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x.reshape(-1, self.merged)) if self.postshuffle else self.norm(x).reshape(-1, self.merged)
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class VisionTower(nn.Module):
-    """Pixels of one image -> LM tokens [N/merge^2, D] and one DeepStack feature per configured block."""
-
-    def __init__(self, cfg: VisionConfig, sd: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.cfg = cfg
-        w = sd["model.visual.patch_embed.proj.weight"]
-        self.patch_weight = nn.Parameter(w.reshape(w.shape[0], -1).clone(), requires_grad=False)
-        self.patch_bias = nn.Parameter(sd["model.visual.patch_embed.proj.bias"].clone(), requires_grad=False)
-        self.pos_embed = nn.Parameter(sd["model.visual.pos_embed.weight"].clone(), requires_grad=False)
-        self.blocks = nn.ModuleList(VisionBlock(cfg, sd, f"model.visual.blocks.{i}.") for i in range(cfg.depth))
-        merged = cfg.hidden_size * cfg.spatial_merge_size**2
-        self.merger = PatchMerger(sd, "model.visual.merger.", merged, postshuffle=False)
-        self.deepstack = nn.ModuleList(
-            PatchMerger(sd, f"model.visual.deepstack_merger_list.{j}.", merged, postshuffle=True)
-            for j in range(len(cfg.deepstack_indexes))
-        )
-
-    def forward(self, pixel_values: Tensor, grid_h: int, grid_w: int) -> tuple[Tensor, list[Tensor]]:
-        """Pixels [N, C*T*p*p] (rows in merge-block order) -> LM tokens [N/m^2, D], DeepStack features."""
-        cfg = self.cfg
-        side = int(round(cfg.num_position_embeddings ** 0.5))
-        vi = vision_inputs(grid_h, grid_w, cfg.spatial_merge_size, side, cfg.head_dim, cfg.rope_theta)
-        embeds, deepstack = self.encode(pixel_values, *(torch.from_numpy(a) for a in
-                                                         (vi.pos_index, vi.pos_weight, vi.rot_cos, vi.rot_sin)))
-        return embeds, list(deepstack.unbind(0))
-
-    def encode(self, pixel_values: Tensor, pos_index: Tensor, pos_weight: Tensor, rot_cos: Tensor,
-               rot_sin: Tensor) -> tuple[Tensor, Tensor]:
-        """The graph part: grid bookkeeping comes precomputed (``runtime/vision_inputs.py``).
-
-        pixel_values [N, C*T*p*p]; pos_index int64 / pos_weight [N, 4]; rot_cos/sin [N, d]
-        -> embeds [N/m^2, D], deepstack [K, N/m^2, D]
-        """
-        x = F.linear(pixel_values.to(self.patch_weight.dtype), self.patch_weight, self.patch_bias)
-        x = x + (self.pos_embed[pos_index] * pos_weight[:, :, None].to(x.dtype)).sum(1)
-        cos, sin = rot_cos[None].to(x.dtype), rot_sin[None].to(x.dtype)  # [1, N, d] broadcast over heads
-        features = []
-        for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin)
-            if i in self.cfg.deepstack_indexes:
-                features.append(self.deepstack[self.cfg.deepstack_indexes.index(i)](x))
-        embeds = self.merger(x)
-        if not features:
-            return embeds, embeds.new_zeros((0, *embeds.shape))
-        return embeds, torch.stack(features)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Text decoder
-# ---------------------------------------------------------------------------------------------------
-class TextRotary(nn.Module):
-    """Interleaved MRoPE: frequency j takes its position from axis t, h or w by ``j mod 3``."""
-
-    def __init__(self, cfg: TextConfig) -> None:
-        super().__init__()
-        d = cfg.head_dim
-        self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d), persistent=False)
-        axis = torch.zeros(d // 2, dtype=torch.long)
-        for a, offset in ((1, 1), (2, 2)):
-            axis[offset: cfg.mrope_section[a] * 3: 3] = a
-        # one-hot [3, 1, 1, d/2]: a product and a sum export to any ONNX runtime (no gather on axis 0)
-        self.register_buffer("onehot", F.one_hot(axis, 3).T.float()[:, None, None, :], persistent=False)
-
-    def forward(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-        # positions: [3, B, T] int64 -> cos, sin: [B, 1, T, d] (broadcast over heads)
-        freqs = positions[..., None].float() * self.inv_freq  # [3, B, T, d/2]
-        picked = (freqs * self.onehot).sum(0)  # exact: one term is the frequency, the others are 0
-        emb = torch.cat([picked, picked], dim=-1)[:, None]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TextConfig, sd: dict[str, Tensor], prefix: str) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.q_proj = _linear(sd, prefix + "self_attn.q_proj", bias=False)
-        self.k_proj = _linear(sd, prefix + "self_attn.k_proj", bias=False)
-        self.v_proj = _linear(sd, prefix + "self_attn.v_proj", bias=False)
-        self.o_proj = _linear(sd, prefix + "self_attn.o_proj", bias=False)
-        self.q_norm = RMSNorm(sd[prefix + "self_attn.q_norm.weight"], cfg.rms_norm_eps)
-        self.k_norm = RMSNorm(sd[prefix + "self_attn.k_norm.weight"], cfg.rms_norm_eps)
-        self.gate, self.up = _linear(sd, prefix + "mlp.gate_proj", False), _linear(sd, prefix + "mlp.up_proj", False)
-        self.down = _linear(sd, prefix + "mlp.down_proj", False)
-        self.input_norm = RMSNorm(sd[prefix + "input_layernorm.weight"], cfg.rms_norm_eps)
-        self.post_norm = RMSNorm(sd[prefix + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
-        self.fused = False
-
-    def project_qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # x: [B, T, D] -> q [B, Hq, T, d], k/v [B, Hkv, T, d] (rotary applied to q and k)
-        b, t, _ = x.shape
-        h = self.input_norm(x)
-        q = self.q_norm(self.q_proj(h).view(b, t, -1, self.cfg.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(h).view(b, t, -1, self.cfg.head_dim)).transpose(1, 2)
-        v = self.v_proj(h).view(b, t, -1, self.cfg.head_dim).transpose(1, 2)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
-        # q: [B, Hq, T, d]; k/v: [B, Hkv, S, d]; visible: bool [B, 1, T, S] -> [B, Hq, T, d]
-        return attention(q, k, v, visible, self.fused)
-
-    def finish(self, x: Tensor, attn: Tensor) -> Tensor:
-        # x: residual [B, T, D]; attn: [B, Hq, T, d]
-        b, _, t, _ = attn.shape
-        x = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
-        h = self.post_norm(x)
-        return x + self.down(F.silu(self.gate(h)) * self.up(h))
-
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, prefix_k: Tensor | None, prefix_v: Tensor | None,
-        prefix_visible: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One layer over ``x`` [B, T, D] that also sees a cached prefix.
-
-        prefix_k/v: [B, Hkv, P, d]; prefix_visible: bool [B, 1 or T, P]. ``x`` attends causally to itself.
-        Returns the new hidden states and ``x``'s own K and V [B, Hkv, T, d].
-        """
-        q, k, v = self.project_qkv(x, cos, sin)
-        t = x.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        visible = causal.expand(x.shape[0], 1, t, t)
-        if prefix_k is not None:
-            assert prefix_v is not None and prefix_visible is not None
-            pv = prefix_visible[:, None].expand(-1, 1, t, -1)
-            k, v_all = torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)
-            visible = torch.cat([pv, visible], dim=-1)
-            out = self.attend(q, k, v_all, visible)
-            return self.finish(x, out), k[:, :, prefix_k.shape[2]:], v
-        return self.finish(x, self.attend(q, k, v, visible)), k, v
-
-
-class Qwen3VLTorch(nn.Module):
-    """The pieces of Qwen3-VL the pipeline composes: vision tower, embeddings, layers, exit head."""
-
-    def __init__(self, config: ModelConfig, sd: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.config = config
-        t = config.text
-        self.vision = VisionTower(config.vision, sd)
-        self.embed = nn.Parameter(sd["model.language_model.embed_tokens.weight"].clone(), requires_grad=False)
-        self.layers = nn.ModuleList(DecoderLayer(t, sd, f"model.language_model.layers.{i}.") for i in range(t.num_layers))
-        self.norm = RMSNorm(sd["model.language_model.norm.weight"], t.rms_norm_eps)
-        self.rotary = TextRotary(t)
-        self.lm_head = sd["lm_head.weight"]
-
-    def set_attention(self, mode: str) -> None:
-        """'portable' (MatMul/Softmax) or 'fused' (SDPA -> ONNX Attention)."""
-        if mode not in ("portable", "fused"):
-            raise ValueError(f"attention must be 'portable' or 'fused', got {mode!r}")
-        for module in self.modules():
-            if hasattr(module, "fused"):
-                module.fused = mode == "fused"
-
-    def embed_tokens(self, ids: Tensor) -> Tensor:
-        return self.embed[ids]
-
-    def exit_head(self, yes_id: int, no_id: int) -> Tensor:
-        """The two LM-head rows the score reads: [2, D]."""
-        return self.lm_head[[yes_id, no_id]].clone()
-
-    def score_hidden(self, hidden: Tensor, head_rows: Tensor) -> Tensor:
-        """hidden: [B, D] at the exit layer -> logit(yes) - logit(no): [B]."""
-        logits = self.norm(hidden) @ head_rows.T
-        return logits[:, 0] - logits[:, 1]

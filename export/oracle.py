@@ -1,7 +1,8 @@
-"""The oracle: Hugging Face transformers' own Qwen3-VL, with nothing of ours in the arithmetic.
+"""The oracle: Hugging Face transformers' own model, with nothing of ours in the arithmetic.
 
-* Exact spec: ``Qwen3VLForConditionalGeneration`` on the full vision-first sequence (transformers'
-  tokenizer, image processor, rope index and attention), score = logit(yes) - logit(no) at the last token.
+* Exact spec: the class the architecture's adapter names (``Qwen3VLForConditionalGeneration``) on the
+  full vision-first sequence (transformers' tokenizer, image processor, rope index and attention),
+  score = logit(yes) - logit(no) at the last token.
 * Approximate specs: the same model, with
 
   - a layer-dependent mask through transformers' attention interface (the registered attention function
@@ -40,18 +41,31 @@ def _band_attention(module, query, key, value, attention_mask, scaling=None, dro
     return (probs @ value).transpose(1, 2).contiguous(), probs
 
 
+def _transformers_model(directory: str | Path) -> torch.nn.Module:
+    """transformers' own model of the checkpoint's architecture (the class its adapter names), float32, eval."""
+    import json
+
+    import transformers
+
+    from .arch import architecture_for
+
+    model_type = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    model_class = getattr(transformers, architecture_for(model_type).transformers_class)
+    return model_class.from_pretrained(directory, dtype=torch.float32).eval()
+
+
 class TransformersOracle:
     """Scores (query, document) pairs with transformers for a checkpoint and a spec."""
 
     def __init__(self, checkpoint_dir: str | Path, spec: RerankSpec | None = None) -> None:
-        from transformers import AttentionInterface, AutoTokenizer, Qwen3VLForConditionalGeneration
+        from transformers import AttentionInterface, AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         AttentionInterface.register(_BAND_ATTENTION, _band_attention)
         self.dir = Path(checkpoint_dir)
-        self.model = Qwen3VLForConditionalGeneration.from_pretrained(self.dir, dtype=torch.float32).eval()
+        self.model = _transformers_model(self.dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.dir)
         self.processor = Qwen2VLImageProcessorPil.from_pretrained(self.dir)
         num_layers = self.model.config.text_config.num_hidden_layers
@@ -177,21 +191,20 @@ class TransformersOracle:
 def embedder_guide_attention(embedder_dir: str | Path, doc: Document, layer: int | None = None) -> np.ndarray:
     """transformers' eager attention of an embedder's last token over the visual tokens, head-averaged.
 
-    The embedder's document sequence is the one :mod:`minireranker.export.pruning` documents.
+    The embedder's image-document sequence is the embedder template of :mod:`minireranker.runtime.template`.
     """
-    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+    from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from ..runtime.preprocess import load_image
-    from .pruning import EMBEDDER_SYSTEM
+    from ..runtime.template import EMBEDDER_IMAGE_HEAD, IMAGE_PAD, embedder_image_tail
 
-    model = Qwen3VLForConditionalGeneration.from_pretrained(embedder_dir, dtype=torch.float32).eval()
+    model = _transformers_model(embedder_dir)
     model.config.text_config._attn_implementation = "eager"
     tok = AutoTokenizer.from_pretrained(embedder_dir)
     feats = Qwen2VLImageProcessorPil.from_pretrained(embedder_dir)(images=[load_image(doc.image)], return_tensors="pt")
     n = int(feats["image_grid_thw"].prod()) // model.config.vision_config.spatial_merge_size**2
-    text = (f"<|im_start|>system\n{EMBEDDER_SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-            + "<|image_pad|>" * n + f"<|vision_end|>{doc.text or ''}<|im_end|>\n<|im_start|>assistant\n")
+    text = EMBEDDER_IMAGE_HEAD + IMAGE_PAD * n + embedder_image_tail(doc.text)
     ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
     out = model(input_ids=ids, pixel_values=feats["pixel_values"], image_grid_thw=feats["image_grid_thw"],
                 mm_token_type_ids=(ids == model.config.image_token_id).int(), output_attentions=True)

@@ -10,8 +10,7 @@ Guides:
 * ``self`` — the reranker itself, on ``system + document`` (unpruned), attention of the document's last
   token (the ``\\n`` that closes the document segment) at ``guide_layer`` (default ``A``).
 * ``embedder:<dir>`` — a Qwen3-VL-Embedding-style checkpoint (same architecture, its own tokenizer and
-  weights) on its document sequence ``<|im_start|>system\\nRepresent the user's input.<|im_end|>\\n
-  <|im_start|>user\\n<|vision_start|><|image_pad|>*n<|vision_end|>{text}<|im_end|>\\n<|im_start|>assistant\\n``;
+  weights) on its image-document sequence (the embedder template of :mod:`minireranker.runtime.template`);
   attention of its last token (the one it pools) at its last layer unless ``guide_layer`` says otherwise.
   Its image grid must equal the reranker's (same patch, merge and pixel bounds).
 """
@@ -25,12 +24,10 @@ import torch
 from ..runtime.errors import CheckpointError
 from ..runtime.preprocess import preprocess_image
 from ..runtime.pruning import num_kept, select_kept  # noqa: F401  (re-exported)
-from ..runtime.template import DocumentTokens, document_positions
+from ..runtime.template import EMBEDDER_IMAGE_HEAD, DocumentTokens, document_positions, embedder_image_tail
 from .checkpoint import Checkpoint, load_state_dict, open_checkpoint
 from .graphs import GuideGraph, VisionGraph, system_kv, vision_tensors
-from .modeling import Qwen3VLTorch
-
-EMBEDDER_SYSTEM = "Represent the user's input."
+from .modeling import build_model
 
 
 class EmbedderGuide:
@@ -50,10 +47,9 @@ class EmbedderGuide:
                 f"embedder {path}: its image preprocessing (patch, merge, min/max pixels) differs from the "
                 "reranker's, so its visual tokens would not line up; use an embedder of the same family"
             )
-        self.model = Qwen3VLTorch(self.ckpt.config, load_state_dict(self.ckpt)).eval()
+        self.model = build_model(self.ckpt.config, load_state_dict(self.ckpt)).eval()
         self.tokenizer = self.ckpt.load_tokenizer()
-        self.system_ids = self.encode(
-            f"<|im_start|>system\n{EMBEDDER_SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|>")
+        self.system_ids = self.encode(EMBEDDER_IMAGE_HEAD)
         n = self.ckpt.config.text.num_layers
         self.layer = n - 1 if guide_layer is None else guide_layer
         if not 0 <= self.layer < n:
@@ -69,7 +65,7 @@ class EmbedderGuide:
     def document(self, grid_hw: tuple[int, int], text: str | None) -> DocumentTokens:
         """The embedder's document part: image pads first, then ``<|vision_end|>{text}`` and the closing."""
         n = grid_hw[0] * grid_hw[1]
-        tail = self.encode(f"<|vision_end|>{text or ''}<|im_end|>\n<|im_start|>assistant\n")
+        tail = self.encode(embedder_image_tail(text))
         return DocumentTokens([self.ckpt.config.image_token_id] * n + tail, 0, n, (grid_hw[0], grid_hw[1]))
 
     @torch.no_grad()

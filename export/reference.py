@@ -29,7 +29,7 @@ from ..runtime.spec import RerankSpec
 from ..runtime.template import VisionFirstTemplate, document_positions, text_positions
 from .checkpoint import Checkpoint, load_state_dict, open_checkpoint
 from .graphs import GuideGraph, build_graphs, system_kv, vision_tensors
-from .modeling import Qwen3VLTorch
+from .modeling import build_model
 from .pruning import EmbedderGuide, select_kept
 
 
@@ -100,7 +100,7 @@ class ReferencePipeline:
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint, spec)
         config = self.ckpt.config
         self.spec = (spec or self.ckpt.spec).resolve(config.text.num_layers)
-        self.model = Qwen3VLTorch(config, load_state_dict(self.ckpt)).eval()
+        self.model = build_model(config, load_state_dict(self.ckpt)).eval()
         self.model.set_attention(attention)
         self.template = VisionFirstTemplate(self.ckpt.load_tokenizer(), self.spec)
         self.head_rows = self.model.exit_head(self.template.yes_id, self.template.no_id)

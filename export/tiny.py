@@ -1,11 +1,11 @@
-"""Tiny Qwen3-VL checkpoints built in code, in Hugging Face layout, for tests and demos.
+"""Tiny checkpoints built in code, in Hugging Face layout, for tests and demos (Qwen3-VL presets today).
 
 A checkpoint directory written by :func:`write_tiny_checkpoint` holds
 
 ```
-config.json                     Qwen3VLForConditionalGeneration config (rope in "rope_scaling" or
-                                "rope_parameters" form, see TinyPreset.rope_style)
-model.safetensors               float32 weights, exactly the names and shapes of transformers'
+config.json                     the architecture's config (its adapter writes it: rope in "rope_scaling"
+                                or "rope_parameters" form, see TinyPreset.rope_style)
+model.safetensors               float32 weights, exactly the names and shapes of transformers' (the adapter's table)
   or model-0000i-of-0000n.safetensors + model.safetensors.index.json   (TinyPreset.shards > 1)
 tokenizer.json, tokenizer_config.json, special_tokens_map.json      (export/tokenizer_factory.py)
 preprocessor_config.json        Qwen2-VL image processor settings (64x64 images give 4 image tokens)
@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from minireranker.export.tokenizer_factory import QWEN_SPECIAL_TOKENS, build_tokenizer, write_tokenizer
-from minireranker.runtime.errors import CheckpointError
+from ..runtime.errors import CheckpointError
+from .arch import ARCHITECTURES, architecture_for
+from .config import parse_model_config
+from .tokenizer_factory import QWEN_SPECIAL_TOKENS, build_tokenizer, write_tokenizer
 
 ROPE_STYLES = ("rope_scaling", "rope_parameters")
 VOCAB_MULTIPLE = 64  # the embedding is padded to a multiple of this, as Qwen pads its vocabulary
@@ -38,7 +40,7 @@ DEFAULT_SEED = 0
 
 @dataclass(frozen=True)
 class TinyPreset:
-    """Shapes of one tiny Qwen3-VL checkpoint (text decoder, vision tower, file layout)."""
+    """Shapes of one tiny checkpoint (text decoder, vision tower, file layout) and its architecture."""
 
     # text decoder
     hidden_size: int
@@ -70,6 +72,8 @@ class TinyPreset:
     max_pixels: int = 128 * 128
     # embedding rows; None: the tokenizer's size padded to VOCAB_MULTIPLE (real shapes, e.g. 151936, for timing)
     vocab_size: int | None = None
+    # the registered architecture (export/arch/) that writes config.json and names the weights
+    model_type: str = "qwen3_vl"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mrope_section", tuple(self.mrope_section))
@@ -100,6 +104,8 @@ class TinyPreset:
             (self.rope_style not in ROPE_STYLES, f"rope_style must be one of {ROPE_STYLES}"),
             (self.max_pixels < self.min_pixels,
              f"max_pixels {self.max_pixels} must be >= min_pixels {self.min_pixels}"),
+            (self.model_type not in ARCHITECTURES,
+             f"model_type {self.model_type!r} is not a registered architecture {sorted(ARCHITECTURES)}"),
         ]
 
     @property
@@ -152,76 +158,18 @@ def padded_vocab_size(token_count: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# weights
+# weights: names, shapes and init kinds come from the architecture's adapter (export/arch/)
 # ---------------------------------------------------------------------------------------------------
-# Each entry: name -> (shape, kind). Kinds: ("matrix", fan_in), ("embed", std), ("norm",), ("bias",).
-
-
-def _linear(specs: dict, name: str, out_dim: int, in_dim: int, bias: bool) -> None:
-    specs[f"{name}.weight"] = ((out_dim, in_dim), ("matrix", in_dim))
-    if bias:
-        specs[f"{name}.bias"] = ((out_dim,), ("bias",))
-
-
-def _layer_norm(specs: dict, name: str, dim: int) -> None:
-    specs[f"{name}.weight"] = ((dim,), ("norm",))
-    specs[f"{name}.bias"] = ((dim,), ("bias",))
-
-
-def _vision_specs(p: TinyPreset) -> dict:
-    specs: dict = {}
-    v, prefix = p.vision_hidden_size, "model.visual"
-    patch_in = 3 * p.temporal_patch_size * p.patch_size * p.patch_size
-    kernel = (v, 3, p.temporal_patch_size, p.patch_size, p.patch_size)
-    specs[f"{prefix}.patch_embed.proj.weight"] = (kernel, ("matrix", patch_in))
-    specs[f"{prefix}.patch_embed.proj.bias"] = ((v,), ("bias",))
-    specs[f"{prefix}.pos_embed.weight"] = ((p.num_position_embeddings, v), ("embed", 0.5))
-    for i in range(p.vision_depth):
-        block = f"{prefix}.blocks.{i}"
-        _layer_norm(specs, f"{block}.norm1", v)
-        _layer_norm(specs, f"{block}.norm2", v)
-        _linear(specs, f"{block}.attn.qkv", 3 * v, v, bias=True)
-        _linear(specs, f"{block}.attn.proj", v, v, bias=True)
-        _linear(specs, f"{block}.mlp.linear_fc1", p.vision_intermediate_size, v, bias=True)
-        _linear(specs, f"{block}.mlp.linear_fc2", v, p.vision_intermediate_size, bias=True)
-    merged = v * p.spatial_merge_size**2  # 2x2 neighbouring patches are concatenated into one token
-    mergers = ["merger"] + [f"deepstack_merger_list.{j}" for j in range(len(p.deepstack_visual_indexes))]
-    for merger in mergers:
-        # the main merger normalizes each patch; deepstack mergers normalize the concatenation
-        _layer_norm(specs, f"{prefix}.{merger}.norm", v if merger == "merger" else merged)
-        _linear(specs, f"{prefix}.{merger}.linear_fc1", merged, merged, bias=True)
-        _linear(specs, f"{prefix}.{merger}.linear_fc2", p.vision_out_hidden_size, merged, bias=True)
-    return specs
-
-
-def _text_specs(p: TinyPreset, vocab_size: int) -> dict:
-    specs: dict = {}
-    h, prefix = p.hidden_size, "model.language_model"
-    q_dim, kv_dim = p.num_attention_heads * p.head_dim, p.num_key_value_heads * p.head_dim
-    # tied: the same rows are read as logits weights, so keep them at the lm_head scale
-    specs[f"{prefix}.embed_tokens.weight"] = ((vocab_size, h), ("embed", h**-0.5))
-    for i in range(p.num_hidden_layers):
-        layer = f"{prefix}.layers.{i}"
-        for name, out_dim in (("q_proj", q_dim), ("k_proj", kv_dim), ("v_proj", kv_dim)):
-            _linear(specs, f"{layer}.self_attn.{name}", out_dim, h, bias=False)
-        _linear(specs, f"{layer}.self_attn.o_proj", h, q_dim, bias=False)
-        specs[f"{layer}.self_attn.q_norm.weight"] = ((p.head_dim,), ("norm",))
-        specs[f"{layer}.self_attn.k_norm.weight"] = ((p.head_dim,), ("norm",))
-        _linear(specs, f"{layer}.mlp.gate_proj", p.intermediate_size, h, bias=False)
-        _linear(specs, f"{layer}.mlp.up_proj", p.intermediate_size, h, bias=False)
-        _linear(specs, f"{layer}.mlp.down_proj", h, p.intermediate_size, bias=False)
-        specs[f"{layer}.input_layernorm.weight"] = ((h,), ("norm",))
-        specs[f"{layer}.post_attention_layernorm.weight"] = ((h,), ("norm",))
-    specs[f"{prefix}.norm.weight"] = ((h,), ("norm",))
-    if not p.tie_word_embeddings:
-        _linear(specs, "lm_head", vocab_size, h, bias=False)
-    return specs
+# token ids change no shape: any distinct ids do when only the tensor table is wanted
+_SHAPE_ONLY_IDS = {token: i for i, token in enumerate(QWEN_SPECIAL_TOKENS)}
 
 
 def parameter_specs(preset: str | TinyPreset, vocab_size: int) -> dict[str, tuple[tuple[int, ...], tuple]]:
     """Name -> (shape, init kind) of every tensor in the file, in transformers' state-dict order."""
     p = resolve_preset(preset)
-    return {**_vision_specs(p), **_text_specs(p, vocab_size)}
+    config = parse_model_config(build_config(p, _SHAPE_ONLY_IDS, vocab_size))
+    weights = architecture_for(p.model_type).weights(config)
+    return {name: (w.shape, w.init) for name, w in weights.items()}
 
 
 def _draw(rng: np.random.Generator, shape: tuple[int, ...], kind: tuple) -> np.ndarray:
@@ -251,48 +199,11 @@ def build_preset_state_dict(preset: str | TinyPreset = DEFAULT_PRESET, seed: int
 # ---------------------------------------------------------------------------------------------------
 
 
-def _rope_fields(p: TinyPreset) -> dict:
-    if p.rope_style == "rope_scaling":  # as in the released Qwen3-VL config.json files
-        return {
-            "rope_scaling": {"mrope_interleaved": True, "mrope_section": list(p.mrope_section),
-                             "rope_type": "default"},
-            "rope_theta": p.rope_theta,
-        }
-    return {  # transformers 5 form
-        "rope_parameters": {"rope_type": "default", "rope_theta": p.rope_theta,
-                            "mrope_section": list(p.mrope_section), "mrope_interleaved": True},
-    }
-
-
 def build_config(preset: str | TinyPreset, token_ids: dict[str, int], vocab_size: int) -> dict:
-    """The `config.json` dict; `token_ids` maps Qwen's special token strings to ids."""
+    """The `config.json` dict (written by the preset's architecture); `token_ids` maps Qwen's special token
+    strings to ids."""
     p = resolve_preset(preset)
-    text_config = {
-        "model_type": "qwen3_vl_text", "vocab_size": vocab_size, "hidden_size": p.hidden_size,
-        "intermediate_size": p.intermediate_size, "num_hidden_layers": p.num_hidden_layers,
-        "num_attention_heads": p.num_attention_heads, "num_key_value_heads": p.num_key_value_heads,
-        "head_dim": p.head_dim, "hidden_act": "silu", "max_position_embeddings": p.max_position_embeddings,
-        "rms_norm_eps": p.rms_norm_eps, "attention_bias": False, "attention_dropout": 0.0,
-        "initializer_range": 0.02, "use_cache": True, "tie_word_embeddings": p.tie_word_embeddings,
-        "bos_token_id": token_ids["<|endoftext|>"], "eos_token_id": token_ids["<|im_end|>"],
-        "dtype": "float32", **_rope_fields(p),
-    }
-    vision_config = {
-        "model_type": "qwen3_vl", "depth": p.vision_depth, "hidden_size": p.vision_hidden_size,
-        "intermediate_size": p.vision_intermediate_size, "num_heads": p.vision_num_heads,
-        "hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "patch_size": p.patch_size,
-        "spatial_merge_size": p.spatial_merge_size, "temporal_patch_size": p.temporal_patch_size,
-        "out_hidden_size": p.vision_out_hidden_size, "num_position_embeddings": p.num_position_embeddings,
-        "deepstack_visual_indexes": list(p.deepstack_visual_indexes), "initializer_range": 0.02,
-    }
-    return {
-        "architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
-        "image_token_id": token_ids["<|image_pad|>"], "video_token_id": token_ids["<|video_pad|>"],
-        "vision_start_token_id": token_ids["<|vision_start|>"],
-        "vision_end_token_id": token_ids["<|vision_end|>"],
-        "tie_word_embeddings": p.tie_word_embeddings, "dtype": "float32",
-        "text_config": text_config, "vision_config": vision_config,
-    }
+    return architecture_for(p.model_type).tiny_config(p, token_ids, vocab_size)
 
 
 def build_preprocessor_config(preset: str | TinyPreset) -> dict:
@@ -347,7 +258,7 @@ def write_safetensors(directory: Path, state_dict: dict, shards: int) -> list[Pa
 
 def write_tiny_checkpoint(directory: str | Path, preset: str | TinyPreset = DEFAULT_PRESET,
                           seed: int = DEFAULT_SEED, spec: dict | None = None) -> Path:
-    """Write a complete Hugging Face-layout Qwen3-VL checkpoint into `directory` and return its path.
+    """Write a complete Hugging Face-layout checkpoint of the preset's architecture into `directory`.
 
     The same (preset, seed) always gives byte-identical files; `spec`, if given, is written as
     `minireranker.json` unchanged.
@@ -383,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = json.loads(args.spec.read_text(encoding="utf-8")) if args.spec else None
     path = write_tiny_checkpoint(args.out_dir, args.preset, args.seed, spec)
-    print(f"wrote tiny Qwen3-VL checkpoint ({args.preset}, seed {args.seed}) to {path}")
+    print(f"wrote tiny {resolve_preset(args.preset).model_type} checkpoint ({args.preset}, seed {args.seed}) to {path}")
     return 0
 
 

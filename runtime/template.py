@@ -12,6 +12,17 @@ Positions follow Qwen3-VL's rope index: a text token advances all three axes by 
 ``gh x gw`` merged tokens starting at ``s`` gives token (r, c) the position ``(s, s + r, s + c)`` and
 advances ``s`` by ``max(gh, gw)``; so text after an image continues at max position + 1.
 
+The embedder (a Qwen3-VL-Embedding-style checkpoint: first stage and pruning guide) has its own template,
+defined here once for export, calibration and the runtime::
+
+    image document  <|im_start|>system\\nRepresent the user's input.<|im_end|>\\n<|im_start|>user\\n<|vision_start|>
+                    <|image_pad|>*n<|vision_end|>{text}<|im_end|>\\n<|im_start|>assistant\\n
+    text document   <|im_start|>system\\nRepresent the user's input.<|im_end|>\\n<|im_start|>user\\n
+    or query        {text}<|im_end|>\\n<|im_start|>assistant\\n
+
+An image document is cut like the reranker's sequence: its constant head (:data:`EMBEDDER_IMAGE_HEAD`,
+through ``<|vision_start|>``) plays the system segment; the rest is the document.
+
 Only numpy and the ``tokenizers`` package are used: the runtime imports this module.
 """
 
@@ -28,6 +39,21 @@ from .spec import RerankSpec
 IMAGE_PAD = "<|image_pad|>"
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
+
+EMBEDDER_SYSTEM = "Represent the user's input."
+EMBEDDER_HEAD = f"<|im_start|>system\n{EMBEDDER_SYSTEM}<|im_end|>\n<|im_start|>user\n"
+EMBEDDER_CLOSE = "<|im_end|>\n<|im_start|>assistant\n"
+EMBEDDER_IMAGE_HEAD = EMBEDDER_HEAD + VISION_START  # everything before an image document's pads
+
+
+def embedder_text(text: str) -> str:
+    """The embedder's sequence for a query or a text-only document."""
+    return f"{EMBEDDER_HEAD}{text}{EMBEDDER_CLOSE}"
+
+
+def embedder_image_tail(text: str | None) -> str:
+    """What follows an image document's pads in the embedder's sequence (its optional text, then the close)."""
+    return f"{VISION_END}{text or ''}{EMBEDDER_CLOSE}"
 
 
 class _Encoding(Protocol):

@@ -8,7 +8,6 @@ A test checks its scores against ``ReferencePipeline`` for dense, banded and pru
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...export.checkpoint import expected_shapes
 from ...export.config import ModelConfig
 from ...export.graphs import vision_tensors
-from ...export.modeling import Qwen3VLTorch, attention, rotate_half
+from ...export.modeling import attention, build_model, rotate_half
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,16 +120,15 @@ def collate(samples: list[Sample], num_layers: int) -> Batch:
 # the trainable model
 # ---------------------------------------------------------------------------------------------------
 class TrainableQwen3VL(nn.Module):
-    """Qwen3VLTorch with every weight trainable, a batched vision tower and a batched decoder forward."""
+    """Qwen3-VL's torch model with every weight trainable, a batched vision tower and a batched decoder forward."""
 
     def __init__(self, config: ModelConfig, state_dict: dict[str, Tensor], answer_ids: tuple[int, int] | None) -> None:
         super().__init__()
-        self.core = Qwen3VLTorch(config, state_dict)
+        self.core = build_model(config, state_dict)
         self.core.requires_grad_(True)
         self.core.set_attention("fused")
-        self.kernel = tuple(state_dict["model.visual.patch_embed.proj.weight"].shape)
         # the reranker trains its LM head (yes/no rows and the caption loss); the embedder never reads it
-        self.lm_head = nn.Parameter(state_dict["lm_head.weight"].clone(), requires_grad=answer_ids is not None)
+        self.lm_head = nn.Parameter(self.core.lm_head.clone(), requires_grad=answer_ids is not None)
         self.answer_ids = answer_ids
         self.keep_qk_layer: int | None = None  # forward keeps this layer's queries and keys (with the prefix)
         self.kept_qk: tuple[Tensor, Tensor] | None = None
@@ -204,11 +203,14 @@ class TrainableQwen3VL(nn.Module):
         return F.normalize(self.core.norm(hidden), dim=-1)
 
     def transformers_state_dict(self) -> dict[str, Tensor]:
-        """Every weight under transformers' name (float32, contiguous), the yes/no rows written back."""
-        out = {"lm_head.weight": self.lm_head.detach().clone()}
+        """Every weight under transformers' name (float32, contiguous), the yes/no rows written back.
+
+        The names are those the core read its weights from, and the shapes the architecture's table (the
+        patch kernel is a matrix here, a conv kernel on disk)."""
+        names, shapes = self.core.transformers_names, expected_shapes(self.core.config)
+        out = {names["lm_head"]: self.lm_head.detach().clone()}
         for name, value in self.core.named_parameters():
-            value = value.detach().clone()
-            out[_hf_name(name)] = value.reshape(self.kernel) if name == "vision.patch_weight" else value
+            out[names[name]] = value.detach().clone().reshape(shapes[names[name]])
         return {n: v.contiguous() for n, v in out.items()}
 
 
@@ -222,35 +224,10 @@ def _groups(order: list[int], outs: list[Tensor]) -> list[list[int]]:
 
 
 def _vision_block(block: nn.Module, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """modeling.VisionBlock over a batch of images of one size: x [G, N, Dv]; cos/sin [G, 1, N, d]."""
+    """qwen3_vl_torch.VisionBlock over a batch of images of one size: x [G, N, Dv]; cos/sin [G, 1, N, d]."""
     g, n, _ = x.shape
     q, k, v = block.qkv(block.norm1(x)).reshape(g, n, 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
     attn = attention(q, k, v, None, fused=True)                               # [G, H, N, d]
     x = x + block.proj(attn.transpose(1, 2).reshape(g, n, -1))
     return x + block.fc2(F.gelu(block.fc1(block.norm2(x)), approximate="tanh"))
-
-
-_HF_RULES = (  # applied in order: Qwen3VLTorch's parameter path -> transformers' name
-    (r"^vision\.patch_weight$", "model.visual.patch_embed.proj.weight"),
-    (r"^vision\.patch_bias$", "model.visual.patch_embed.proj.bias"),
-    (r"^vision\.pos_embed$", "model.visual.pos_embed.weight"),
-    (r"^vision\.blocks\.(\d+)\.(qkv|proj)\.", r"vision.blocks.\1.attn.\2."),
-    (r"^vision\.blocks\.(\d+)\.fc(\d)\.", r"vision.blocks.\1.mlp.linear_fc\2."),
-    (r"^vision\.(merger|deepstack\.\d+)\.fc(\d)\.", r"vision.\1.linear_fc\2."),
-    (r"^vision\.deepstack\.", "vision.deepstack_merger_list."),
-    (r"^vision\.", "model.visual."),
-    (r"^embed$", "model.language_model.embed_tokens.weight"),
-    (r"^norm\.weight$", "model.language_model.norm.weight"),
-    (r"^layers\.(\d+)\.(q_proj|k_proj|v_proj|o_proj|q_norm|k_norm)\.", r"layers.\1.self_attn.\2."),
-    (r"^layers\.(\d+)\.(gate|up|down)\.", r"layers.\1.mlp.\2_proj."),
-    (r"^layers\.(\d+)\.input_norm\.", r"layers.\1.input_layernorm."),
-    (r"^layers\.(\d+)\.post_norm\.", r"layers.\1.post_attention_layernorm."),
-    (r"^layers\.", "model.language_model.layers."),
-)
-
-
-def _hf_name(name: str) -> str:
-    for pattern, replacement in _HF_RULES:
-        name = re.sub(pattern, replacement, name)
-    return name

@@ -12,7 +12,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from minireranker.export.checkpoint import load_state_dict, open_checkpoint  # noqa: E402
-from minireranker.export.modeling import Qwen3VLTorch  # noqa: E402
+from minireranker.export.modeling import build_model  # noqa: E402
 from minireranker.export.tiny import PRESETS  # noqa: E402
 from minireranker.runtime.preprocess import preprocess_image  # noqa: E402
 from minireranker.runtime.spec import RerankSpec  # noqa: E402
@@ -26,7 +26,7 @@ def pair(request, checkpoint_factory):
     """(our model, transformers' model, checkpoint) for one preset."""
     path = checkpoint_factory(request.param)
     ckpt = open_checkpoint(path)
-    ours = Qwen3VLTorch(ckpt.config, load_state_dict(ckpt)).eval()
+    ours = build_model(ckpt.config, load_state_dict(ckpt)).eval()
     theirs = transformers.Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     return ours, theirs, ckpt
 
