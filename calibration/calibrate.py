@@ -33,7 +33,6 @@ template strings), ``calibration.json`` (schema below), ``report.md`` and ``pare
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -333,6 +332,7 @@ def _check_chosen(loaded, data: LabelledSet, point: dict, config) -> float:
 
 
 def _write(out: Path, result: dict, log: Callable[[str], None]) -> None:
+    from ..runtime.profiling.report import write_report
     from .report import calibration_markdown, pareto_plot
 
     out.mkdir(parents=True, exist_ok=True)
@@ -343,11 +343,7 @@ def _write(out: Path, result: dict, log: Callable[[str], None]) -> None:
         RerankSpec.from_dict(result["points"][result["chosen"]]["spec"]).save(spec_file)
     for p in result["points"]:
         p.pop("_scores", None)
-    (out / "calibration.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     report = calibration_markdown(result)
-    (out / "report.md").write_text(report, encoding="utf-8")
-    plotted = pareto_plot(result, out / "pareto.png")
+    written = write_report(out, result, report, "calibration.json", "report.md", "pareto.png", pareto_plot)
     log("\n" + report)
-    files = [spec_file] if result["chosen"] is not None else []
-    files += [out / "calibration.json", out / "report.md"] + ([out / "pareto.png"] if plotted else [])
-    log("wrote " + ", ".join(map(str, files)))
+    log(written.summary(also=(spec_file,) if result["chosen"] is not None else ()))

@@ -1,4 +1,4 @@
-"""Cost per query of a spec, from the checkpoint's shapes: :mod:`minireranker.runtime.profiling.estimate`'s model.
+"""Cost per query of a spec from the checkpoint's shapes, by the runtime's cost model (``runtime/profiling/cost.py``).
 
 For one query over ``N`` cached candidates (warm: indexing is paid once per document, not per query)::
 
@@ -21,15 +21,13 @@ import math
 from dataclasses import dataclass
 
 from ..export.config import ModelConfig
-from ..runtime.profiling.estimate import DEVICES, Workload, predict
+from ..runtime.profiling.cost import Workload, decoder_layer_parameters, rerank_cost, stage_parameters
 
 
 def layer_parameters(config: ModelConfig) -> int:
     """Parameters of one decoder layer: attention projections, q/k norms, gated MLP, two RMS norms."""
     t = config.text
-    q, kv = t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim
-    return 2 * t.hidden_size * q + 2 * t.hidden_size * kv + 3 * t.hidden_size * t.intermediate_size \
-        + 2 * t.head_dim + 2 * t.hidden_size
+    return decoder_layer_parameters(t.hidden_size, t.num_heads, t.num_kv_heads, t.head_dim, t.intermediate_size)
 
 
 @dataclass(frozen=True)
@@ -42,24 +40,25 @@ class CostInputs:
     precision: str = "fp16"
 
 
-def query_cost(config: ModelConfig, inputs: CostInputs, exit_layer: int, band: tuple[int, int],
-               doc_tokens: float) -> dict[str, float]:
-    """``{"flops_per_query", "kv_bytes_per_query", "doc_tokens"}`` of one spec (see the module docstring)."""
+def spec_workload(config: ModelConfig, inputs: CostInputs, exit_layer: int, band: tuple[int, int]) -> Workload:
+    """The cost model's :class:`Workload` of one swept spec: parameters per stage from the config's shapes,
+    the query segment counted whole (no template overhead on top), no pruning guide (the sweep measures the
+    kept tokens itself and passes them as ``doc_tokens``)."""
     t = config.text
-    a, b = band
-    layer = layer_parameters(config)
-    params = {"query_head": a * layer, "band": (b - a + 1) * layer, "tail": (exit_layer - b) * layer + 3 * t.hidden_size}
-    w = Workload(
+    params = stage_parameters(layer_parameters(config), band, exit_layer, head=3 * t.hidden_size)
+    return Workload(
         name="calibration", precision=inputs.precision, hidden=t.hidden_size,
         attention_width=t.num_heads * t.head_dim, kv_heads=t.num_kv_heads, head_dim=t.head_dim, band=band,
         exit_layer=exit_layer, keep_ratio=1.0, guide_layers=None, system_tokens=inputs.system_tokens,
         query_overhead_tokens=0, doc_extra_tokens=0, params=params, vision_width=config.vision.hidden_size,
         vision_depth=config.vision.depth, merge_size=config.vision.spatial_merge_size,
         patch_factor=config.vision.patch_size * config.vision.spatial_merge_size, min_pixels=1, max_pixels=1 << 24)
-    # predict() wants a device for its seconds; FLOPs and bytes do not depend on which one
-    out = predict(w, DEVICES["agx-orin-64gb"], inputs.candidates, math.ceil(inputs.query_tokens), (64, 64),
-                  doc_tokens=doc_tokens)
-    stages = out["warm"]["stages"]
-    flops = sum(stages[s]["flops"] for s in ("query_head", "band", "tail"))
-    return {"flops_per_query": float(flops), "kv_bytes_per_query": float(out["kv_bytes_per_query"]),
+
+
+def query_cost(config: ModelConfig, inputs: CostInputs, exit_layer: int, band: tuple[int, int],
+               doc_tokens: float) -> dict[str, float]:
+    """``{"flops_per_query", "kv_bytes_per_query", "doc_tokens"}`` of one spec (see the module docstring)."""
+    w = spec_workload(config, inputs, exit_layer, band)
+    cost = rerank_cost(w, inputs.candidates, math.ceil(inputs.query_tokens), doc_tokens=doc_tokens)
+    return {"flops_per_query": float(cost.flops_per_query), "kv_bytes_per_query": float(cost.kv_bytes),
             "doc_tokens": float(doc_tokens)}

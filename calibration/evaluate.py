@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from ..runtime.errors import SpecError
-from ..runtime.spec import RerankSpec
+from ..runtime.spec import RerankSpec, read_spec
 from .data import LabelledSet, load_labelled_set
 from .errors import require_torch
 from .metrics import METRICS, paired_difference, per_query, summarize
@@ -65,29 +65,10 @@ class EvalConfig:
 
 
 def read_spec_arg(value: str) -> tuple[RerankSpec, set[str], str]:
-    """A ``--spec`` value: a file, inline JSON (``{...}``) or ``exact``. Returns (spec, keys given, source)."""
-    if value.strip() == "exact":
-        return RerankSpec.exact(), set(), "exact"
-    if value.lstrip().startswith("{"):
-        try:
-            data = json.loads(value)
-        except ValueError as exc:
-            raise SpecError(f"--spec {value!r} is not valid JSON ({exc}); give a JSON object or a file") from None
-        source = "inline spec"
-    else:
-        path = Path(value)
-        if not path.is_file():
-            raise SpecError(f"--spec {value!r}: no such file; give a minireranker.json path or an inline JSON object")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SpecError(f"spec file {path} is not valid JSON: {exc}") from None
-        source = str(path)
-        # a relative embedder:<dir> is relative to the file, as everywhere a spec file is read
-        spec = RerankSpec.from_dict(data, source=source).relative_to(path.parent)
-        return spec, set(data) if isinstance(data, dict) else set(), source
-    spec = RerankSpec.from_dict(data, source=source)
-    return spec, set(data) if isinstance(data, dict) else set(), source
+    """A ``--spec`` value, read by :func:`~minireranker.runtime.spec.read_spec` as everywhere: a file, inline
+    JSON (``{...}``) or ``exact``. Returns (spec, keys given, source)."""
+    parsed = read_spec(value)
+    return parsed.spec, set(parsed.given), parsed.source
 
 
 def spec_label(spec: RerankSpec) -> str:
@@ -220,12 +201,10 @@ def _finish(config: EvalConfig, data: LabelledSet, systems: list[dict], wall: fl
 
 
 def _write(out: Path, result: dict, log: Callable[[str], None]) -> None:
+    from ..runtime.profiling.report import write_report
     from .report import eval_markdown, eval_plot
 
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     table = eval_markdown(result)
-    (out / "eval.md").write_text(table, encoding="utf-8")
-    plotted = eval_plot(result, out / "eval.png")
+    written = write_report(out, result, table, "eval.json", "eval.md", "eval.png", eval_plot)
     log("\n" + table)
-    log(f"wrote {out / 'eval.json'}, {out / 'eval.md'}"
-        + (f", {out / 'eval.png'}" if plotted else " (no PNG: install matplotlib, the 'plot' extra)"))
+    log(written.summary())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..runtime.profiling.report import pyplot as _pyplot
 from .metrics import METRICS
 
 LABELS = {"hit@1": "Hit@1", "mrr": "MRR", "ndcg@5": "nDCG@5", "ndcg@10": "nDCG@10"}
@@ -23,17 +24,6 @@ def _pct(x: float | None) -> str:
 
 def _seconds(s: float) -> str:
     return f"{s:.1f} s" if s >= 1 else f"{1e3 * s:.0f} ms"
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
 
 
 def eval_markdown(result: dict) -> str:

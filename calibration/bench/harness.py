@@ -28,7 +28,7 @@ A run also records the share of the machine's CPU other processes took meanwhile
 
 ``results.json`` (``schema_version`` 1; seconds, bytes; a spread is ``{median, min, max}`` over repeats)::
 
-    created, wall_s, argv, machine {cpu, cores, memory_bytes, platform, python, versions}
+    created, wall_s, argv, machine (runtime/profiling/telemetry.py machine_info: cpu, cores, memory_bytes, ...)
     preset {name, description, page_size, model}     settings {candidates, repeats, batch_size, dense_pairs, ...}
     queries [one per repeat]    bundles {name: {path, build_s, spec}}
     baselines [{repeat, memcpy_gib_s {bytes: GiB/s}, gemm {shape, gflops}}]
@@ -47,26 +47,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import logging
-import os
-import pickle
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import time
-import traceback
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ...runtime.profiling.telemetry import machine_info
 from ...runtime.spec import RerankSpec
-from .presets import BenchConfig, BenchError, draw_query, write_corpus
+from .presets import BenchConfig, draw_query, write_corpus
+# the systems and their worker processes; STAGES, query_first_prompt and _worker_stdio are imported from here too
+from .systems import STAGES, _Worker, _worker_stdio, query_first_prompt  # noqa: F401
 
 SCHEMA_VERSION = 1
-STAGES = ("preprocess", "vision", "guide", "doc_prefix", "lm", "query_head", "kv_read", "band", "tail")
 TARGETS = {"ratio_to_dense_transformers": 0.01, "aim": 0.005, "total_over_kv_floor": 2.0}
 LABELS = {"dense_transformers": "(a) dense transformers, pair by pair (query-first)",
           "dense_onnx": "(b) dense ONNX Runtime, batched, no reuse",
@@ -74,224 +68,6 @@ LABELS = {"dense_transformers": "(a) dense transformers, pair by pair (query-fir
           "minireranker": "(d) miniReranker{} (warm)"}
 _WARMUP_SEED = 999_983
 _SETTLE_S = 1.0
-
-
-def query_first_prompt(spec: RerankSpec, query: str, image_tokens: int, text: str | None = None) -> str:
-    """Qwen3-VL-Reranker's own (query-first) sequence of one pair, image pads expanded."""
-    image = f"<|vision_start|>{'<|image_pad|>' * image_tokens}<|vision_end|>" if image_tokens else ""
-    return (f"<|im_start|>system\n{spec.system}<|im_end|>\n<|im_start|>user\n"
-            f"<Instruct>: {spec.instruction}\n<Query>: {query}\n<Document>: {image}{text or ''}"
-            f"<|im_end|>\n<|im_start|>assistant\n")
-
-
-# ---------------------------------------------------------------------------------------------------
-# the systems, each inside its worker process
-# ---------------------------------------------------------------------------------------------------
-
-
-class _DenseTransformers:
-    """(a): transformers' own model, one forward per (query, document) pair."""
-
-    def __init__(self, checkpoint: str, pages: list[str], pairs: int, warmup: str) -> None:
-        import torch
-        from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        self.torch, self.spec = torch, RerankSpec.exact()
-        self.model = Qwen3VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.processor = Qwen2VLImageProcessorPil.from_pretrained(checkpoint)
-        self.yes, self.no = (self.tokenizer.convert_tokens_to_ids(t) for t in (self.spec.yes_token, self.spec.no_token))
-        self.pages = pages[:pairs]
-        self._vision_s = self._t = 0.0
-        visual = self.model.model.visual
-        visual.register_forward_pre_hook(lambda *_: setattr(self, "_t", time.perf_counter()))
-        visual.register_forward_hook(
-            lambda *_: setattr(self, "_vision_s", self._vision_s + time.perf_counter() - self._t))
-        self._score(warmup, pages[0], {})
-
-    def _score(self, query: str, page: str, stages: dict) -> float:
-        from PIL import Image
-
-        t0 = time.perf_counter()
-        with Image.open(page) as image:
-            feats = self.processor(images=[image.convert("RGB")], return_tensors="pt")
-        merge = self.model.config.vision_config.spatial_merge_size
-        prompt = query_first_prompt(self.spec, query, int(feats["image_grid_thw"].prod()) // merge**2)
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        t1, vision_before = time.perf_counter(), self._vision_s
-        with self.torch.no_grad():
-            logits = self.model(input_ids=ids, pixel_values=feats["pixel_values"],
-                                image_grid_thw=feats["image_grid_thw"],
-                                mm_token_type_ids=(ids == self.model.config.image_token_id).int(),
-                                logits_to_keep=1).logits[0, -1]
-        t2, vision = time.perf_counter(), self._vision_s - vision_before
-        for stage, seconds in (("preprocess", t1 - t0), ("vision", vision), ("lm", t2 - t1 - vision)):
-            stages[stage] = stages.get(stage, 0.0) + seconds
-        return float(logits[self.yes] - logits[self.no])
-
-    def run(self, query: str) -> dict:
-        stages: dict[str, float] = {}
-        t0 = time.perf_counter()
-        scores = [self._score(query, page, stages) for page in self.pages]
-        return {"total_s": time.perf_counter() - t0, "stages": stages, "scores": scores,
-                "measured_pairs": len(self.pages), "query_head_runs": 0, "kv_bytes_read": 0}
-
-
-class _OnnxSystem:
-    """(b), (c), (d): the runtime's Reranker; ``recompute`` gives it a store that keeps nothing."""
-
-    def __init__(self, bundle: str, cache: str, documents: list[str], recompute: bool, batch_size: int,
-                 warmup: str) -> None:
-        from ...runtime.documents import Document
-        from ...runtime.reranker import Reranker
-
-        logging.getLogger("minireranker.kvstore").setLevel(logging.ERROR)  # (b)'s declined puts are on purpose
-        self.reranker = Reranker(bundle, cache, batch_size=batch_size, max_cache_bytes=1 if recompute else None)
-        self.documents = [Document(image=p) for p in documents] if recompute else list(documents)
-        self.run(warmup, self.documents[:2] if recompute else None)
-
-    def run(self, query: str, documents: list | None = None) -> dict:
-        r = self.reranker
-        before = dict(r.stats)
-        t0 = time.perf_counter()
-        out = r.rerank(query, self.documents if documents is None else documents)
-        total = time.perf_counter() - t0
-        if out.failed:
-            first = out.failed[0]
-            raise BenchError(f"{len(out.failed)} candidates failed; first {first.document}: {first.error}")
-        t = out.timings
-        stages = {k: t.get(k, 0.0) for k in STAGES if k not in ("lm", "kv_read")}
-        stages["kv_read"] = t.get("kv_lookup", 0.0) + t.get("kv_read", 0.0)
-        return {"total_s": total, "stages": stages, "timings": dict(t), "measured_pairs": len(out.results),
-                "scores": [s for _, s in sorted((x.index, x.score) for x in out.results)],
-                "kv_bytes_read": int(r.stats["kv_bytes_read"] - before.get("kv_bytes_read", 0)),
-                "query_head_runs": int(r.stats["query_head_runs"] - before.get("query_head_runs", 0)),
-                "query_tokens": len(r.query_ids(query)), "system_tokens": len(r.template.system_ids)}
-
-
-class _Indexer:
-    """The cold path of (c) and (d): encode every page and put it into a fresh store."""
-
-    def __init__(self, bundle: str, cache: str, documents: list[tuple[str, str]]) -> None:
-        from ...runtime.documents import Document
-        from ...runtime.reranker import Reranker
-
-        shutil.rmtree(cache, ignore_errors=True)
-        info: dict[str, list] = {"per_doc_s": [], "stages": [], "kv_bytes_per_doc": [], "tokens_per_doc": []}
-        with Reranker(bundle, cache) as r:
-            for doc_id, page in documents:
-                doc, timings = Document(image=page, id=doc_id), {}
-                t0 = time.perf_counter()
-                entry = r.encode_document(doc, timings)
-                t1 = time.perf_counter()
-                r.store.put(r.key(doc), entry)
-                info["per_doc_s"].append(time.perf_counter() - t0)
-                info["stages"].append({**timings, "store_put": time.perf_counter() - t1})
-                info["kv_bytes_per_doc"].append(int(entry.k.nbytes + entry.v.nbytes))
-                info["tokens_per_doc"].append(int(entry.k.shape[2]))
-        self.info = info
-
-
-_KINDS = {"dense_transformers": _DenseTransformers, "onnx": _OnnxSystem, "index": _Indexer}
-
-
-def _peak_rss_bytes() -> int:
-    """VmHWM, the peak resident set of this address space. (Not ru_maxrss: Linux carries it across
-    exec, so a spawned worker would start at its parent's peak.)"""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024))
-
-
-def _busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (/proc/stat); None where unknown."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-
-
-def _worker_stdio() -> None:
-    """A worker process (``python -c``; a fresh interpreter, so no caller's ``__main__`` is re-run): pickled
-    requests on stdin, replies on the original stdout; stdout itself now points at stderr, so nothing a
-    library prints can corrupt a reply. Builds the system, answers ``run``, reports its peak RSS on ``finish``."""
-    replies, requests = os.fdopen(os.dup(1), "wb"), sys.stdin.buffer
-    os.dup2(2, 1)
-
-    def send(message: dict) -> None:
-        pickle.dump(message, replies)
-        replies.flush()
-
-    try:
-        kind, setup = pickle.load(requests)
-        system = _KINDS[kind](**setup)
-        send({"ok": True, "info": getattr(system, "info", None)})
-        while (message := pickle.load(requests))["op"] == "run":
-            before = os.times()
-            result = system.run(message["query"])
-            after = os.times()
-            send({"ok": True, "result": {**result, "cpu_s": after.user - before.user + after.system - before.system}})
-        send({"ok": True, "peak_rss_bytes": _peak_rss_bytes()})
-    except EOFError:  # the parent went away
-        return
-    except Exception as exc:  # the parent raises BenchError naming the system
-        send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
-
-
-class _Worker:
-    """One worker process and its pipes."""
-
-    def __init__(self, name: str, kind: str, setup: dict) -> None:
-        self.name = name
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from minireranker.calibration.bench.harness import _worker_stdio; _worker_stdio()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._send((kind, setup))
-        self.info = self._reply()["info"]
-
-    def _send(self, message) -> None:
-        pickle.dump(message, self.process.stdin)
-        self.process.stdin.flush()
-
-    def _reply(self) -> dict:
-        try:
-            reply = pickle.load(self.process.stdout)
-        except EOFError:
-            raise BenchError(f"system {self.name}: its worker process died (exit code {self.process.wait()}); "
-                             "out of memory? try fewer --candidates or a smaller --preset") from None
-        if not reply["ok"]:
-            raise BenchError(f"system {self.name} failed: {reply['error']}\n{reply['traceback']}")
-        return reply
-
-    def run(self, query: str) -> dict:
-        """One timed query, with ``contention``: the share of all cores other processes used meanwhile."""
-        busy, t0 = _busy_cpu_s(), time.perf_counter()
-        self._send({"op": "run", "query": query})
-        result = self._reply()["result"]
-        wall, busy_after = time.perf_counter() - t0, _busy_cpu_s()
-        foreign = None if busy is None or busy_after is None else max(0.0, busy_after - busy - result["cpu_s"])
-        return {**result, "contention": None if foreign is None else foreign / (wall * (os.cpu_count() or 1))}
-
-    def finish(self) -> int:
-        self._send({"op": "finish"})
-        peak = self._reply()["peak_rss_bytes"]
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
-        return peak
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,19 +101,25 @@ def gemm_gflops(rows: int, inner: int, cols: int, repeats: int = 5) -> float:
 
 def warm_rerank_flops(model, spec: RerankSpec, query_tokens: int, system_tokens: int, doc_tokens: int,
                       candidates: int) -> dict[str, float]:
-    """FLOPs of a warm rerank per stage: linear layers plus attention scores and values (norms, rotary,
-    softmax left out). ``model`` is a TinyPreset; the query head runs once, band and tail per candidate."""
-    d, hq, hkv, hd = model.hidden_size, model.num_attention_heads, model.num_key_value_heads, model.head_dim
-    linear = 2 * (2 * d * hq * hd + 2 * d * hkv * hd + 3 * d * model.intermediate_size)  # per token and layer
+    """FLOPs of a warm rerank per stage (the runtime's cost model, :func:`~minireranker.runtime.profiling.cost.
+    warm_flops`): linear layers plus attention scores and values (norms, rotary, softmax left out), the yes/no
+    rows on each candidate's last token. ``model`` is a TinyPreset; the query head runs once, band and tail
+    per candidate; ``query_tokens`` is the whole query segment."""
+    from ...runtime.profiling.cost import Workload, decoder_layer_parameters, stage_parameters, warm_flops
 
-    def layers(count: int, keys: float) -> float:
-        return count * query_tokens * (linear + 4 * hq * hd * keys)
-
+    layer = decoder_layer_parameters(model.hidden_size, model.num_attention_heads, model.num_key_value_heads,
+                                     model.head_dim, model.intermediate_size, norms=False)
     a, b = spec.band
-    own = query_tokens / 2  # causal: a query token sees half the query on average
-    return {"query_head": layers(a, system_tokens + own),
-            "band": candidates * layers(b - a + 1, system_tokens + doc_tokens + own),
-            "tail": candidates * (layers(spec.exit_layer - b, system_tokens + own) + 4 * d)}
+    w = Workload(
+        name="bench", precision="fp32", hidden=model.hidden_size,
+        attention_width=model.num_attention_heads * model.head_dim, kv_heads=model.num_key_value_heads,
+        head_dim=model.head_dim, band=(a, b), exit_layer=spec.exit_layer, keep_ratio=1.0, guide_layers=None,
+        system_tokens=system_tokens, query_overhead_tokens=0, doc_extra_tokens=0,
+        params=stage_parameters(layer, (a, b), spec.exit_layer),
+        vision_width=model.vision_hidden_size, vision_depth=model.vision_depth, merge_size=model.spatial_merge_size,
+        patch_factor=model.patch_size * model.spatial_merge_size, min_pixels=model.min_pixels,
+        max_pixels=model.max_pixels)
+    return warm_flops(w, candidates, query_tokens, doc_tokens, last_token_rows=2)  # the yes and no rows
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -539,24 +321,3 @@ def _assemble(config: BenchConfig, prep: dict, plan: list, runs: dict[str, list[
                          "validate": config.validate, "systems": list(runs)},
             "queries": prep["queries"], "bundles": prep["bundles"], "baselines": baselines,
             "systems": systems, "checks": checks, "targets": targets}
-
-
-def machine_info() -> dict:
-    """CPU model, cores, memory and the versions of the libraries that do the work."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = {}
-    for package in ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "transformers"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": memory, "platform": platform.platform(),
-            "python": platform.python_version(), "versions": versions}

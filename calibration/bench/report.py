@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
-from .harness import STAGES
+from ...runtime.profiling.report import pyplot, write_report
+from .systems import STAGES
 
 
 def _s(seconds: float | None) -> str:
@@ -68,12 +68,8 @@ def render_markdown(result: dict) -> str:
 def write_plot(result: dict, path: Path) -> bool:
     """Left: each system's stages stacked, in seconds per query on a log axis (where the totals differ by
     orders of magnitude); right: the same stages as shares of each total. False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     systems = list(result["systems"].values())
     seconds = [{k: max(0.0, (s["other_s"] if k == "other" else s["stages_s"][k])["median"]) for k in (*STAGES, "other")}
@@ -107,10 +103,7 @@ def write_plot(result: dict, path: Path) -> bool:
 
 def write_results(out: Path, result: dict, log: Callable[[str], None]) -> None:
     """Write results.json, results.md and results.png (when matplotlib is there) and log the tables."""
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     table = render_markdown(result)
-    (out / "results.md").write_text(table, encoding="utf-8")
-    plotted = write_plot(result, out / "results.png")
+    written = write_report(out, result, table, "results.json", "results.md", "results.png", write_plot)
     log("\n" + table)
-    log(f"wrote {out / 'results.json'}, {out / 'results.md'}"
-        + (f", {out / 'results.png'}" if plotted else " (no PNG: install matplotlib, the 'plot' extra)"))
+    log(written.summary())

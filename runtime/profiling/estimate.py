@@ -9,25 +9,17 @@ The model (also in ``docs/profile.md`` and ``minireranker profile --help``)::
                + candidates x lookup_overhead         (kv_lookup: open + mmap + header of each entry)
                + candidates x entry_overhead          (kv_read: numpy slicing and padding per entry)
 
-    FLOPs  = 2 x parameters x tokens (every weight is one multiply-add per token)
-           + 4 x query_tokens x keys x attention_width x layers (QK^T and AV; causal halves the self part)
-    bytes  = weights read (once per graph call, so once per batch) + K/V read + activations
-             (tokens x layers x ACTIVATION_WIDTHS x hidden x bytes per value)
-
-Stages are those of ``Reranker.rerank``'s ``timings``: query_head (layers 0..A-1, once per query),
-kv_lookup, kv_read, band (layers A..B, batched over candidates), tail (layers B+1..E, final norm, yes/no
-rows) and index (vision tower, pruning guide, document prefix; only for documents not yet cached).
-Parameters per graph come from ``bundle.json`` (``graphs[*].parameters``); the query's template tokens
-and the document's tokens from the bundle's tokenizer and preprocessing settings. The attention width
-``Hq x d`` and the vision tower's width and depth come from ``bundle.json``'s ``model``; bundles built
-before those fields were recorded fall back to ``hidden_size`` for the attention width and derive the
-vision shape from its parameter count (16 heads, 12 x width^2 parameters per block).
+FLOPs and bytes per stage are the cost model's (:mod:`.cost`, where the formulas are written out); this
+module holds the devices' published peaks and divides the work by them. Stages are those of
+``Reranker.rerank``'s ``timings`` (:data:`.cost.STAGES`). Parameters per graph come from ``bundle.json``
+(``graphs[*].parameters``); the query's template tokens and the document's tokens from the bundle's
+tokenizer and preprocessing settings; the attention width ``Hq x d`` and the vision tower's width and
+depth from ``bundle.json``'s ``model``.
 Disk I/O (the store's fsync on index) and image decoding are not modelled.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,10 +27,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import MiniRerankerError
+from .cost import STAGES, StageCost, Workload, decoder_layer_parameters, index_cost, rerank_cost, stage_parameters
 
 NODES_PER_LAYER = 40     # ONNX nodes of one decoder layer in the portable export (MatMul/Softmax attention)
-ACTIVATION_WIDTHS = 10   # activation tensors of width ~hidden written and read per layer per token
-STAGES = ("query_head", "kv_lookup", "index", "kv_read", "band", "tail")
 
 
 class EstimateError(MiniRerankerError):
@@ -148,60 +139,6 @@ def get_device(name: str) -> DeviceSpec:
     return DEVICES[key]
 
 
-@dataclass(frozen=True)
-class Workload:
-    """What the estimate needs of a model and spec: dims, parameters per graph, token counts."""
-
-    name: str
-    precision: str
-    hidden: int
-    attention_width: int          # Hq x head_dim
-    kv_heads: int
-    head_dim: int
-    band: tuple[int, int]
-    exit_layer: int
-    keep_ratio: float
-    guide_layers: int | None      # layers the pruning guide runs (None: no pruning)
-    system_tokens: int
-    query_overhead_tokens: int    # template tokens around the user's query
-    doc_extra_tokens: int         # non-image tokens of an image document's segment
-    params: dict[str, int]        # graph -> parameters (vision, guide, doc_prefix, query_head, band, tail)
-    vision_width: int
-    vision_depth: int
-    merge_size: int
-    patch_factor: int             # patch_size x merge_size: pixels per merged token side
-    min_pixels: int
-    max_pixels: int
-
-    @property
-    def bytes_per_value(self) -> int:
-        return 2 if self.precision == "fp16" else 4
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        a, b = self.band
-        return (b - a + 1) * 2 * self.kv_heads * self.head_dim * self.bytes_per_value
-
-    def image_tokens(self, width: int, height: int) -> int:
-        from ..preprocess import smart_resize
-
-        h, w = smart_resize(height, width, self.patch_factor, self.min_pixels, self.max_pixels)
-        return (h // self.patch_factor) * (w // self.patch_factor)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["kv_bytes_per_token"] = self.kv_bytes_per_token
-        return out
-
-
-def _vision_shape(params: int, head_dim: int) -> tuple[int, int]:
-    """(width, depth) of the vision tower, which bundle.json does not record: 16 heads of ``head_dim``
-    (Qwen3-VL's), at most what the parameters allow, and 12 x width^2 parameters per block (attention
-    4 W^2, MLP 8 W^2; the mergers are counted in, so depth comes out somewhat high)."""
-    width = max(1, min(16 * head_dim, int(math.sqrt(max(params, 12) / 12))))
-    return width, max(1, round(params / (12 * width**2)))
-
-
 def workload_from_bundle(bundle: Any) -> Workload:
     """A :class:`Workload` from a loaded :class:`~minireranker.runtime.bundle.Bundle` (tokenizer included)."""
     import tokenizers
@@ -218,19 +155,15 @@ def workload_from_bundle(bundle: Any) -> Workload:
     template = VisionFirstTemplate(tokenizers.Tokenizer.from_file(str(bundle.path / "tokenizer.json")), spec)
     doc = template.document((1, 1), None)
     vision = m["vision"]
-    if "hidden_size" in vision and "depth" in vision:  # bundles built since these fields were recorded
-        width, depth = vision["hidden_size"], vision["depth"]
-    else:
-        width, depth = _vision_shape(params.get("vision", 0), vision["head_dim"])
-    heads = m.get("num_attention_heads")
     pre = bundle.preprocess
     return Workload(
         name=str(bundle.path), precision=bundle.precision, hidden=m["hidden_size"],
-        attention_width=heads * m["head_dim"] if heads else m["hidden_size"], kv_heads=m["num_kv_heads"],
+        attention_width=m["num_attention_heads"] * m["head_dim"], kv_heads=m["num_kv_heads"],
         head_dim=m["head_dim"], band=(a, b), exit_layer=spec.exit_layer, keep_ratio=spec.keep_ratio,
         guide_layers=(guide["layer"] + 1) if guide and spec.keep_ratio < 1 else None,
         system_tokens=len(bundle.template["system_ids"]), query_overhead_tokens=len(template.query("")),
-        doc_extra_tokens=len(doc.ids) - 1, params=params, vision_width=width, vision_depth=depth,
+        doc_extra_tokens=len(doc.ids) - 1, params=params, vision_width=vision["hidden_size"],
+        vision_depth=vision["depth"],
         merge_size=pre.merge_size, patch_factor=pre.factor, min_pixels=pre.min_pixels, max_pixels=pre.max_pixels)
 
 
@@ -242,13 +175,12 @@ def qwen3_vl_2b_workload(spec: Any = None) -> Workload:
 
     spec = (spec or RerankSpec.exact()).resolve(28)
     d, width, kv, hd, inter = 2048, 2048, 8, 128, 6144
-    layer = 2 * d * width + 2 * d * kv * hd + 3 * d * inter
+    layer = decoder_layer_parameters(d, width // hd, kv, hd, inter, norms=False)
     a, b = spec.band
     e = spec.exit_layer
     vision = 24 * (4 * 1024**2 + 2 * 1024 * 4096) + 4 * (4096**2 + 4096 * d) + 3 * 2 * 16 * 16 * 1024
     guide = spec.guide_layer_for(28) + 1 if spec.keep_ratio < 1 else None
-    params = {"vision": vision, "doc_prefix": (b + 1) * layer, "query_head": a * layer,
-              "band": (b - a + 1) * layer, "tail": (e - b) * layer + 3 * d}
+    params = {"vision": vision, "doc_prefix": (b + 1) * layer, **stage_parameters(layer, (a, b), e, head=3 * d)}
     if guide:
         params["guide"] = guide * layer
     return Workload("Qwen3-VL-2B (built-in shapes)", "fp16", d, width, kv, hd, (a, b), e, spec.keep_ratio, guide,
@@ -257,49 +189,20 @@ def qwen3_vl_2b_workload(spec: Any = None) -> Workload:
                     max_pixels=16777216)
 
 
-def _stage(device: DeviceSpec, precision: str, flops: float = 0.0, device_bytes: float = 0.0,
-           link_bytes: float = 0.0, host_bytes: float = 0.0, launched_layers: float = 0.0, lookups: int = 0,
-           entries: int = 0) -> dict:
+def _stage(device: DeviceSpec, precision: str, cost: StageCost) -> dict:
+    """One stage's seconds on ``device``: the roofline of its FLOPs and bytes, plus link, host and overheads."""
     peak = device.peak_tflops.get(precision, device.peak_tflops["fp32"]) * 1e12
-    compute = flops / (peak * device.compute_efficiency)
-    memory = device_bytes / (device.bandwidth_gbs * 1e9 * device.memory_efficiency)
-    link = link_bytes / (device.link_gbs * 1e9) if device.link_gbs else 0.0
-    host = host_bytes / (device.host_copy_gbs * 1e9)
-    overhead = (launched_layers * NODES_PER_LAYER * device.per_node_s + lookups * device.lookup_s
-                + entries * device.entry_s)
+    compute = cost.flops / (peak * device.compute_efficiency)
+    memory = cost.device_bytes / (device.bandwidth_gbs * 1e9 * device.memory_efficiency)
+    link = cost.link_bytes / (device.link_gbs * 1e9) if device.link_gbs else 0.0
+    host = cost.host_bytes / (device.host_copy_gbs * 1e9)
+    overhead = (cost.launched_layers * NODES_PER_LAYER * device.per_node_s + cost.lookups * device.lookup_s
+                + cost.entries * device.entry_s)
     parts = {"compute": compute, "memory": memory, "link": link, "host": host, "overhead": overhead}
     bound = max(parts, key=parts.get) if any(parts.values()) else "none"
-    return {"flops": flops, "device_bytes": device_bytes, "link_bytes": link_bytes, "host_bytes": host_bytes,
-            "seconds": max(compute, memory) + link + host + overhead, "bound": bound,
+    return {"flops": cost.flops, "device_bytes": cost.device_bytes, "link_bytes": cost.link_bytes,
+            "host_bytes": cost.host_bytes, "seconds": max(compute, memory) + link + host + overhead, "bound": bound,
             "terms_s": parts}
-
-
-def _index_stage(w: Workload, device: DeviceSpec, image_size: tuple[int, int]) -> dict:
-    """One document through preprocessing, vision, the guide (pruning) and the document prefix."""
-    bv, n_img = w.bytes_per_value, w.image_tokens(*image_size)
-    patches = n_img * w.merge_size**2
-    full = n_img + w.doc_extra_tokens
-    kept = n_img if w.guide_layers is None else max(1, math.ceil(w.keep_ratio * n_img))
-    kept += w.doc_extra_tokens
-    a, b = w.band
-    p = w.params
-    vision_params = p.get("vision", 0) + p.get("embedder_vision", 0)
-    flops = 2 * vision_params * patches + 4 * patches**2 * w.vision_width * w.vision_depth
-    layers = w.vision_depth + b + 1
-    act = patches * w.vision_depth * ACTIVATION_WIDTHS * w.vision_width * bv
-    if w.guide_layers:
-        g = w.guide_layers
-        flops += 2 * (p.get("guide", 0) + p.get("embedder_guide", 0)) * full
-        flops += 4 * full * (w.system_tokens + full / 2) * w.attention_width * g
-        act += full * g * ACTIVATION_WIDTHS * w.hidden * bv
-        layers += g
-    flops += 2 * p.get("doc_prefix", 0) * kept + 4 * kept * (w.system_tokens + kept / 2) * w.attention_width * (b + 1)
-    act += kept * (b + 1) * ACTIVATION_WIDTHS * w.hidden * bv
-    weights = (vision_params + p.get("guide", 0) + p.get("embedder_guide", 0) + p.get("doc_prefix", 0)) * bv
-    out_kv = kept * w.kv_bytes_per_token
-    link = (patches * 3 * 2 * 16 * 16 * 4 + out_kv) if device.kind == "gpu" else 0
-    host = image_size[0] * image_size[1] * 3 * 4 * 6 + out_kv  # resize, normalise, patchify (float32 passes)
-    return _stage(device, w.precision, flops, weights + act + out_kv, link, host, layers)
 
 
 def predict(w: Workload, device: DeviceSpec, candidates: int, query_tokens: int, image_size: tuple[int, int],
@@ -308,46 +211,18 @@ def predict(w: Workload, device: DeviceSpec, candidates: int, query_tokens: int,
     case (none cached: ``index`` runs for each). Returns ``{"warm": {...}, "cold": {...}, "index_per_document"}``.
 
     ``doc_tokens`` (optional) is the kept tokens of one document's segment, measured (e.g. a mean over a
-    data set, as ``minireranker calibrate`` does); by default it is derived from ``image_size``."""
-    bv, kvb = w.bytes_per_value, w.kv_bytes_per_token
-    a, b = w.band
-    nb, nt = b - a + 1, w.exit_layer - b
-    q = query_tokens + w.query_overhead_tokens
-    t = (w.image_tokens(*image_size) if w.guide_layers is None
-         else max(1, math.ceil(w.keep_ratio * w.image_tokens(*image_size)))) + w.doc_extra_tokens
-    if doc_tokens is not None:
-        t = doc_tokens
-    n, calls = candidates, math.ceil(candidates / batch_size)
-    p, s, aw, d = w.params, w.system_tokens, w.attention_width, w.hidden
-    sys_kv = 2 * s * w.kv_heads * w.head_dim * bv  # one layer of the system segment's K + V
-    stages: dict[str, dict] = {}
-    if a > 0:
-        stages["query_head"] = _stage(
-            device, w.precision, 2 * p.get("query_head", 0) * q + 4 * q * (s + q / 2) * aw * a,
-            p.get("query_head", 0) * bv + a * sys_kv + q * a * ACTIVATION_WIDTHS * d * bv, launched_layers=a)
-    else:  # no graph: the query's embedding rows only
-        stages["query_head"] = _stage(device, w.precision, host_bytes=q * d * bv)
-    stages["kv_lookup"] = _stage(device, w.precision, lookups=n)
-    stages["index"] = _stage(device, w.precision)
-    kv = n * t * kvb
-    stages["kv_read"] = _stage(device, w.precision, host_bytes=2 * kv, entries=n)  # mmap'd pages -> batch
-    copy_in = kv if device.kind == "gpu" else 0
-    unified_copy = 2 * kv if device.kind == "jetson" else 0  # host buffer -> device buffer in the same DRAM
-    stages["band"] = _stage(
-        device, w.precision, 2 * p.get("band", 0) * n * q + 4 * n * q * (s + t + q / 2) * aw * nb,
-        p.get("band", 0) * bv * calls + kv + unified_copy + nb * sys_kv * calls
-        + n * q * nb * ACTIVATION_WIDTHS * d * bv,
-        link_bytes=copy_in, launched_layers=nb * calls)
-    stages["tail"] = _stage(
-        device, w.precision, 2 * p.get("tail", 0) * n * q + 4 * n * q * (s + q / 2) * aw * nt,
-        p.get("tail", 0) * bv * calls + nt * sys_kv * calls + n * q * max(nt, 1) * ACTIVATION_WIDTHS * d * bv,
-        launched_layers=max(nt, 1) * calls)
-    per_doc = _index_stage(w, device, image_size)
+    data set, as ``minireranker calibrate`` does); by default it is derived from ``image_size``. The FLOPs
+    and bytes are :mod:`.cost`'s; this function only divides them by the device's rates."""
+    cost = rerank_cost(w, candidates, query_tokens, image_size, batch_size, doc_tokens, device.kind)
+    stages = {name: _stage(device, w.precision, c) for name, c in cost.stages.items()}
+    per_doc = _stage(device, w.precision, index_cost(w, image_size, device.kind))
+    n = candidates
     cold = {k: dict(v) for k, v in stages.items()}
     cold["index"] = {**{k: per_doc[k] * n for k in ("flops", "device_bytes", "link_bytes", "host_bytes", "seconds")},
                      "bound": per_doc["bound"], "terms_s": {k: v * n for k, v in per_doc["terms_s"].items()}}
     return {"warm": _with_total(stages), "cold": _with_total(cold), "index_per_document": per_doc,
-            "query_segment_tokens": q, "doc_tokens_kept": t, "kv_bytes_per_query": kv}
+            "query_segment_tokens": cost.query_tokens, "doc_tokens_kept": cost.doc_tokens,
+            "kv_bytes_per_query": cost.kv_bytes}
 
 
 def _with_total(stages: dict[str, dict]) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import tempfile
 import time
@@ -37,6 +36,8 @@ import numpy as np
 from ..documents import Document
 from ..errors import MiniRerankerError
 from .estimate import STAGES, compare_with_estimate, estimate, format_comparison, format_estimate, get_device
+from .report import pyplot, write_report
+from .synthetic import Pool, synthetic_query
 from .telemetry import evict_page_cache, filesystem_type, machine_info, open_samplers, peak_rss_mb, summarize
 
 SCHEMA_VERSION = 1
@@ -48,8 +49,6 @@ COLD_DEFINITION = {
                   "(posix_fadvise DONTNEED) before each call, so K/V is read from disk; the per-process CRC check "
                   "of a first read is not included",
 }
-_WORDS = ("find the invoice page with a red table that shows total revenue by region for last quarter and a bar "
-          "chart of costs").split()
 
 
 class ProfileError(MiniRerankerError):
@@ -129,86 +128,10 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
             "min": float(ms.min()), "max": float(ms.max())}
 
 
-def synthetic_query(tokenizer: Any, tokens: int) -> tuple[str, int]:
-    """A query of ``tokens`` tokens (exactly where the tokenizer allows) made of ordinary words."""
-    def count(words: list[str]) -> int:
-        return len(tokenizer.encode(" ".join(words), add_special_tokens=False).ids) if words else 0
-
-    words: list[str] = []
-    while count(words) < tokens:
-        words.append(_WORDS[len(words) % len(_WORDS)])
-    while count(words) > tokens:
-        words.pop()
-    for i in range(4 * tokens):  # top up with single letters, usually one token each after a space
-        if count(words) >= tokens:
-            break
-        words.append("abcdefghijklmnopqrstuvwxyz"[i % 26])
-        if count(words) > tokens:
-            words.pop()
-    return " ".join(words) or "a", max(1, count(words))
-
-
-def synthetic_id(index: int, config: ProfileConfig, prefix: str = "profile") -> str:
-    w, h = config.image_size
-    return f"{prefix}/{w}x{h}/s{config.seed}/t{config.doc_text_words}/{index}"
-
-
-def synthetic_document(index: int, config: ProfileConfig, prefix: str = "profile") -> Document:
-    """A deterministic page-like image of ``config.image_size`` (grey text-line blocks on white), JPEG-encoded
-    as a file would be (so decoding is part of indexing, and a thousand of them fit in memory), plus
-    ``doc_text_words`` words of text when asked."""
-    import io
-
-    from PIL import Image
-
-    w, h = config.image_size
-    rng = np.random.default_rng((config.seed, index))
-    page = np.full((h, w, 3), 255, dtype=np.uint8)
-    line = max(2, h // 40)
-    for top in range(line, h - line, 2 * line):
-        left, right = sorted(rng.integers(0, w, 2))
-        page[top: top + line, left: max(left + 1, right)] = rng.integers(0, 160, 3, dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(page).save(buffer, format="JPEG", quality=90)
-    text = " ".join(_WORDS[(index + i) % len(_WORDS)] for i in range(config.doc_text_words)) or None
-    return Document(image=buffer.getvalue(), text=text, id=synthetic_id(index, config, prefix))
-
-
-class _Pool:
-    """The candidate documents: synthetic (generated on demand) or given (repeated to fill N)."""
-
-    def __init__(self, config: ProfileConfig, given: Sequence[Document] | None) -> None:
-        self.config, self.given = config, list(given) if given else None
-
-    def warm_id(self, i: int) -> str:
-        if self.given is None:
-            return synthetic_id(i, self.config)
-        doc = self.given[i % len(self.given)]
-        return doc.id if doc.id is not None else f"profile-doc/{doc.label}"
-
-    def warm(self, i: int) -> Document:
-        if self.given is None:
-            return synthetic_document(i, self.config)
-        doc = self.given[i % len(self.given)]
-        return Document(doc.image, doc.text, id=self.warm_id(i))
-
-    def cold(self, i: int) -> Document | None:
-        """A document under a cold-only id (so deleting it never touches the warm pool or the user's ids)."""
-        if self.given is None:
-            return synthetic_document(i, self.config, "profile-cold")
-        doc = self.given[i % len(self.given)]
-        if doc.image is None and not doc.text:
-            return None  # an id without content cannot be indexed again
-        return Document(doc.image, doc.text, id=f"profile-cold/{doc.label}")
-
-    def size(self, n: int) -> int:
-        return n if self.given is None else min(n, len(self.given))
-
-
 class _Session:
     """One provider chain's measurements: a Reranker, its document pool, a progress bar."""
 
-    def __init__(self, reranker: Any, pool: _Pool, config: ProfileConfig, bar: Any, notes: list[str]) -> None:
+    def __init__(self, reranker: Any, pool: Pool, config: ProfileConfig, bar: Any, notes: list[str]) -> None:
         self.r, self.pool, self.config, self.bar, self.notes = reranker, pool, config, bar, notes
         self.index_seconds: list[float] = []
 
@@ -304,7 +227,7 @@ def _cold_points(session: _Session, config: ProfileConfig, cache_dir: Path, mode
 
 
 def _profile_chain(bundle: Any, cache_dir: Path, chain: tuple[str, ...] | None, config: ProfileConfig,
-                   pool: _Pool, bar: Any, notes: list[str]) -> dict[str, Any]:
+                   pool: Pool, bar: Any, notes: list[str]) -> dict[str, Any]:
     from ..reranker import Reranker
 
     samplers = open_samplers(config.telemetry, config.telemetry_interval_s)
@@ -315,7 +238,7 @@ def _profile_chain(bundle: Any, cache_dir: Path, chain: tuple[str, ...] | None, 
         session = _Session(r, pool, config, bar, notes)
         session.index_pool(max(config.candidates + (config.cold_candidates or ())))
         runs = _sweep(session, config, cache_dir)
-        providers = [p for p in r.encoder.runners["band"].session.get_providers()]
+        providers = r.encoder.runners["band"].providers
     samples = [s for sampler in samplers for s in sampler.samples]
     for run in runs:
         window = run.pop("_window")
@@ -328,7 +251,7 @@ def _profile_chain(bundle: Any, cache_dir: Path, chain: tuple[str, ...] | None, 
             "runs": runs}
 
 
-def _progress_total(config: ProfileConfig, pool: _Pool, chains: int) -> int:
+def _progress_total(config: ProfileConfig, pool: Pool, chains: int) -> int:
     warm = len(config.query_tokens) * len(config.candidates) * (config.warmup + config.repeats)
     cold = len(config.cold) * len(config.cold_candidates or config.candidates) * config.cold_repeats
     return chains * (warm + cold + pool.size(max(config.candidates + (config.cold_candidates or ()))))
@@ -346,7 +269,7 @@ def profile_bundle(bundle: str | Path, cache_dir: str | Path, config: ProfileCon
     b = load_bundle(bundle)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    pool, notes = _Pool(config, documents), []
+    pool, notes = Pool(config, documents), []
     fs = filesystem_type(cache_dir)
     if "page-cache" in config.cold and fs in ("tmpfs", "ramfs"):
         notes.append(f"the cache directory is on {fs}: page-cache eviction has no effect there")
@@ -407,12 +330,8 @@ def format_table(profile: dict[str, Any]) -> str:
 def plot_profile(profile: dict[str, Any], path: Path) -> Path | None:
     """Latency (p50) vs candidates per stage, log-log, one panel per provider chain and cache mode; None
     (and nothing written) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     panels = [(c, mode) for c in profile["providers"] for mode in dict.fromkeys(r["cache"] for r in c["runs"])]
     colors = dict(zip((*STAGES, "total"), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
@@ -494,17 +413,12 @@ def _write_outputs(data: dict[str, Any], table: str, out_dir: str | Path | None,
     if out_dir is None:
         return []
     out = Path(out_dir)
+    plot = plot_profile if "providers" in data else None  # an estimate alone has nothing measured to plot
     try:
         out.mkdir(parents=True, exist_ok=True)
-        files = [out / "profile.json", out / "profile.txt"]
-        files[0].write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        files[1].write_text(table + "\n", encoding="utf-8")
+        written = write_report(out, data, table + "\n", "profile.json", "profile.txt", "profile.png", plot)
     except OSError as exc:
         raise ProfileError(f"cannot write the profile to {out} ({exc.strerror or exc}); choose another --out") from None
-    if "providers" in data:
-        png = plot_profile(data, out / "profile.png")
-        if png is None:
-            log("note: matplotlib is not installed, so no profile.png; pip install 'minireranker[plot]' for it")
-        else:
-            files.append(png)
-    return files
+    if written.plot_asked and written.png is None:
+        log("note: matplotlib is not installed, so no profile.png; pip install 'minireranker[plot]' for it")
+    return written.files

@@ -280,27 +280,49 @@ def open_samplers(kind: str = "auto", interval_s: float = 0.2) -> list[Sampler]:
     return found
 
 
+VERSIONS_OF = ("numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "torch", "transformers")
+
+
+def _first_line(path: str) -> str | None:
+    try:
+        text = Path(path).read_text(errors="replace").strip("\x00\n ")
+    except OSError:
+        return None
+    return text.splitlines()[0] if text else None
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.lower().startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def machine_info() -> dict[str, Any]:
-    """What this machine is: CPU, cores, OS, Python, ONNX Runtime, and a Jetson's model and L4T release."""
-    import numpy as np
+    """What this machine is, for every report that records it (profile, bench, serve load, the demo's
+    model cards): CPU model, cores, memory, OS, Python, the installed versions of the libraries that do
+    the work (read from package metadata, so torch is never imported), ONNX Runtime's providers, and a
+    Jetson's model and L4T release where there is one."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import onnxruntime
 
-    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
-                            "available_providers": onnxruntime.get_available_providers()}
-    for key, path in (("cpu", "/proc/cpuinfo"), ("jetson_model", "/proc/device-tree/model"),
-                      ("l4t_release", "/etc/nv_tegra_release")):
+    versions = {}
+    for package in VERSIONS_OF:
         try:
-            text = Path(path).read_text(errors="replace")
-        except OSError:
-            continue
-        if key == "cpu":
-            names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.lower().startswith("model name")]
-            if names:
-                info["cpu"] = names[0]
-        else:
-            info[key] = text.strip("\x00\n ").splitlines()[0] if text.strip("\x00\n ") else None
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    info: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_bytes": memory,
+                            "platform": platform.platform(), "machine": platform.machine(),
+                            "python": platform.python_version(), "versions": versions,
+                            "available_providers": onnxruntime.get_available_providers()}
+    for key, path in (("jetson_model", "/proc/device-tree/model"), ("l4t_release", "/etc/nv_tegra_release")):
+        if Path(path).exists():
+            info[key] = _first_line(path)
     return info
 
 

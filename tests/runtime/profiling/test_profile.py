@@ -246,7 +246,7 @@ def test_tegrastats_sampler_reads_a_subprocess(tmp_path):
                     "while True:\n    for line in lines:\n        print(line, flush=True)\n        time.sleep(0.02)\n")
     fake.chmod(0o755)
     with TegrastatsSampler(20, str(fake)) as sampler:
-        deadline = time.time() + 10
+        deadline = time.time() + 120  # a bound that only fails loudly: the loop ends at 3 samples
         while len(sampler.samples) < 3 and time.time() < deadline:
             time.sleep(0.02)
     assert len(sampler.samples) >= 3
@@ -301,7 +301,7 @@ class FakeNvml:
 def test_nvml_sampler_with_a_fake_module():
     nvml = FakeNvml()
     with NvmlSampler(0.005, nvml=nvml) as sampler:
-        deadline = time.time() + 10
+        deadline = time.time() + 120  # a bound that only fails loudly: the loop ends at 3 samples
         while len(sampler.samples) < 3 and time.time() < deadline:
             time.sleep(0.01)
     sample = sampler.samples[0][1]
