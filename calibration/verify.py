@@ -15,8 +15,6 @@ import numpy as np
 from ..runtime.documents import Document
 from ..runtime.spec import RerankSpec
 from .demo.run import ASSETS, load_corpus
-from ..export.oracle import TransformersOracle
-from ..export.reference import ReferencePipeline
 
 DEFAULT_QUERIES = ["a handwritten seven", "which document mentions a cat?"]
 DEFAULT_TOLERANCE = 1e-4
@@ -40,6 +38,10 @@ def verify_checkpoint(checkpoint: str | Path, spec: RerankSpec | None = None,
                       documents: list[Document] | None = None, queries: list[str] | None = None,
                       tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Max |reference - transformers| per spec; ``ok`` when every one is within ``tolerance``."""
+    # torch and transformers load here, not at import: the command line reads DEFAULT_TOLERANCE without them
+    from ..export.oracle import TransformersOracle
+    from ..export.reference import ReferencePipeline
+
     documents = documents or sample_documents()
     queries = queries or DEFAULT_QUERIES
     specs = {"exact": RerankSpec.exact()}

@@ -30,15 +30,18 @@ head and the query may keep Qwen3-VL's own positions (the exact spec does).
 
 Guide layer default: for ``self`` it is ``A`` clamped to at most ``B`` (the first layer whose document K/V
 the query reads); for an embedder it is the embedder's last layer. Heads are averaged after the softmax.
+
+A spec given by a user (every command's ``--spec``, ``--exact`` and the individual flags) is read by
+:func:`read_spec` only, so that each form works, and fails with the same message, everywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import SpecError
 
@@ -169,14 +172,9 @@ class RerankSpec:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "RerankSpec":
+        """The spec in a ``minireranker.json`` file (a relative ``embedder:<dir>`` is read from its folder)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SpecError(f"spec file {path} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise SpecError(f"spec file {path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data, source=str(path)).relative_to(path.parent)
+        return cls.from_dict(_read_json_file(path), source=str(path)).relative_to(path.parent)
 
     def relative_to(self, directory: str | Path) -> "RerankSpec":
         """This spec with a relative ``embedder:<dir>`` read from ``directory`` (the spec file's folder), so a
@@ -199,3 +197,89 @@ class RerankSpec:
     def tiny(cls) -> "RerankSpec":
         """An approximate spec for 4-layer test models: exit at 2, band [1, 1], keep half."""
         return cls(exit_layer=2, band=(1, 1), keep_ratio=0.5, query_position=64)
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"spec file {path} is not valid JSON: {exc}") from None
+
+
+# -- a spec as the user gives it ------------------------------------------------------------------
+# The fields the command line sets one by one (--exit-layer, --band, --keep-ratio, --guide, --query-position).
+SPEC_FLAGS = ("exit_layer", "band", "keep_ratio", "guide", "query_position")
+
+
+@dataclass(frozen=True)
+class SpecArg:
+    """A spec as a user gave it (the result of :func:`read_spec`).
+
+    ``given``: the fields the user set (those left out may come from the checkpoint, e.g. its template
+    strings); ``source``: ``exact``, ``inline spec``, the file's path, or ``flags``; ``data``: the JSON
+    object as written (a file's or an inline one), None for ``exact`` and the flags.
+    """
+
+    spec: RerankSpec
+    given: frozenset[str] = frozenset()
+    source: str = "exact"
+    data: dict[str, Any] | None = field(default=None, compare=False)
+
+
+def parse_band(value: str | tuple[int, int] | list[int], option: str = "--band") -> tuple[int, int]:
+    """``"A:B"`` (as on the command line) -> ``(A, B)``; a pair passes through. Range checks are RerankSpec's."""
+    if isinstance(value, (tuple, list)):
+        return tuple(value)  # type: ignore[return-value]
+    try:
+        a, b = (int(x) for x in str(value).split(":"))
+    except ValueError:
+        raise SpecError(f"{option} must be A:B (two layer indices), got {value!r}") from None
+    return a, b
+
+
+def read_spec(value: str | None = None, *, exact: bool = False,
+              flags: Mapping[str, Any] | None = None, option: str = "--spec") -> SpecArg | None:
+    """The one reader of a user's spec: ``value`` is a minireranker.json file, an inline JSON object
+    (``'{"exit_layer": 2, "band": [1, 2], "query_position": 64}'``) or ``exact``; ``exact`` is ``--exact``;
+    ``flags`` maps :data:`SPEC_FLAGS` names to values (None: not given; ``band`` may be ``"A:B"``).
+
+    At most one of the three may be given (a :class:`SpecError` names them); None when none is: the
+    caller then uses the checkpoint's own spec. ``option`` names the value's flag in messages.
+    """
+    chosen = {name: v for name, v in (flags or {}).items() if v is not None}
+    unknown = sorted(set(chosen) - set(SPEC_FLAGS))
+    if unknown:
+        raise SpecError(f"unknown spec flag(s) {unknown}; the flags are {list(SPEC_FLAGS)}")
+    if sum([value is not None, bool(exact), bool(chosen)]) > 1:
+        raise SpecError(f"choose one of {option} FILE, --exact, or the --exit-layer/--band/--keep-ratio flags")
+    if exact:
+        return SpecArg(RerankSpec.exact())
+    if chosen:
+        if "band" in chosen:
+            chosen["band"] = parse_band(chosen["band"])
+        return SpecArg(RerankSpec(**chosen), frozenset(chosen), "flags")
+    if value is None:
+        return None
+    return _read_spec_value(value, option)
+
+
+def _read_spec_value(value: str, option: str) -> SpecArg:
+    if value.strip() == "exact":
+        return SpecArg(RerankSpec.exact())
+    if value.lstrip().startswith("{"):
+        try:
+            data = json.loads(value)
+        except ValueError as exc:
+            raise SpecError(f"{option} {value!r} is not valid JSON ({exc}); give a JSON object or a file") from None
+        spec, source = RerankSpec.from_dict(data, source="inline spec"), "inline spec"
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise SpecError(f"{option} {value!r}: no such file; give a minireranker.json path, an inline JSON "
+                            "object or 'exact'")
+        data, source = _read_json_file(path), str(path)
+        # a relative embedder:<dir> is relative to the file, as everywhere a spec file is read
+        spec = RerankSpec.from_dict(data, source=source).relative_to(path.parent)
+    return SpecArg(spec, frozenset(data) - {"schema_version"}, source, data)

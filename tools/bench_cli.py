@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from .args import needs_export
+
 
 def _defaults() -> dict:
     from ..calibration.bench.presets import BenchConfig
@@ -45,6 +47,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="build the bundles without comparing them to the torch reference")
     p.add_argument("--seed", type=int, help=f"weights, pages and queries (default {defaults['seed']})")
     p.add_argument("--work", help="folder for the checkpoint, bundles, pages and caches (default: OUT/work)")
+    needs_export(p)
     p.set_defaults(func=cmd_bench)
     return p
 

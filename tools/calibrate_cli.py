@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..runtime.errors import SpecError
+from ..runtime.spec import parse_band
+from .args import needs_export
 from .eval_cli import add_run_flags
 
 DESCRIPTION = """\
@@ -36,9 +39,9 @@ def _floats(value: str) -> tuple[float, ...]:
 
 
 def _bands(value: str) -> tuple[tuple[int, int], ...]:
-    try:
-        return tuple(tuple(int(x) for x in b.split(":", 1)) for b in value.replace(",", " ").split())  # type: ignore
-    except ValueError:
+    try:  # each band is read as --band A:B is, by the one spec parser
+        return tuple(parse_band(b) for b in value.replace(",", " ").split())
+    except SpecError:
         raise argparse.ArgumentTypeError(f"expected bands A:B separated by commas (e.g. 1:1,1:2), got {value!r}") from None
 
 
@@ -74,6 +77,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=d.out,
                    help=f"folder for minireranker.json, calibration.json, report.md, pareto.png (default {d.out})")
     add_run_flags(p, d)
+    needs_export(p)
     p.set_defaults(func=cmd_calibrate)
     return p
 

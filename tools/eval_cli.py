@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .args import SPEC_FORMS, needs_export
+
 DESCRIPTION = """\
 Run a labelled set (JSONL: one query per line with its candidates and their relevance grades, images by
 path; see docs/eval.md) through: the first stage alone (the embedder's cosine order, with --embedder);
@@ -28,14 +30,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--embedder", default=None, metavar="DIR",
                    help="a Qwen3-VL-Embedding-style checkpoint: adds the 'first stage' system")
     p.add_argument("--spec", action="append", dest="specs", default=None, metavar="FILE_OR_JSON",
-                   help="a spec to evaluate (repeatable): a minireranker.json file, an inline JSON object such "
-                   "as '{\"exit_layer\": 2, \"band\": [1, 2], \"query_position\": 64}', or 'exact'; template "
-                   "strings it leaves out come from the checkpoint; guide 'embedder:DIR' works")
+                   help=f"a spec to evaluate (repeatable): {SPEC_FORMS}; template strings it leaves out come from "
+                   "the checkpoint; guide 'embedder:DIR' works")
     p.add_argument("--bundle", default=None, metavar="DIR",
                    help="a bundle built from this checkpoint: if its spec is exact it computes 'exact' with ONNX "
                    "Runtime, otherwise it is one more system ('bundle')")
     p.add_argument("--out", default=d.out, help=f"folder for eval.json, eval.md and eval.png (default {d.out})")
     add_run_flags(p, d)
+    needs_export(p)
     p.set_defaults(func=cmd_eval)
     return p
 

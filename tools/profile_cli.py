@@ -10,6 +10,7 @@ import json
 
 from ..runtime.profiling.estimate import DEVICE_NAMES
 from ..runtime.profiling.profile import COLD_MODES, ProfileConfig
+from .args import add_spec_arguments, spec_from_args
 
 _DEFAULTS = ProfileConfig()  # every default is defined once, in ProfileConfig
 
@@ -70,13 +71,10 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
 def cmd_profile(args: argparse.Namespace) -> int:
     from ..runtime.documents import Document, expand_document_args
     from ..runtime.profiling.profile import run_profile
-    from ..runtime.spec import RerankSpec
 
     docs = [d if d.id is not None else Document(d.image, d.text, id=d.label)
             for d in expand_document_args(args.documents)] + [Document(id=i) for i in args.ids or []]
-    spec = None
-    if args.spec is not None:
-        spec = RerankSpec.exact() if args.spec == "exact" else RerankSpec.from_file(args.spec)
+    spec = spec_from_args(args)
     report = run_profile(args.bundle, args.cache, _config(args), documents=docs or None, estimate_device=args.estimate,
                          out_dir=args.out, progress=not args.quiet, spec=spec)
     print(json.dumps(report.data, indent=2) if args.json else report.table)
@@ -123,12 +121,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(default: the runtime's choice)")
     p.add_argument("--batch-size", type=int, default=None, help=f"candidates per band call (default {d.batch_size})")
     p.add_argument("--telemetry", choices=["auto", "off", "tegrastats", "nvml"], default=None,
-                   help="hardware sampling (default auto: tegrastats on a Jetson, NVML with a desktop NVIDIA GPU)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the synthetic documents")
+                   help=f"hardware sampling (default {d.telemetry}; auto: tegrastats on a Jetson, NVML with a desktop "
+                   "NVIDIA GPU)")
+    p.add_argument("--seed", type=int, default=None, help=f"seed of the synthetic documents (default {d.seed})")
     p.add_argument("--estimate", default=None, metavar="DEVICE", help=f"predict for DEVICE: {', '.join(DEVICE_NAMES)}")
-    p.add_argument("--spec", default=None,
-                   help="with --estimate and no BUNDLE: 'exact' (default) or a minireranker.json")
-    p.add_argument("--out", default="minireranker-profile", help="folder for profile.json, profile.txt, profile.png")
+    add_spec_arguments(p, "used with --estimate and no BUNDLE (default: exact)", flags=False)
+    p.add_argument("--out", default="minireranker-profile",  # run_profile has none: it writes only when given
+                   help="folder for profile.json, profile.txt, profile.png (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)

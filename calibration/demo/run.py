@@ -20,14 +20,17 @@ import json
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ...runtime.documents import Document, expand_document_args
 from ...runtime.errors import DocumentError
-from ...runtime.spec import RerankSpec
-from ...export.reference import ReferencePipeline
+from ...runtime.spec import RerankSpec, read_spec
+
+if TYPE_CHECKING:  # torch loads in run_demo, so that the command line reads its defaults without it
+    from ...export.reference import ReferencePipeline
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_QUERIES = 4    # how many of corpus/queries.txt the default run shows
@@ -58,8 +61,9 @@ def default_queries(count: int = DEFAULT_QUERIES) -> list[str]:
 
 def demo_spec(checkpoint: str, spec_file: str | None) -> tuple[RerankSpec, str]:
     """The spec to build: ``--spec``, else the checkpoint's calibrated ``minireranker.json``, else a rule of thumb."""
-    if spec_file:
-        return RerankSpec.from_file(spec_file), spec_file
+    if spec_file:  # a file, inline JSON or 'exact', read as by every command
+        given = read_spec(spec_file)
+        return given.spec, given.source
     own = Path(checkpoint) / "minireranker.json"
     if own.is_file():
         return RerankSpec.from_file(own), f"{own} (calibrated)"
@@ -118,6 +122,7 @@ def run_demo(output: Path, checkpoint: str | None = None, embedder: str | None =
     """Build, index, retrieve, rerank, compare with dense; returns the report also written as ``demo.json``."""
     from ...runtime.reranker import Reranker
     from ...export.onnx_export import build_bundle
+    from ...export.reference import ReferencePipeline
 
     output.mkdir(parents=True, exist_ok=True)
     bundled = checkpoint is None

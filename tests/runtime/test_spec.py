@@ -7,7 +7,7 @@ import json
 import pytest
 
 from minireranker.runtime.errors import SpecError, TokenizerError
-from minireranker.runtime.spec import SCHEMA_VERSION, RerankSpec
+from minireranker.runtime.spec import SCHEMA_VERSION, RerankSpec, parse_band, read_spec
 
 NUM_LAYERS = 4
 
@@ -271,3 +271,110 @@ def test_relative_embedder_in_a_spec_file_is_relative_to_that_file(tmp_path, mon
     assert spec.guide == "embedder:" + str((tmp_path / "embedder").resolve())
     # in-memory specs (flags, dicts) keep the path as given: there is no file to be relative to
     assert RerankSpec.from_dict({"guide": "embedder:../embedder"}).guide == "embedder:../embedder"
+
+
+# -- read_spec: the one reader of a user's spec (file, inline JSON, 'exact', --exact, the flags) ----------
+APPROX = RerankSpec(exit_layer=2, band=(1, 2), keep_ratio=0.5, query_position=64)
+APPROX_FLAGS = {"exit_layer": 2, "band": "1:2", "keep_ratio": 0.5, "guide": None, "query_position": 64}
+
+
+def test_read_spec_nothing_given_is_none():
+    assert read_spec(None) is None
+    assert read_spec(None, exact=False, flags={name: None for name in APPROX_FLAGS}) is None
+
+
+def test_read_spec_every_form_gives_the_same_spec(tmp_path):
+    path = tmp_path / "approx.json"
+    APPROX.save(path)
+    file, inline = read_spec(str(path)), read_spec(json.dumps(APPROX.to_dict()))
+    flags = read_spec(None, flags=APPROX_FLAGS)
+    assert file.spec == inline.spec == flags.spec == APPROX
+    assert (file.source, inline.source, flags.source) == (str(path), "inline spec", "flags")
+    assert flags.given == {"exit_layer", "band", "keep_ratio", "query_position"}
+    assert file.data == inline.data == APPROX.to_dict()  # the JSON as written, for `tiny --spec` to copy
+    assert flags.data is None
+
+
+@pytest.mark.parametrize("value", ["exact", " exact "])
+def test_read_spec_exact_word_and_flag(value):
+    assert read_spec(value).spec == RerankSpec.exact() == read_spec(None, exact=True).spec
+    assert read_spec(value).given == frozenset() and read_spec(value).source == "exact"
+
+
+def test_read_spec_given_names_only_the_fields_written(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "keep_ratio": 0.5}), encoding="utf-8")
+    assert read_spec(str(path)).given == {"keep_ratio"}
+    assert read_spec('{"exit_layer": 2}').given == {"exit_layer"}
+
+
+def test_read_spec_relative_embedder_of_a_file_is_read_beside_it(tmp_path, monkeypatch):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "minireranker.json").write_text('{"keep_ratio": 0.5, "guide": "embedder:../embedder"}')
+    monkeypatch.chdir("/")
+    spec = read_spec(str(tmp_path / "ckpt" / "minireranker.json")).spec
+    assert spec.guide == "embedder:" + str((tmp_path / "embedder").resolve())
+    assert read_spec('{"guide": "embedder:../embedder"}').spec.guide == "embedder:../embedder"  # inline: as given
+
+
+@pytest.mark.parametrize("kwargs, parts", [
+    ({"value": "exact", "exact": True}, ["--spec", "--exact", "--exit-layer"]),
+    ({"exact": True, "flags": {"band": "0:1"}}, ["--exact", "--band"]),
+    ({"value": "exact", "flags": {"exit_layer": 2}}, ["--spec", "--exit-layer"]),
+])
+def test_read_spec_refuses_two_forms_at_once(kwargs, parts):
+    with pytest.raises(SpecError, match="choose one of") as info:
+        read_spec(**kwargs)
+    assert all(p in str(info.value) for p in parts), str(info.value)
+
+
+@pytest.mark.parametrize("value, parts", [
+    ("{not json", ["'{not json'", "not valid JSON", "give a JSON object or a file"]),
+    ("absent.json", ["'absent.json'", "no such file", "inline JSON object", "'exact'"]),
+    ('{"band": [2, 1], "query_position": 8}', ["inline spec", "A <= B"]),
+    ("[1, 2]", ["no such file"]),  # not an object and not a file
+])
+def test_read_spec_errors_name_the_value_and_what_to_do(tmp_path, monkeypatch, value, parts):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as info:
+        read_spec(value)
+    assert all(p in str(info.value) for p in parts), str(info.value)
+
+
+def test_read_spec_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(SpecError, match="not valid JSON") as info:
+        read_spec(str(bad))
+    assert str(bad) in str(info.value)
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text('{"exit": 2}', encoding="utf-8")
+    with pytest.raises(SpecError, match="unknown field") as info:
+        read_spec(str(unknown))
+    assert str(unknown) in str(info.value)
+
+
+def test_read_spec_flag_values_are_checked_like_fields():
+    with pytest.raises(SpecError, match="keep_ratio"):
+        read_spec(None, flags={"keep_ratio": 1.5})
+    with pytest.raises(SpecError, match="query_position"):
+        read_spec(None, flags={"band": "1:2"})  # A > 0 without a fixed query position
+    with pytest.raises(SpecError, match="unknown spec flag"):
+        read_spec(None, flags={"exit": 2})
+
+
+def test_read_spec_option_names_the_flag_in_messages():
+    with pytest.raises(SpecError, match="^--demo-spec 'nope.json': no such file"):
+        read_spec("nope.json", option="--demo-spec")
+
+
+@pytest.mark.parametrize("value, expected", [("1:2", (1, 2)), ("0:0", (0, 0)), ((3, 4), (3, 4)), ([0, 1], (0, 1))])
+def test_parse_band(value, expected):
+    assert parse_band(value) == expected
+
+
+@pytest.mark.parametrize("value", ["1-2", "1", "1:2:3", "a:b", ""])
+def test_parse_band_refuses_other_forms(value):
+    with pytest.raises(SpecError, match="--band must be A:B") as info:
+        parse_band(value)
+    assert repr(value) in str(info.value)

@@ -62,6 +62,9 @@ def runs(workdir):
         "default": [*reference, *docs, "--json"],
         "exact": [*reference, *docs, "--json", "--spec", "exact"],
         "file": [*reference, *docs, "--json", "--spec", root / "spec.json"],
+        # the same spec as inline JSON and as the individual flags (as for `build`): the same forms everywhere
+        "inline": [*reference, *docs, "--json", "--spec", json.dumps(FILE_SPEC.to_dict())],
+        "flags": [*reference, *docs, "--json", "--exit-layer", "2", "--band", "0:1", "--keep-ratio", "0.75"],
         "missing-checkpoint": ["reference", root / "no-such-checkpoint", "--query", QUERY, "text:foo"],
         "missing-image": [*reference, "text:foo", root / "missing.png"],
         **{f"bad-{name}": [*reference, "text:foo", "--spec", root / f"bad-{name}.json"] for name in BAD_SPECS},
@@ -119,6 +122,13 @@ def test_reference_spec_exact_overrides_the_checkpoint(workdir, runs):
 
 def test_reference_spec_file(workdir, runs):
     proc = runs["file"].result()
+    assert proc.returncode == 0, proc.stderr
+    check_result(json.loads(proc.stdout), document_args(workdir), in_process(workdir, FILE_SPEC), FILE_SPEC)
+
+
+@pytest.mark.parametrize("form", ["inline", "flags"])
+def test_reference_spec_inline_json_and_flags_give_the_file_spec(workdir, runs, form):
+    proc = runs[form].result()
     assert proc.returncode == 0, proc.stderr
     check_result(json.loads(proc.stdout), document_args(workdir), in_process(workdir, FILE_SPEC), FILE_SPEC)
 

@@ -1,0 +1,42 @@
+"""How ``minireranker build`` builds engines: :class:`BuildConfig`, torch-free.
+
+It lives apart from :mod:`.onnx_export` (which imports torch) so that the command line can read its
+defaults for ``--help`` on an install without the ``export`` extra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..runtime.errors import MiniRerankerError
+
+PRECISIONS = ("fp32", "fp16")          # fp32 for CPU targets, fp16 for GPUs
+ATTENTIONS = ("portable", "fused")     # MatMul/Softmax at opset 17, or ONNX Attention at opset 23
+
+
+class BuildError(MiniRerankerError):
+    """The export failed, or an exported graph disagrees with the torch reference."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How to build engines. ``precision``: fp32 (CPU targets) or fp16 (GPUs)."""
+
+    precision: str = "fp32"
+    attention: str = "portable"
+    validate: bool = True
+    external_data_threshold: int = 2_000_000_000  # bytes of weights above which a graph uses external data
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise BuildError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.attention not in ATTENTIONS:
+            raise BuildError(f"attention must be 'portable' or 'fused', got {self.attention!r}")
+
+    @property
+    def opset(self) -> int:
+        return 23 if self.attention == "fused" else 17
+
+    @classmethod
+    def tiny(cls) -> "BuildConfig":
+        return cls()

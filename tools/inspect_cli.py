@@ -1,0 +1,43 @@
+"""``minireranker inspect``: a bundle -> :func:`~minireranker.runtime.bundle.inspect_bundle`, printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``inspect`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    p = subparsers.add_parser("inspect", help="describe a bundle",
+                              description="Print a bundle's spec, graphs, parameters per query, K/V bytes and files.")
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
+    return p
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ..runtime.bundle import inspect_bundle
+
+    info = inspect_bundle(args.bundle)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    spec = info["spec"]
+    print(f"bundle {info['path']}  fingerprint {info['fingerprint'][:16]}  {info['precision']}, "
+          f"{info['attention']} attention, opset {info['opset']}")
+    print(f"spec: exit layer {spec['exit_layer']}, band {spec['band']}, keep {spec['keep_ratio']}, "
+          f"guide {spec['guide']}, query position {spec['query_position']}")
+    print("graphs:")
+    for name, g in info["graphs"].items():
+        ins = ", ".join(f"{i['name']}{i['shape']}" for i in g["inputs"])
+        outs = ", ".join(f"{o['name']}{o['shape']}" for o in g["outputs"])
+        print(f"  {name:<11} {g['parameters'] or 0:>12,} params  ({ins}) -> ({outs})")
+    print(f"parameters active per query (query_head + band + tail): {info['parameters_per_query']:,}")
+    ex = info["kv_bytes_example"]["image_1024x1024_keep"]
+    print(f"K/V bytes per kept document token: {info['kv_bytes_per_token']:,}; "
+          f"a 1024x1024 image keeps {ex['tokens']} tokens = {ex['bytes'] / 1e6:.2f} MB")
+    print("files:")
+    for name, size in info["files"].items():
+        print(f"  {name:<32} {size:>14,} bytes")
+    return 0
