@@ -47,6 +47,7 @@ def reciprocal_rank(scores: np.ndarray, grades: np.ndarray) -> float:
 
 
 def dcg(grades_in_order: np.ndarray, k: int) -> float:
+    """Discounted cumulative gain of the first ``k`` grades: ``sum (2**g - 1) / log2(rank + 1)``, ranks from 1."""
     g = np.asarray(grades_in_order, dtype=np.float64)[:k]
     return float(np.sum((2.0 ** g - 1.0) / np.log2(np.arange(2, len(g) + 2))))
 

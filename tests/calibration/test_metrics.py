@@ -7,12 +7,25 @@ import math
 import numpy as np
 import pytest
 
-from minireranker.calibration.metrics import (average_ranks, hit_at_1, kendall, ndcg_at, paired_difference, per_query,
-                                              query_metrics, ranking, reciprocal_rank, spearman, summarize)
+from minireranker.calibration.metrics import (average_ranks, dcg, hit_at_1, kendall, ndcg_at, paired_difference,
+                                              per_query, query_metrics, ranking, reciprocal_rank, spearman, summarize)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ATOL = 1e-12  # closed forms evaluated in float64
+
+
+def test_dcg_by_hand():
+    """Gains 2**g - 1 (grade 3 -> 7, 2 -> 3, 1 -> 1, 0 -> 0), discounts log2(rank + 1), cut at k."""
+    grades = np.array([2, 0, 1, 3])
+    assert dcg(grades, 1) == pytest.approx(3.0, abs=ATOL)                   # 3 / log2(2)
+    assert dcg(grades, 3) == pytest.approx(3.0 + 0.0 + 0.5, abs=ATOL)       # + 0 / log2(3) + 1 / log2(4)
+    assert dcg(grades, 4) == pytest.approx(3.5 + 7 / math.log2(5), abs=ATOL)
+    assert dcg(grades, 4) == pytest.approx(6.514736, abs=1e-6)              # 7 / log2(5) = 3.014736
+    assert dcg(grades, 10) == dcg(grades, 4)                                # k past the end: every grade
+    assert dcg(np.array([1, 2]), 2) == pytest.approx(1 + 3 / math.log2(3), abs=ATOL)  # order matters
+    assert dcg(np.array([2, 1]), 2) == pytest.approx(3 + 1 / math.log2(3), abs=ATOL)
+    assert dcg(grades, 0) == 0.0 and dcg(np.array([], dtype=int), 5) == 0.0
 
 
 def test_graded_ndcg_mrr_hit_by_hand():

@@ -12,7 +12,7 @@ pytest.importorskip("sklearn", reason="the demo data is generated from sklearn's
 
 from PIL import Image  # noqa: E402
 
-from minireranker.calibration.demo import data  # noqa: E402
+from minireranker.calibration.demo import data, data_files, images, pools  # noqa: E402
 
 ASSETS = Path(data.__file__).parent / "assets"
 LABELLED_KEYS = {"qid", "query", "candidates"}
@@ -20,22 +20,22 @@ CANDIDATE_KEYS = {"id", "image", "text", "relevance"}
 
 
 def test_splits_are_disjoint_cover_everything_and_are_seeded():
-    digits = data.split_digits(0)
+    digits = images.split_digits(0)
     sets = [set(digits.of(s).tolist()) for s in data.SPLITS]
     assert sum(len(s) for s in sets) == len(digits.labels) == 1797
     assert set().union(*sets) == set(range(1797))
     assert all(not (a & b) for i, a in enumerate(sets) for b in sets[i + 1:])
-    again = data.split_digits.__wrapped__(0)
+    again = images.split_digits.__wrapped__(0)
     assert all(np.array_equal(again.of(s), digits.of(s)) for s in data.SPLITS)
-    other = data.split_digits.__wrapped__(1)
+    other = images.split_digits.__wrapped__(1)
     assert not np.array_equal(other.of("heldout"), digits.of("heldout"))
 
 
 def test_documents_of_a_split_use_only_its_images():
-    digits = data.split_digits(0)
+    digits = images.split_digits(0)
     for split in ("calib", "heldout"):
         own = set(digits.of(split).tolist())
-        docs = data.digit_documents(digits, split, composites=100, seed=3)
+        docs = pools.digit_documents(digits, split, composites=100, seed=3)
         assert all(set(d.sources) <= own for d in docs)
         assert all(tuple(int(digits.labels[s]) for s in d.sources) == d.digits for d in docs)
 
@@ -75,11 +75,11 @@ def test_query_phrasings_read_well():
 
 
 def test_candidates_are_seeded_unique_and_graded():
-    digits = data.split_digits(0)
-    pool = data.build_pool(digits, "calib", 100, seed=5)
+    digits = images.split_digits(0)
+    pool = pools.build_pool(digits, "calib", 100, seed=5)
     q = data.QuerySpec("ordered", (3, 5))
-    first = data.select_candidates(q, pool, np.random.default_rng(1), (3, 4, 8, 7))
-    again = data.select_candidates(q, pool, np.random.default_rng(1), (3, 4, 8, 7))
+    first = pools.select_candidates(q, pool, np.random.default_rng(1), (3, 4, 8, 7))
+    again = pools.select_candidates(q, pool, np.random.default_rng(1), (3, 4, 8, 7))
     assert [(d.id, g) for d, g in first] == [(d.id, g) for d, g in again]
     assert len({d.id for d, _ in first}) == len(first)
     assert all(data.relevance(q, d) == g for d, g in first)
@@ -87,20 +87,20 @@ def test_candidates_are_seeded_unique_and_graded():
 
 
 def test_rendering_is_deterministic_and_augmentation_varies():
-    digits = data.split_digits(0)
+    digits = images.split_digits(0)
     doc = data.DocSpec("c", (3, 5), (int(digits.of("train")[0]), int(digits.of("train")[1])), (32, 0, 0))
-    canonical = np.asarray(data.render(doc, digits))
+    canonical = np.asarray(images.render(doc, digits))
     assert canonical.shape == (64, 160)
-    assert np.array_equal(canonical, np.asarray(data.render(doc, digits)))
-    augmented = np.asarray(data.render(doc, digits, np.random.default_rng(0)))
+    assert np.array_equal(canonical, np.asarray(images.render(doc, digits)))
+    augmented = np.asarray(images.render(doc, digits, np.random.default_rng(0)))
     assert augmented.shape == canonical.shape and not np.array_equal(augmented, canonical)
-    assert data.render(data.DocSpec("t", text="hello"), digits) is None
+    assert images.render(data.DocSpec("t", text="hello"), digits) is None
 
 
 def test_labelled_set_generation_is_deterministic(tmp_path):
-    digits = data.split_digits(0)
-    a = data.write_labelled_set(tmp_path / "a", "calib", digits, seed=2)
-    b = data.write_labelled_set(tmp_path / "b", "calib", digits, seed=2)
+    digits = images.split_digits(0)
+    a = data_files.write_labelled_set(tmp_path / "a", "calib", digits, seed=2)
+    b = data_files.write_labelled_set(tmp_path / "b", "calib", digits, seed=2)
     assert a.read_text() == b.read_text()
 
 
@@ -127,8 +127,8 @@ def test_bundled_labelled_sets_parse_and_reference_existing_images(name, low, hi
 
 
 def test_bundled_heldout_set_is_what_the_generator_writes(tmp_path):
-    digits = data.split_digits(0)
-    fresh = data.write_labelled_set(tmp_path, "heldout", digits, seed=1)  # train_demo's seed + 1
+    digits = images.split_digits(0)
+    fresh = data_files.write_labelled_set(tmp_path, "heldout", digits, seed=1)  # train_demo's seed + 1
     bundled = ASSETS / "eval" / "heldout.jsonl"
     assert fresh.read_text() == bundled.read_text()
     row = json.loads(bundled.read_text().splitlines()[0])
@@ -146,7 +146,7 @@ def test_bundled_corpus_parses_and_its_queries_have_answers():
         if row["image"]:
             assert (path.parent / row["image"]).is_file()
     queries = (ASSETS / "corpus" / "queries.txt").read_text(encoding="utf-8").splitlines()
-    assert queries == [q.text for q in data.DEMO_QUERIES]
+    assert queries == [q.text for q in data_files.DEMO_QUERIES]
 
 
 def test_bundled_assets_stay_small():

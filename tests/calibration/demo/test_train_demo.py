@@ -11,13 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn", reason="the demo data is generated from sklearn's digits (the dev extra)")
 
-from minireranker.calibration.demo import data  # noqa: E402
+from minireranker.calibration.demo import checkpoints, data, embedder_stage, evaluation, images, pools  # noqa: E402
+from minireranker.calibration.demo import reranker_stage, train_config, trainable, vision_stage  # noqa: E402
 from minireranker.calibration.demo import train as td  # noqa: E402
-from minireranker.calibration.demo import trainable  # noqa: E402
 from minireranker.export.checkpoint import open_checkpoint  # noqa: E402
 from minireranker.export.pruning import EmbedderGuide  # noqa: E402
 from minireranker.export.reference import ReferencePipeline  # noqa: E402
-from minireranker.export.tiny import PRESETS  # noqa: E402
+from minireranker.export.tiny import PRESETS, build_preprocessor_config, padded_vocab_size  # noqa: E402
 from minireranker.runtime.documents import Document  # noqa: E402
 from minireranker.runtime.preprocess import PreprocessConfig, preprocess_image  # noqa: E402
 from minireranker.runtime.spec import RerankSpec  # noqa: E402
@@ -29,33 +29,33 @@ ATOL = 1e-4  # fp32, SDPA (training) against MatMul/Softmax (reference)
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return td.demo_tokenizer()
+    return checkpoints.demo_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return data.split_digits(0)
+    return images.split_digits(0)
 
 
 @pytest.fixture(scope="module")
 def tiny_reranker(tokenizer, tmp_path_factory):
     """An untrained 4-layer reranker (tiny preset) saved in HF layout, and the trainable model itself."""
-    model = td.new_model(PRESETS["tiny"], tokenizer, seed=3, answers=True)
-    path = td.save_checkpoint(model, PRESETS["tiny"], tokenizer, tmp_path_factory.mktemp("reranker"))
+    model = checkpoints.new_model(PRESETS["tiny"], tokenizer, seed=3, answers=True)
+    path = checkpoints.save_checkpoint(model, PRESETS["tiny"], tokenizer, tmp_path_factory.mktemp("reranker"))
     return model.eval(), path
 
 
 def _docs(digits) -> list[tuple]:
     composite = data.DocSpec("c", (3, 5), tuple(int(s) for s in digits.of("heldout")[:2]), (32, 0, 0))
-    return [(data.render(composite, digits), None), (None, "The handwritten digit seven."),
-            (data.render(data.photo_documents("p")[1], digits), None)]
+    return [(images.render(composite, digits), None), (None, "The handwritten digit seven."),
+            (images.render(pools.photo_documents("p")[1], digits), None)]
 
 
 def test_every_weight_trains_and_maps_back_to_transformers_names(tokenizer):
-    model = td.new_model(PRESETS["tiny"], tokenizer, seed=3, answers=True)
+    model = checkpoints.new_model(PRESETS["tiny"], tokenizer, seed=3, answers=True)
     assert all(p.requires_grad for p in model.parameters())
-    vocab = td.padded_vocab_size(tokenizer.get_vocab_size(with_added_tokens=True))
-    initial = td._initial_state(PRESETS["tiny"], 3, vocab)
+    vocab = padded_vocab_size(tokenizer.get_vocab_size(with_added_tokens=True))
+    initial = checkpoints._initial_state(PRESETS["tiny"], 3, vocab)
     mapped = model.transformers_state_dict()
     assert set(mapped) == set(initial)
     assert all(torch.equal(mapped[n], initial[n]) for n in initial)
@@ -72,9 +72,9 @@ def test_training_forward_scores_like_reference_pipeline(tiny_reranker, tokenize
     samples, expected = [], []
     for image, text in _docs(digits):
         doc = Document(image=image, text=text)
-        samples.append(td.reranker_sample(template, preprocess, query, image, text))
+        samples.append(reranker_stage.reranker_sample(template, preprocess, query, image, text))
         expected.append((-1, dense.score(query, [dense.index(doc)])[0]))
-        sample = td.reranker_sample(template, preprocess, query, image, text, td.View(band=(1, 1)), 64)
+        sample = reranker_stage.reranker_sample(template, preprocess, query, image, text, reranker_stage.View(band=(1, 1)), 64)
         kept = None
         if image is not None:
             kept = np.arange(0, sample.num_visual, 2)  # every other visual token
@@ -88,10 +88,10 @@ def test_training_forward_scores_like_reference_pipeline(tiny_reranker, tokenize
 
 
 def test_embedder_sequences_match_the_pruning_guide_and_batch_exactly(tokenizer, digits, tmp_path, tiny_reranker):
-    model = td.new_model(PRESETS["tiny"], tokenizer, seed=4, answers=False)
-    path = td.save_checkpoint(model, PRESETS["tiny"], tokenizer, tmp_path / "embedder")
+    model = checkpoints.new_model(PRESETS["tiny"], tokenizer, seed=4, answers=False)
+    path = checkpoints.save_checkpoint(model, PRESETS["tiny"], tokenizer, tmp_path / "embedder")
     guide = EmbedderGuide(str(path), open_checkpoint(tiny_reranker[1]), None)
-    embedder = td.DemoEmbedder(path)
+    embedder = embedder_stage.DemoEmbedder(path)
     image, _ = _docs(digits)[0]
     sample = embedder.template.document(image, "caption")
     grid = (sample.grid[1] // 2, sample.grid[2] // 2)
@@ -106,39 +106,39 @@ def test_embedder_sequences_match_the_pruning_guide_and_batch_exactly(tokenizer,
 def test_grounding_marks_each_named_digit_and_where_the_image_shows_it(tokenizer, digits):
     """Query tokens "3" and " five" point at the visual tokens of their cells; banded views get no target."""
     template = VisionFirstTemplate(tokenizer, RerankSpec())
-    preprocess = PreprocessConfig.from_dict(td.build_preprocessor_config(td.RERANKER_PRESET))
+    preprocess = PreprocessConfig.from_dict(build_preprocessor_config(train_config.RERANKER_PRESET))
     doc = data.DocSpec("c", (3, 5), tuple(int(s) for s in digits.of("heldout")[:2]), (32, 0, 0))
-    image = data.render(doc, digits)
-    labels = td.token_labels(doc, preprocess_image(image, preprocess)[1])
+    image = images.render(doc, digits)
+    labels = vision_stage.token_labels(doc, preprocess_image(image, preprocess)[1])
     query = "3 and a five"
-    sample = td.reranker_sample(template, preprocess, query, image, None, ground=doc)
+    sample = reranker_stage.reranker_sample(template, preprocess, query, image, None, ground=doc)
     named = [(tokenizer.id_to_token(sample.ids[row]), sorted(set(labels[cols - sample.image_start])))
              for row, cols in sample.ground]
     assert named == [("3", [3]), ("\u0120five", [5])]
     for _, cols in sample.ground:
         assert all(sample.ids[c] == template.image_pad_id for c in cols) and len(cols) == 4  # 2x2 tokens a cell
-    banded = td.reranker_sample(template, preprocess, query, image, None, td.View(band=(1, 1)), 128,
+    banded = reranker_stage.reranker_sample(template, preprocess, query, image, None, reranker_stage.View(band=(1, 1)), 128,
                                 ground=doc)
     assert banded.ground == []
 
 
 def test_grounding_loss_trains_the_attention_of_its_layer(tokenizer, digits, monkeypatch):
-    cfg = td.TrainConfig.smoke()
-    model = td.new_model(PRESETS["tiny"], tokenizer, seed=5, answers=True)
+    cfg = train_config.TrainConfig.smoke()
+    model = checkpoints.new_model(PRESETS["tiny"], tokenizer, seed=5, answers=True)
     template = VisionFirstTemplate(tokenizer, RerankSpec())
-    preprocess = PreprocessConfig.from_dict(td.build_preprocessor_config(PRESETS["tiny"]))
+    preprocess = PreprocessConfig.from_dict(build_preprocessor_config(PRESETS["tiny"]))
     doc = data.DocSpec("c", (3, 5), tuple(int(s) for s in digits.of("heldout")[:2]), (0, 0, 0))
-    image = data.render(doc, digits)
-    samples = [td.reranker_sample(template, preprocess, q, image, None, ground=doc)
+    image = images.render(doc, digits)
+    samples = [reranker_stage.reranker_sample(template, preprocess, q, image, None, ground=doc)
                for q in ("the digit 3", "a seven")]
     assert len(samples[0].ground) == 1 and samples[1].ground == []
 
     def loss_and_grad(weight: float) -> tuple[float, torch.Tensor]:
-        monkeypatch.setattr(td, "GROUND_WEIGHT", weight)
+        monkeypatch.setattr(reranker_stage, "GROUND_WEIGHT", weight)
         model.zero_grad()
-        loss = td.reranker_loss(model, samples, [2, 0], [0, 0], cfg)
+        loss = reranker_stage.reranker_loss(model, samples, [2, 0], [0, 0], cfg)
         loss.backward()
-        return loss.item(), model.core.layers[td.GROUND_LAYER].q_proj.weight.grad.clone()
+        return loss.item(), model.core.layers[reranker_stage.GROUND_LAYER].q_proj.weight.grad.clone()
 
     plain, g0 = loss_and_grad(0.0)
     grounded, g1 = loss_and_grad(1.0)
@@ -151,28 +151,28 @@ def test_grounding_loss_trains_the_attention_of_its_layer(tokenizer, digits, mon
 
 def test_a_short_training_run_lowers_the_loss(tokenizer, digits):
     """Loss on a fixed batch of held-out groups, before and after a few steps of the real training loop."""
-    cfg = td.TrainConfig.smoke()
+    cfg = train_config.TrainConfig.smoke()
     torch.manual_seed(0)
-    model = td.new_model(PRESETS["tiny"], tokenizer, seed=5, answers=True)
+    model = checkpoints.new_model(PRESETS["tiny"], tokenizer, seed=5, answers=True)
     template = VisionFirstTemplate(tokenizer, RerankSpec())
-    preprocess = PreprocessConfig.from_dict(td.build_preprocessor_config(PRESETS["tiny"]))
-    pool = data.build_pool(digits, "calib", 60, seed=1)
+    preprocess = PreprocessConfig.from_dict(build_preprocessor_config(PRESETS["tiny"]))
+    pool = pools.build_pool(digits, "calib", 60, seed=1)
     rng = np.random.default_rng(0)
     samples, grades, groups = [], [], []
     for g in range(6):
-        q = data.sample_query(rng, {"digit": 1.0, "photo": 1.0})
-        for doc, grade in data.select_candidates(q, pool, rng, (1, 1, 1, 1)):
-            samples.append(td.reranker_sample(template, preprocess, q.text, data.render(doc, digits), doc.text))
+        q = pools.sample_query(rng, {"digit": 1.0, "photo": 1.0})
+        for doc, grade in pools.select_candidates(q, pool, rng, (1, 1, 1, 1)):
+            samples.append(reranker_stage.reranker_sample(template, preprocess, q.text, images.render(doc, digits), doc.text))
             grades.append(grade)
             groups.append(g)
 
     def fixed_loss() -> float:
         with torch.no_grad():
-            return float(td.reranker_loss(model, samples, grades, groups, cfg))
+            return float(reranker_stage.reranker_loss(model, samples, grades, groups, cfg))
 
     before = fixed_loss()
-    train_pool = data.build_pool(digits, "train", cfg.train_composites, seed=0)
-    losses = td.train_reranker(model, template, preprocess, train_pool, digits, cfg, None, progress=False)
+    train_pool = pools.build_pool(digits, "train", cfg.train_composites, seed=0)
+    losses = reranker_stage.train_reranker(model, template, preprocess, train_pool, digits, cfg, None, progress=False)
     after = fixed_loss()
     assert len(losses) == cfg.reranker_steps and all(np.isfinite(losses))
     assert after < 0.9 * before, (before, after)
@@ -193,7 +193,7 @@ def test_the_script_writes_loadable_checkpoints_and_cards(tmp_path):
 def test_card_metrics_are_the_eval_metrics():
     """Cards count the first relevant candidate (grade > 0), as `minireranker eval` does."""
     rows = [{"candidates": [{"relevance": g} for g in grades]} for grades in ([1, 0, 2], [0, 0, 0])]
-    m = td._summary(rows, [np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0])])
+    m = evaluation._summary(rows, [np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0])])
     assert m["hit@1"] == 1.0 and m["mrr"] == 1.0 and m["queries"] == 1 and m["excluded"] == 1
     ideal = 3 + 1 / np.log2(3)
     assert m["ndcg@10"] == pytest.approx((1 + 3 / np.log2(4)) / ideal, abs=1e-12)
@@ -202,16 +202,16 @@ def test_card_metrics_are_the_eval_metrics():
 def test_token_labels_follow_cells_and_margins():
     """Each merged token (32 px) is one digit cell's half or one margin; a resized image is ignored."""
     doc = data.DocSpec("x", (8, 3), (0, 1), (32, 0, 32))       # margin, 8, 3, margin: 192 x 64 pixels
-    expected = [td.BLANK, 8, 8, 3, 3, td.BLANK]
-    np.testing.assert_array_equal(td.token_labels(doc, (1, 4, 12)), expected * 2)
-    assert (td.token_labels(doc, (1, 2, 6)) == td.IGNORE).all()  # the grid of a downscaled image
+    expected = [vision_stage.BLANK, 8, 8, 3, 3, vision_stage.BLANK]
+    np.testing.assert_array_equal(vision_stage.token_labels(doc, (1, 4, 12)), expected * 2)
+    assert (vision_stage.token_labels(doc, (1, 2, 6)) == vision_stage.IGNORE).all()  # the grid of a downscaled image
 
 
 def test_hard_singles_make_single_digits_of_other_labels_the_hard_negatives():
-    digits = data.split_digits(0)
-    pool = data.build_pool(digits, "train", 100, 0)
+    digits = images.split_digits(0)
+    pool = pools.build_pool(digits, "train", 100, 0)
     q = data.QuerySpec("digit", (4,))
-    picked = data.select_candidates(q, pool, np.random.default_rng(0), (1, 1, 5, 0), hard_singles=True)
+    picked = pools.select_candidates(q, pool, np.random.default_rng(0), (1, 1, 5, 0), hard_singles=True)
     negatives = [doc for doc, g in picked if g == 0]
     assert len(negatives) == 5 and all(len(d.digits) == 1 and d.digits != (4,) for d in negatives)
 
@@ -220,7 +220,7 @@ def test_hard_singles_make_single_digits_of_other_labels_the_hard_negatives():
 # the bundled checkpoints
 # ---------------------------------------------------------------------------------------------------
 def _heldout_pairs(count: int) -> list[tuple[str, Document]]:
-    rows = td.load_labelled(ASSETS / "eval" / "heldout.jsonl")
+    rows = evaluation.load_labelled(ASSETS / "eval" / "heldout.jsonl")
     picked = [next(c for c in rows[0]["candidates"] if c["image"]), next(c for c in rows[1]["candidates"] if c["text"])]
     return [(rows[i]["query"], c["document"]) for i, c in enumerate(picked[:count])]
 
@@ -245,8 +245,8 @@ def test_bundled_embedder_guides_the_bundled_reranker():
     prep = pipeline.prepare(doc)
     assert len(entry.kept_visual) == int(np.ceil(0.5 * len(prep.visual_rows)))
     assert np.isfinite(pipeline.score(query, [entry])).all()
-    embeddings = td.DemoEmbedder(ASSETS / "embedder").embed_queries([query])
-    assert embeddings.shape == (1, td.EMBEDDER_PRESET.hidden_size)
+    embeddings = embedder_stage.DemoEmbedder(ASSETS / "embedder").embed_queries([query])
+    assert embeddings.shape == (1, train_config.EMBEDDER_PRESET.hidden_size)
 
 
 def test_training_embedder_and_calibration_embedder_agree_on_the_bundled_model():
@@ -255,7 +255,7 @@ def test_training_embedder_and_calibration_embedder_agree_on_the_bundled_model()
 
     query, doc = _heldout_pairs(1)[0]
     docs = [doc, Document(text="a handwritten seven")]
-    batched = td.DemoEmbedder(ASSETS / "embedder")
+    batched = embedder_stage.DemoEmbedder(ASSETS / "embedder")
     plain = Embedder(ASSETS / "embedder")
     np.testing.assert_allclose(batched.embed_documents(docs), np.stack([plain.embed_document(d) for d in docs]),
                                atol=1e-5, rtol=0)
