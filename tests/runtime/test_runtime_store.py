@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import random
+import os
+import select
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +58,61 @@ def clean_scores(tiny_bundle, doc_files, tmp_path_factory) -> np.ndarray:
         return scores_of(r, as_documents(doc_files))
 
 
+# The child indexer: `python -c _BLOCKING_INDEXER SIGNAL_FD K <cli args>` runs `minireranker index` with the
+# store's rename patched, so that after K entries are complete the (K+1)-th blocks with its temp file
+# written and fsynced but not yet renamed; it reports the temp file's path on SIGNAL_FD and waits for the
+# kill. Patching os.replace (called by name at run time) keeps this independent of the store's module split.
+_BLOCKING_INDEXER = r"""
+import os, runpy, sys, threading
+signal_fd, k = int(sys.argv[1]), int(sys.argv[2])
+del sys.argv[1:3]
+real_replace, done, lock = os.replace, [0], threading.Lock()
+
+def replace(src, dst, *args, **kwargs):
+    is_entry = os.path.basename(os.fspath(src)).startswith(".tmp-") and os.fspath(dst).endswith(".kv")
+    with lock:
+        if is_entry and done[0] == k:
+            os.write(signal_fd, os.fsencode(os.fspath(src)) + b"\n")
+            threading.Event().wait()  # until SIGKILL
+        result = real_replace(src, dst, *args, **kwargs)
+        done[0] += is_entry
+        return result
+
+os.replace = replace
+sys.argv[0] = "minireranker"
+runpy.run_module("minireranker.tools.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def index_until_blocked(cmd_args: list[str], complete: int, log: Path) -> tuple[subprocess.Popen, Path]:
+    """Start the blocking indexer and wait for it to hold its (complete+1)-th entry mid-write; returns the
+    process (still alive) and the temp file it is writing. Its output goes to ``log`` (a file: a full pipe
+    could block it before it signals). A child that exits without signalling fails the test."""
+    read_fd, write_fd = os.pipe()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _BLOCKING_INDEXER, str(write_fd), str(complete), *cmd_args],
+                                stdout=out, stderr=subprocess.STDOUT, pass_fds=(write_fd,))
+    os.close(write_fd)  # the child holds the only write end: EOF means it exited without signalling
+    try:
+        # a generous bound so that a hung child fails loudly; it never decides a passing outcome
+        ready, _, _ = select.select([read_fd], [], [], 600)
+        line = os.read(read_fd, 4096) if ready else b""
+    finally:
+        os.close(read_fd)
+    if not line.endswith(b"\n"):
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the indexer never reached entry {complete + 1} (exit {proc.returncode}): "
+                             f"{log.read_text(errors='replace')[-2000:]}")
+    return proc, Path(os.fsdecode(line.strip()))
+
+
 def test_kill_9_while_indexing_leaves_only_complete_entries(tiny_bundle, images, tmp_path):
-    """SIGKILL `minireranker index` at random moments, 4 times; then every visible entry is complete and
-    the scores equal a clean run's."""
+    """SIGKILL `minireranker index` 4 times, each while it writes an entry (temp file fsynced, not yet
+    renamed) after a chosen number of complete ones; then every visible entry is complete and the scores
+    equal a clean run's. The kill moment is set by the test, not by the machine's speed."""
     files = []
-    for i in range(320):  # ~90 documents/s here: a run takes seconds, so the kills land mid-way
+    for i in range(40):
         img = sorted(images.values(), key=lambda im: im.size)[i % len(images)]
         path = tmp_path / f"{i:03d}.png"
         img.rotate(5 * i).resize((36 + i % 90, 100 - i % 60)).save(path)
@@ -71,26 +121,33 @@ def test_kill_9_while_indexing_leaves_only_complete_entries(tiny_bundle, images,
     with Reranker(tiny_bundle, tmp_path / "clean") as r:
         clean = scores_of(r, docs)
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "minireranker.tools.cli", "index", str(tiny_bundle), "--cache", str(cache),
-           "--quiet", *files]
-    rng = random.Random(0)
-    killed, finished = 0, []
-    for _ in range(4):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.7, 1.5))
-        if proc.poll() is None:
+    cmd_args = ["index", str(tiny_bundle), "--cache", str(cache), "--quiet", *files]
+    killed, complete = 0, [0, 3, 1, 7]  # new complete entries before each kill (0: killed in the first put)
+    for k in complete:
+        log = tmp_path / f"index-{killed}.log"
+        proc, temp = index_until_blocked(cmd_args, k, log)
+        try:
+            assert temp.is_file() and temp.name.startswith(".tmp-"), temp  # the kill lands mid-write
+        finally:  # never leave a blocked child behind
             proc.send_signal(signal.SIGKILL)
-            killed += 1
-        out, err = proc.communicate()
-        assert proc.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
-        finished.append(out.decode().strip())
-    assert killed >= 1, f"the indexer finished before any kill; the test proved nothing: {finished}"
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL, log.read_text(errors="replace")[-2000:]
+        killed += 1
+    assert killed == len(complete)
     with Reranker(tiny_bundle, cache) as r:
         keys = r.store.keys()
         assert 0 < len(keys) < len(files) or killed < 4
+        assert len(keys) == sum(complete)  # the skipped resume: each run added exactly its complete entries
         for key in keys:
             assert r.store.get(key) is not None  # complete and verified
         assert r.store.stats()["corrupted"] == 0
+        assert not list(r.store.namespace.glob(".tmp-*"))  # the dead writers' temp files were removed
+    rerun = subprocess.run([sys.executable, "-m", "minireranker.tools.cli", *cmd_args], capture_output=True,
+                           text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"indexed {len(files) - sum(complete)}, skipped {sum(complete)} " in rerun.stdout, rerun.stdout
+    with Reranker(tiny_bundle, cache) as r:
+        assert len(r.store.keys()) == len(files)
         np.testing.assert_allclose(scores_of(r, docs), clean, atol=1e-6, rtol=0)
 
 

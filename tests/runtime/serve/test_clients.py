@@ -10,9 +10,13 @@ from serve_helpers import QUERY, TEXTS
 TOL = 1e-5
 
 
-def check(expected: list[dict], got: list[tuple[int, float]], key: str = "probability") -> None:
-    """``got``: [(index, score)] best first, compared with the CLI's results."""
-    assert [i for i, _ in got] == [r["index"] for r in expected][: len(got)]
+def check(expected: list[dict], got: list[tuple[int, float]], key: str = "probability", n: int | None = None) -> None:
+    """``got``: [(index, score)] best first, compared with the CLI's results; it must hold ``n`` results
+    (all of ``expected`` unless given), so an empty or short answer never passes."""
+    n = len(expected) if n is None else n
+    assert 0 < n <= len(expected), (n, len(expected))
+    assert len(got) == n, f"expected {n} results, got {len(got)}: {got}"
+    assert [i for i, _ in got] == [r["index"] for r in expected][:n]
     for (_, score), r in zip(got, expected):
         assert abs(score - r[key]) <= TOL, (score, r)
 
@@ -23,7 +27,7 @@ def test_cohere_client_v2(live, text_expected):
     response = client.rerank(model="minireranker", query=QUERY, documents=TEXTS)
     check(text_expected, [(r.index, r.relevance_score) for r in response.results])
     top = client.rerank(model="minireranker", query=QUERY, documents=TEXTS, top_n=2)
-    check(text_expected, [(r.index, r.relevance_score) for r in top.results])
+    check(text_expected, [(r.index, r.relevance_score) for r in top.results], n=2)
     assert len(top.results) == 2
 
 
@@ -59,7 +63,8 @@ def test_jina_haystack_ranker(live, text_expected):
     docs = [Document(content=t) for t in TEXTS]
     out = ranker.run(query=QUERY, documents=docs)["documents"]
     got = [(TEXTS.index(d.content), d.score) for d in out]
-    check(text_expected, got)
+    assert len(out) == 3  # top_k
+    check(text_expected, got, n=3)
 
 
 def test_tei_body_gets_a_bare_list(live, text_expected):

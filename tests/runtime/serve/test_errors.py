@@ -162,7 +162,7 @@ def test_readiness_flips_when_loading_finishes(tiny_bundle, tmp_path):
     gate = threading.Event()
 
     def loader():
-        gate.wait(60)
+        gate.wait()  # no timeout: loading must not finish before the test lets it, however slow the machine
         return Reranker(tiny_bundle, tmp_path / "cache")
 
     live = start_server(tiny_bundle, tmp_path / "cache", loader=loader)
@@ -176,6 +176,7 @@ def test_readiness_flips_when_loading_finishes(tiny_bundle, tmp_path):
         assert live.call("GET", "/v1/health/ready")[1]["status"] == "ready"
         assert live.call("POST", "/v1/rerank", {"query": QUERY, "documents": TEXTS})[0] == 200
     finally:
+        gate.set()  # a failed assertion above must not leave the loader waiting
         shut_down(live.server)
 
 
@@ -183,15 +184,21 @@ def test_a_load_failure_is_reported_by_readiness(tiny_bundle, tmp_path):
     from minireranker.runtime.errors import CacheError
     from minireranker.runtime.serve.server import shut_down
 
+    threads: list[threading.Thread] = []
+    called = threading.Event()
+
     def loader():
+        threads.append(threading.current_thread())
+        called.set()
         raise CacheError("the cache is not writable")
 
     live = start_server(tiny_bundle, tmp_path / "cache", loader=loader)
     try:
-        deadline = 100
-        while live.server.service.load_error is None and deadline:
-            threading.Event().wait(0.05)
-            deadline -= 1
+        # the loading thread records the error right after loader() raises: join it instead of polling a
+        # clock (the bound only turns a hang into a loud failure)
+        assert called.wait(120), "the server never called its loader"
+        threads[0].join(120)
+        assert not threads[0].is_alive(), "the loading thread did not finish"
         status, body = live.call("GET", "/v1/health/ready")
         assert status == 503 and "not writable" in body["detail"]
     finally:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,37 @@ SERVE_DOC = ROOT / "docs" / "serve.md"
 README = ROOT / "README.md"
 
 
-class ServeProcess:
-    """``python -m minireranker.tools.cli serve ...`` with its stderr read on a thread."""
+# Run in the server process before the CLI (ServeProcess(hook=True)): announce on stderr each request the
+# batcher has queued, so that a test acts once a request is in flight instead of after a guessed sleep.
+QUEUED_LINE = "test hook: pairs queued for a batch"
+_QUEUED_HOOK = f"""
+import runpy, sys
+from minireranker.runtime.serve import batcher
+_submit = batcher.DynamicBatcher.submit
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "minireranker.tools.cli", "serve", *args],
+def submit(self, pairs):
+    future = _submit(self, pairs)
+    print({QUEUED_LINE!r}, file=sys.stderr, flush=True)
+    return future
+
+batcher.DynamicBatcher.submit = submit
+sys.argv[0] = "minireranker"
+runpy.run_module("minireranker.tools.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+class ServeProcess:
+    """``python -m minireranker.tools.cli serve ...`` with its stderr read on a thread; ``hook``: with the
+    queued-request announcement above."""
+
+    def __init__(self, *args: str, env: dict | None = None, hook: bool = False) -> None:
+        launcher = ["-c", _QUEUED_HOOK] if hook else ["-m", "minireranker.tools.cli"]
+        self.proc = subprocess.Popen([sys.executable, *launcher, "serve", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
         self.lines: list[str] = []
         self._got_url = threading.Event()
+        self.queued = threading.Event()  # set at the first QUEUED_LINE (or when stderr ends)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -37,7 +58,10 @@ class ServeProcess:
             self.lines.append(line)
             if "listening on" in line:
                 self._got_url.set()
+            if QUEUED_LINE in line:
+                self.queued.set()
         self._got_url.set()
+        self.queued.set()
 
     def url(self, timeout: float = 60) -> str:
         assert self._got_url.wait(timeout), "no 'listening on' line"
@@ -80,7 +104,7 @@ def test_bad_bundle_is_one_error_line(tmp_path):
 def test_sigterm_finishes_requests_in_flight(tiny_bundle, tmp_path):
     """A request waits in a long batch window when SIGTERM arrives: it still gets its answer; exit 0."""
     server = ServeProcess(str(tiny_bundle), "--cache", str(tmp_path / "cache"), "--port", "0",
-                          "--batch-window-ms", "1500", env={"MINIRERANKER_API_KEY": "k"})
+                          "--batch-window-ms", "1500", env={"MINIRERANKER_API_KEY": "k"}, hook=True)
     try:
         live = Live(server.url(), None, "k")
         wait_ready(live)
@@ -88,7 +112,9 @@ def test_sigterm_finishes_requests_in_flight(tiny_bundle, tmp_path):
         client = threading.Thread(target=lambda: results.update(
             answer=live.call("POST", "/v1/rerank", {"query": QUERY, "documents": TEXTS})))
         client.start()
-        time.sleep(0.7)  # inside the 1.5 s window
+        # SIGTERM once the request waits in the batcher (its 1.5 s window), not after a guessed sleep; the
+        # bound only turns a hang into a loud failure
+        assert server.queued.wait(120) and QUEUED_LINE in "".join(server.lines), "".join(server.lines)
         server.proc.send_signal(signal.SIGTERM)
         client.join(60)
         assert server.proc.wait(60) == 0, "".join(server.lines)
