@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -35,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from minireranker.runtime.kvstore import KVEntry, KVStore, StoreConfig, dequantize_int8, quantize_per_channel_int8
+from minireranker.runtime.profiling.telemetry import machine_info
 
 FINGERPRINT = "0123456789abcdef"
 LAYERS, KV_HEADS, HEAD_DIM = 4, 8, 128  # a Qwen3-VL-2B band of 4 layers
@@ -217,13 +217,6 @@ def int8_fidelity(entry: KVEntry) -> dict:
     return out
 
 
-def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": sys.version.split()[0], "numpy": np.__version__}
-
-
 def table(results: dict) -> str:
     """The markdown table: one row per (variant, read kind), medians over repeats."""
     n, mib = results["args"]["entries"], results["baselines"]["bytes"] / 2**20
@@ -272,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="kvbench-", dir=args.dir))
     try:
         results = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                   "machine": machine(), "entry_shape": list(entry.k.shape), "variants": {}}
+                   "machine": machine_info(), "entry_shape": list(entry.k.shape), "variants": {}}
         results["baselines"] = bench_baselines(entry, args.entries, args.repeats)
         results["variants"]["store"] = bench_store(work / "store", entry, args.entries, args.repeats, False)
         results["variants"]["store int8"] = bench_store(work / "int8", entry, args.entries, args.repeats, True)

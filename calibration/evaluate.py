@@ -24,7 +24,6 @@ Systems (``docs/eval.md``):
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
