@@ -173,7 +173,7 @@ def _run_calibration(config: CalibrationConfig, log: Callable[[str], None]) -> d
     from .cost import CostInputs
 
     cost_in = CostInputs(len(base.template.system_ids),
-                         float(np.mean([len(base.template.query(q.query)) for q in data.queries])),
+                         float(np.mean([len(base.template.query_text(q.query)) for q in data.queries])),
                          config.candidates, config.precision)
     dense = _dense(base, data, config.progress)
     points = _sweep(config, loaded, base, data, exits, bands, position, guide, dense, cost_in)

@@ -137,6 +137,7 @@ class SharedReference(ReferencePipeline):
         self.graphs["vision"] = loaded.vision
         k, v = loaded.system_kv(self.template.system_ids)
         self.system_k, self.system_v = k[: self.exit_layer + 1], v[: self.exit_layer + 1]
+        self.instruction_hidden, self.instruction_k, self.instruction_v = self.instruction_prefix()
 
     def prepare(self, doc: Document) -> PreparedDocument:
         if doc.id is None:
@@ -166,8 +167,9 @@ def run_causal(model: TorchModel, x: Tensor, positions: np.ndarray, deepstack: T
 def dense_scores(pipeline: SharedReference, query: str, documents: list[Document]) -> np.ndarray:
     """The plain model's scores (logit yes - logit no at the last token): float64 [N].
 
-    Each pair is one sequence ``system + document + query`` (query positions continue at the document's
-    max position + 1, Qwen3-VL's rope index) through all L layers, then the final norm and yes/no rows.
+    Each pair is one sequence ``system + document + instruction + query`` (``template.query``: the same
+    ids as the segments the engines cache; positions continue at the document's max position + 1, Qwen3-VL's
+    rope index) through all L layers, then the final norm and yes/no rows.
     """
     model, template = pipeline.model, pipeline.template
     system_ids, query_ids = template.system_ids, template.query(query)

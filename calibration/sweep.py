@@ -8,8 +8,12 @@ Why this is exact (each spec's scores equal :class:`ReferencePipeline` with that
   ``A``, so a self-guided variant is per (A, keep); an embedder ranks them once per document);
 * bands with the same start ``A`` run the same layers ``A..B1`` (the query sees the documents in both),
   so one band walk to the largest ``B`` serves them all;
-* after the band the query sees only the system segment, so layers ``B+1..E`` for the largest ``E``
-  pass through every smaller exit: the score is read at each exit on the way.
+* after the band the query sees only the system segment (and itself), so layers ``B+1..E`` for the
+  largest ``E`` pass through every smaller exit: the score is read at each exit on the way;
+* the instruction segment is computed as the reference computes it (export/graphs.DocPrefixGraph: after the
+  document, layers A..B with it, then B+1..E alone), once per (document, variant, band) and kept on the
+  entry for every later query; its K/V of a layer i depends on the band only through whether i <= B, so
+  the band walk reads the largest band's and each tail walk its own band's.
 
 ::
 
@@ -22,14 +26,14 @@ Why this is exact (each spec's scores equal :class:`ReferencePipeline` with that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..export.graphs import DocPrefixGraph, GuideGraph, QueryHeadGraph
-from ..export.reference import DocumentEntry, dense_deepstack, pad_entries
+from ..export.graphs import DocPrefixGraph, GuideGraph, QueryHeadGraph, instruction_head
+from ..export.reference import DocumentEntry, PreparedDocument, dense_deepstack, pad_entries
 from ..runtime.pruning import select_kept
 from ..runtime.template import text_positions
 from .scoring import SharedReference
@@ -42,6 +46,15 @@ class Variant:
     keep_ratio: float
     guide: str            # "self" or "embedder:<dir>"
     guide_layer: int | None   # A for a self-guided variant with keep < 1; None otherwise
+
+
+@dataclass
+class SweepEntry(DocumentEntry):
+    """A document's K/V of layers 0..B_max, with its pruned sequence (to run the instruction segment after
+    it) and the instruction K/V computed so far: ``{(A, B, E_max): (k, v) [E_max-A+1, Hkv, I, d]}``."""
+
+    prepared: PreparedDocument | None = None
+    instructions: dict = field(default_factory=dict)
 
 
 class SpecSweep:
@@ -57,6 +70,7 @@ class SpecSweep:
         self.system_k, self.system_v = base.loaded.system_kv(base.template.system_ids)  # [L, 1, Hkv, S, d]
         self.has_ds = base.num_deepstack > 0
         self._importance: dict[tuple, np.ndarray] = {}
+        self._heads: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
 
     # -- documents ----------------------------------------------------------------------------------
     def importance(self, doc, guide: str, layer: int | None) -> np.ndarray:
@@ -76,20 +90,45 @@ class SpecSweep:
         return self._importance[key]
 
     @torch.no_grad()
-    def document_kv(self, doc, variant: Variant, last_layer: int) -> DocumentEntry:
+    def document_kv(self, doc, variant: Variant, last_layer: int) -> SweepEntry:
         """K/V of layers ``0..last_layer`` of ``doc`` pruned as ``variant`` says."""
         prep = self.base.prepare(doc)
         if variant.keep_ratio < 1.0 and len(prep.visual_rows):
             scores = self.importance(doc, variant.guide, variant.guide_layer)
             prep = prep.keep(select_kept(scores, variant.keep_ratio))
-        k, v = DocPrefixGraph(self.model, (0, last_layer), self.has_ds)(
+        none = prep.embeds.new_zeros(1, 0, prep.embeds.shape[1])  # the instruction runs with the query here
+        k, v, _, _ = DocPrefixGraph(self.model, (0, last_layer), last_layer, self.has_ds)(
             prep.embeds[None], torch.from_numpy(prep.positions)[:, None], self.system_k[: last_layer + 1],
-            self.system_v[: last_layer + 1], dense_deepstack(prep, self.base.num_deepstack))
-        return DocumentEntry(k, v, prep.positions, prep.query_start, prep.kept_visual, doc.id or "")
+            self.system_v[: last_layer + 1], none, torch.zeros(3, 1, 0, dtype=torch.int64),
+            dense_deepstack(prep, self.base.num_deepstack))
+        return SweepEntry(k, v, prep.positions, prep.query_start, prep.kept_visual, doc.id or "", prepared=prep)
+
+    def instruction_kv(self, entry: SweepEntry, band: tuple[int, int], last_exit: int) -> tuple[Tensor, Tensor]:
+        """The instruction segment's K/V of layers A..last_exit after ``entry``'s document under ``band``
+        (memoised on the entry): [last_exit-A+1, Hkv, I, d] each, the reference's arithmetic."""
+        key = (*band, last_exit)
+        if key not in entry.instructions:
+            a, prep = band[0], entry.prepared
+            start = self.query_position if a > 0 else prep.query_start
+            hidden, _, _ = self._instruction_head(a)
+            positions = torch.from_numpy(text_positions(start, hidden.shape[1]))[:, None]
+            _, _, ik, iv = DocPrefixGraph(self.model, band, last_exit, self.has_ds)(
+                prep.embeds[None], torch.from_numpy(prep.positions)[:, None], self.system_k[: last_exit + 1],
+                self.system_v[: last_exit + 1], hidden, positions, dense_deepstack(prep, self.base.num_deepstack))
+            entry.instructions[key] = (ik, iv)
+        return entry.instructions[key]
+
+    def _instruction_head(self, a: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The instruction's hidden entering layer ``a`` and its K/V of layers 0..a-1 (memoised)."""
+        if a not in self._heads:
+            ids = self.base.template.instruction_ids
+            positions = torch.from_numpy(text_positions(self.query_position if a > 0 else 0, len(ids)))[:, None]
+            self._heads[a] = instruction_head(self.model, ids, positions, self.system_k[:a], self.system_v[:a])
+        return self._heads[a]
 
     # -- queries ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def score(self, query: str, entries: list[DocumentEntry], start: int, ends: list[int],
+    def score(self, query: str, entries: list[SweepEntry], start: int, ends: list[int],
               exits: list[int]) -> dict[tuple[int, int], np.ndarray]:
         """Scores of ``entries`` (K/V of layers 0..>=max(ends)) for every band ``[start, B]``, B in ``ends``,
         at every exit ``E >= B`` in ``exits``: ``{(B, E): float64 [N]}``.
@@ -99,49 +138,62 @@ class SpecSweep:
         ``B`` of ``ends`` a tail walk leaves for the exits.
         """
         a, last = start, max(ends)
-        ids = self.base.template.query(query)
+        ids = self.base.template.query_text(query)  # the instruction segment comes from each entry
+        offset = len(self.base.template.instruction_ids)
         h = self.model.embed_tokens(torch.tensor(ids))[None]
         if a > 0:
-            pos = torch.from_numpy(text_positions(self.query_position, len(ids)))[:, None]
-            h = QueryHeadGraph(self.model, a)(h, pos, self.system_k[:a], self.system_v[:a])
+            _, ik, iv = self._instruction_head(a)
+            pos = torch.from_numpy(text_positions(self.query_position + offset, len(ids)))[:, None]
+            h = QueryHeadGraph(self.model, a)(h, pos, self.system_k[:a], self.system_v[:a], ik, iv)
+        last_exit = max([*exits, last])
         out: dict[tuple[int, int], list[Tensor]] = {}
         for i in range(0, len(entries), self.batch_size):
-            batch = [DocumentEntry(e.k[a: last + 1], e.v[a: last + 1], e.positions, e.query_start) for e in
-                     entries[i: i + self.batch_size]]
-            starts = [self.query_position if a > 0 else e.query_start for e in batch]
+            chunk = entries[i: i + self.batch_size]
+            batch = [DocumentEntry(e.k[a: last + 1], e.v[a: last + 1], e.positions, e.query_start) for e in chunk]
+            instructions = {b: [torch.stack(t) for t in zip(*(self.instruction_kv(e, (a, b), last_exit)
+                                                               for e in chunk))] for b in ends}
+            starts = [(self.query_position if a > 0 else e.query_start) + offset for e in batch]
             positions = torch.from_numpy(np.stack([text_positions(s, len(ids)) for s in starts], axis=1))
-            for key, scores in self._walk(h, positions, batch, a, ends, exits).items():
+            for key, scores in self._walk(h, positions, batch, instructions, a, ends, exits).items():
                 out.setdefault(key, []).append(scores)
         return {key: torch.cat(v).double().numpy() for key, v in out.items()}
 
-    def _walk(self, h: Tensor, positions: Tensor, batch: list[DocumentEntry], a: int, ends: list[int],
-              exits: list[int]) -> dict[tuple[int, int], Tensor]:
-        """Band layers ``a..max(ends)`` over one batch (h [1, Q, D] -> x [N, Q, D]), tails branching off."""
+    def _walk(self, h: Tensor, positions: Tensor, batch: list[DocumentEntry], instructions: dict[int, list[Tensor]],
+              a: int, ends: list[int], exits: list[int]) -> dict[tuple[int, int], Tensor]:
+        """Band layers ``a..max(ends)`` over one batch (h [1, Q, D] -> x [N, Q, D]), tails branching off;
+        prefixes concatenated as BandGraph does (system, document, instruction)."""
         doc_k, doc_v, mask = pad_entries(batch)  # [N, layers, Hkv, T, d], mask [N, T]
+        ik, iv = instructions[max(ends)]  # [N, layers from a, Hkv, I, d]: the same as any band's up to its B
         n, s = doc_k.shape[0], self.system_k.shape[3]
         x = h.expand(n, -1, -1)
         cos, sin = self.model.rotary(positions, x.dtype)
-        visible = torch.cat([torch.ones(n, s, dtype=torch.bool), mask], dim=1)[:, None]  # [N, 1, S+T]
+        visible = torch.cat([torch.ones(n, s, dtype=torch.bool), mask, torch.ones(n, ik.shape[3], dtype=torch.bool)],
+                            dim=1)[:, None]  # [N, 1, S+T+I]
         scores = {}
         for i in range(a, max(ends) + 1):
-            pk = torch.cat([self.system_k[i].expand(n, -1, -1, -1), doc_k[:, i - a]], dim=2)
-            pv = torch.cat([self.system_v[i].expand(n, -1, -1, -1), doc_v[:, i - a]], dim=2)
+            pk = torch.cat([self.system_k[i].expand(n, -1, -1, -1), doc_k[:, i - a], ik[:, i - a]], dim=2)
+            pv = torch.cat([self.system_v[i].expand(n, -1, -1, -1), doc_v[:, i - a], iv[:, i - a]], dim=2)
             x, _, _ = self.model.layers[i](x, cos, sin, pk, pv, visible)
             if i in ends:
-                for e, sc in self._walk_tail(x, cos, sin, i, [e for e in exits if e >= i]).items():
+                tail = [e for e in exits if e >= i]
+                for e, sc in self._walk_tail(x, cos, sin, i, a, instructions[i], tail).items():
                     scores[(i, e)] = sc
         return scores
 
-    def _walk_tail(self, x: Tensor, cos: Tensor, sin: Tensor, band_end: int, exits: list[int]) -> dict[int, Tensor]:
-        """Layers ``B+1..max(exits)`` over x [N, Q, D] (system K/V only), scoring at each exit."""
+    def _walk_tail(self, x: Tensor, cos: Tensor, sin: Tensor, band_end: int, a: int, instruction: list[Tensor],
+                   exits: list[int]) -> dict[int, Tensor]:
+        """Layers ``B+1..max(exits)`` over x [N, Q, D] (system + this band's instruction K/V, as TailGraph),
+        scoring at each exit."""
         n, head_rows = x.shape[0], self.base.head_rows
-        visible = torch.ones(n, 1, self.system_k.shape[3], dtype=torch.bool)
+        ik, iv = instruction
+        visible = torch.ones(n, 1, self.system_k.shape[3] + ik.shape[3], dtype=torch.bool)
         scores = {}
         if band_end in exits:
             scores[band_end] = self.model.score_hidden(x[:, -1], head_rows)
         for i in range(band_end + 1, max(exits, default=band_end) + 1):
-            sk, sv = (t[i].expand(n, -1, -1, -1) for t in (self.system_k, self.system_v))
-            x, _, _ = self.model.layers[i](x, cos, sin, sk, sv, visible)
+            pk = torch.cat([self.system_k[i].expand(n, -1, -1, -1), ik[:, i - a]], dim=2)
+            pv = torch.cat([self.system_v[i].expand(n, -1, -1, -1), iv[:, i - a]], dim=2)
+            x, _, _ = self.model.layers[i](x, cos, sin, pk, pv, visible)
             if i in exits:
                 scores[i] = self.model.score_hidden(x[:, -1], head_rows)
         return scores

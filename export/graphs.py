@@ -11,9 +11,13 @@ the embedding table, shared by every graph), so no graph carries the vocabulary.
     vision      pixels, grid bookkeeping ─▶ visual embeds [Nv, D], DeepStack [K, Nv, D]
     guide       doc embeds ─layers 0..g-1─▶ attention of the last doc token at g  [S+Td]
     doc_prefix  doc embeds ─layers 0..B (sees system K/V; DeepStack added)─▶ K/V of layers A..B
-    query_head  query embeds ─layers 0..A-1 (sees system K/V)─▶ hidden [1, Q, D]
-    band        hidden ×N ─layers A..B (sees system + each doc's K/V, padded + masked)─▶ hidden [N, Q, D]
-    tail        hidden ─layers B+1..E (sees system K/V)─▶ final norm ─▶ yes/no rows ─▶ score [N]
+                instruction h_A ─layers A..B after the doc (sees it)─ layers B+1..E ─▶ its K/V of A..E
+    query_head  query embeds ─layers 0..A-1 (sees system + instruction K/V)─▶ hidden [1, Q, D]
+    band        hidden ×N ─layers A..B (sees system + each doc's + its instruction's K/V)─▶ hidden [N, Q, D]
+    tail        hidden ─layers B+1..E (sees system + each instruction's K/V)─▶ norm ─▶ yes/no ─▶ score [N]
+
+The instruction segment's layers 0..A-1 see only the system segment and themselves: they are computed once
+per bundle (:func:`instruction_head`), like the system K/V.
 """
 
 from __future__ import annotations
@@ -69,20 +73,40 @@ class VisionGraph(nn.Module):
 
 
 class DocPrefixGraph(nn.Module):
-    """Document tokens through layers 0..B; returns the K/V of layers A..B: [B-A+1, Hkv, Td, d] each."""
+    """Document tokens through layers 0..B, and the instruction segment after them through layers A..E.
 
-    def __init__(self, model: TorchModel, band: tuple[int, int], has_deepstack: bool) -> None:
+    Returns the document's K/V of layers A..B [B-A+1, Hkv, Td, d] and the instruction's of layers A..E
+    [E-A+1, Hkv, I, d]. In layers A..B the instruction follows the document in one causal sequence, so it
+    sees every document token and the document never sees it: the query's view of the band, unchanged.
+    """
+
+    def __init__(self, model: TorchModel, band: tuple[int, int], exit_layer: int, has_deepstack: bool) -> None:
         super().__init__()
-        self.model, self.band, self.has_deepstack = model, band, has_deepstack
+        self.model, self.band, self.exit_layer, self.has_deepstack = model, band, exit_layer, has_deepstack
 
     def forward(self, embeds: Tensor, positions: Tensor, system_k: Tensor, system_v: Tensor,
-                deepstack: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        # embeds [1, Td, D]; positions [3, 1, Td]; system_k/v [B+1, 1, Hkv, S, d]; deepstack [K, Td, D]
+                instruction_hidden: Tensor, instruction_positions: Tensor,
+                deepstack: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # embeds [1, Td, D]; positions [3, 1, Td]; system_k/v [E+1, 1, Hkv, S, d]; deepstack [K, Td, D]
+        # instruction_hidden [1, I, D] (entering layer A); instruction_positions [3, 1, I]
         a, b = self.band
+        td = embeds.shape[1]
+        sk, sv = list(system_k.unbind(0)), list(system_v.unbind(0))
         visible = torch.ones(1, 1, system_k.shape[3], dtype=torch.bool)
-        _, ks, vs = _run_layers(self.model, 0, embeds, positions, list(system_k.unbind(0)),
-                                list(system_v.unbind(0)), visible, deepstack, count=b + 1, collect=a)
-        return torch.stack(ks), torch.stack(vs)
+        x, _, _ = _run_layers(self.model, 0, embeds, positions, sk, sv, visible, deepstack, count=a)
+        joint = torch.cat([x, instruction_hidden], dim=1)  # [1, Td + I, D]
+        joint_positions = torch.cat([positions, instruction_positions], dim=2)
+        if deepstack is not None:  # the instruction has no visual rows: zero DeepStack for it
+            deepstack = torch.cat([deepstack, deepstack.new_zeros(
+                deepstack.shape[0], instruction_hidden.shape[1], deepstack.shape[2])], dim=1)
+        x, ks, vs = _run_layers(self.model, a, joint, joint_positions, sk[a: b + 1], sv[a: b + 1], visible,
+                                deepstack, collect=a)
+        _, tk, tv = _run_layers(self.model, b + 1, x[:, td:], instruction_positions, sk[b + 1: self.exit_layer + 1],
+                                sv[b + 1: self.exit_layer + 1], visible, collect=b + 1)
+        doc_k, doc_v = torch.stack([k[:, :td] for k in ks]), torch.stack([v[:, :td] for v in vs])
+        instruction_k = torch.stack([k[:, td:] for k in ks] + tk)
+        instruction_v = torch.stack([v[:, td:] for v in vs] + tv)
+        return doc_k, doc_v, instruction_k, instruction_v
 
 
 class GuideGraph(nn.Module):
@@ -108,17 +132,20 @@ class GuideGraph(nn.Module):
 
 
 class QueryHeadGraph(nn.Module):
-    """Layers 0..A-1 over the query alone (it sees only the system K/V there)."""
+    """Layers 0..A-1 over the query segment (it sees the system and instruction segments only there)."""
 
     def __init__(self, model: TorchModel, band_start: int) -> None:
         super().__init__()
         self.model, self.band_start = model, band_start
 
-    def forward(self, embeds: Tensor, positions: Tensor, system_k: Tensor, system_v: Tensor) -> Tensor:
-        # embeds [1, Q, D]; positions [3, 1, Q]; system_k/v [A, 1, Hkv, S, d] -> hidden [1, Q, D]
-        visible = torch.ones(1, 1, system_k.shape[3], dtype=torch.bool)
-        x, _, _ = _run_layers(self.model, 0, embeds, positions, list(system_k.unbind(0)),
-                              list(system_v.unbind(0)), visible, count=self.band_start)
+    def forward(self, embeds: Tensor, positions: Tensor, system_k: Tensor, system_v: Tensor,
+                instruction_k: Tensor, instruction_v: Tensor) -> Tensor:
+        # embeds [1, Q, D]; positions [3, 1, Q]; system_k/v [A, 1, Hkv, S, d]; instruction_k/v [A, 1, Hkv, I, d]
+        # -> hidden [1, Q, D]
+        pk = list(torch.cat([system_k, instruction_k], dim=3).unbind(0))  # [1, Hkv, S + I, d] per layer
+        pv = list(torch.cat([system_v, instruction_v], dim=3).unbind(0))
+        visible = torch.ones(1, 1, system_k.shape[3] + instruction_k.shape[3], dtype=torch.bool)
+        x, _, _ = _run_layers(self.model, 0, embeds, positions, pk, pv, visible, count=self.band_start)
         return x
 
 
@@ -130,32 +157,39 @@ class BandGraph(nn.Module):
         self.model, self.band = model, band
 
     def forward(self, hidden: Tensor, positions: Tensor, doc_k: Tensor, doc_v: Tensor, doc_mask: Tensor,
-                system_k: Tensor, system_v: Tensor) -> Tensor:
+                instruction_k: Tensor, instruction_v: Tensor, system_k: Tensor, system_v: Tensor) -> Tensor:
         # hidden [1|N, Q, D]; positions [3, N, Q]; doc_k/v [N, B-A+1, Hkv, T, d]; doc_mask bool [N, T]
-        # system_k/v [B-A+1, 1, Hkv, S, d] -> hidden [N, Q, D]
-        n, s = doc_k.shape[0], system_k.shape[3]
+        # instruction_k/v [N, B-A+1, Hkv, I, d]; system_k/v [B-A+1, 1, Hkv, S, d] -> hidden [N, Q, D]
+        n, s, i = doc_k.shape[0], system_k.shape[3], instruction_k.shape[3]
         x = hidden.expand(n, -1, -1)
-        visible = torch.cat([torch.ones(n, s, dtype=torch.bool), doc_mask], dim=1)[:, None]  # [N, 1, S+T]
-        pk = [torch.cat([system_k[j].expand(n, -1, -1, -1), doc_k[:, j]], dim=2) for j in range(doc_k.shape[1])]
-        pv = [torch.cat([system_v[j].expand(n, -1, -1, -1), doc_v[:, j]], dim=2) for j in range(doc_v.shape[1])]
+        visible = torch.cat([torch.ones(n, s, dtype=torch.bool), doc_mask, torch.ones(n, i, dtype=torch.bool)],
+                            dim=1)[:, None]  # [N, 1, S+T+I]
+        pk = [torch.cat([system_k[j].expand(n, -1, -1, -1), doc_k[:, j], instruction_k[:, j]], dim=2)
+              for j in range(doc_k.shape[1])]
+        pv = [torch.cat([system_v[j].expand(n, -1, -1, -1), doc_v[:, j], instruction_v[:, j]], dim=2)
+              for j in range(doc_v.shape[1])]
         x, _, _ = _run_layers(self.model, self.band[0], x, positions, pk, pv, visible)
         return x
 
 
 class TailGraph(nn.Module):
-    """Layers B+1..E (query sees the system K/V only), then the exit score logit(yes) - logit(no)."""
+    """Layers B+1..E (the query sees the system and its instruction's K/V), then logit(yes) - logit(no)."""
 
     def __init__(self, model: TorchModel, first: int, head_rows: Tensor) -> None:
         super().__init__()
         self.model, self.first = model, first
         self.head_rows = nn.Parameter(head_rows.clone(), requires_grad=False)
 
-    def forward(self, hidden: Tensor, positions: Tensor, system_k: Tensor, system_v: Tensor) -> Tensor:
-        # hidden [N, Q, D]; positions [3, N, Q]; system_k/v [E-B, 1, Hkv, S, d] (may be empty) -> score [N]
-        n, s = hidden.shape[0], system_k.shape[3]
-        visible = torch.ones(n, 1, s, dtype=torch.bool)
-        pk = [system_k[j].expand(n, -1, -1, -1) for j in range(system_k.shape[0])]
-        pv = [system_v[j].expand(n, -1, -1, -1) for j in range(system_v.shape[0])]
+    def forward(self, hidden: Tensor, positions: Tensor, instruction_k: Tensor, instruction_v: Tensor,
+                system_k: Tensor, system_v: Tensor) -> Tensor:
+        # hidden [N, Q, D]; positions [3, N, Q]; instruction_k/v [N, E-B, Hkv, I, d];
+        # system_k/v [E-B, 1, Hkv, S, d] (both may be empty) -> score [N]
+        n = hidden.shape[0]
+        visible = torch.ones(n, 1, system_k.shape[3] + instruction_k.shape[3], dtype=torch.bool)
+        pk = [torch.cat([system_k[j].expand(n, -1, -1, -1), instruction_k[:, j]], dim=2)
+              for j in range(system_k.shape[0])]
+        pv = [torch.cat([system_v[j].expand(n, -1, -1, -1), instruction_v[:, j]], dim=2)
+              for j in range(system_v.shape[0])]
         x, _, _ = _run_layers(self.model, self.first, hidden, positions, pk, pv, visible)
         return self.model.score_hidden(x[:, -1], self.head_rows)
 
@@ -175,13 +209,31 @@ def system_kv(model: TorchModel, system_ids: list[int], num_layers: int) -> tupl
     return torch.stack(ks), torch.stack(vs)
 
 
+@torch.no_grad()
+def instruction_head(model: TorchModel, ids: list[int], positions: Tensor, system_k: Tensor,
+                     system_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The instruction segment through layers 0..A-1 (A = len(system_k)), where it sees the system only.
+
+    ids: the instruction's I tokens; positions [3, 1, I]; system_k/v [A, 1, Hkv, S, d] ->
+    (hidden entering layer A [1, I, D], K and V of layers 0..A-1 [A, 1, Hkv, I, d] each).
+    """
+    x = model.embed_tokens(torch.tensor(ids))[None]
+    visible = torch.ones(1, 1, system_k.shape[3], dtype=torch.bool)
+    x, ks, vs = _run_layers(model, 0, x, positions, list(system_k.unbind(0)), list(system_v.unbind(0)),
+                            visible, collect=0)
+    empty = x.new_zeros(0, 1, system_k.shape[2], len(ids), system_k.shape[4])
+    k = torch.stack(ks)[:, None] if ks else empty
+    v = torch.stack(vs)[:, None] if vs else empty
+    return x, k, v
+
+
 def build_graphs(model: TorchModel, band: tuple[int, int], exit_layer: int, head_rows: Tensor,
                  guide_layer: int | None) -> dict[str, nn.Module]:
     """The segments one spec needs (``guide`` only with the self guide, ``query_head`` only if A > 0)."""
     has_ds = bool(model.config.vision.deepstack_indexes)
     graphs: dict[str, nn.Module] = {
         "vision": VisionGraph(model),
-        "doc_prefix": DocPrefixGraph(model, band, has_ds),
+        "doc_prefix": DocPrefixGraph(model, band, exit_layer, has_ds),
         "band": BandGraph(model, band),
         "tail": TailGraph(model, band[1] + 1, head_rows),
     }

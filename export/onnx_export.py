@@ -41,7 +41,7 @@ from .build_config import BuildConfig, BuildError  # torch-free, so that `build 
 from .checkpoint import Checkpoint, open_checkpoint
 from .reference import ReferencePipeline
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the instruction segment is computed with the document (a new entry layout)
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 TOLERANCES = {"fp32": {"hidden": 1e-4, "score": 1e-4}, "fp16": {"hidden": 3e-2, "score": 5e-2}}
 
@@ -293,6 +293,9 @@ def _write_arrays(pipeline: ReferencePipeline, staging: Path, precision: str) ->
     _save_array(staging / "embed_tokens.npy", pipeline.model.embed, precision)
     _save_array(staging / "system_k.npy", pipeline.system_k, precision)
     _save_array(staging / "system_v.npy", pipeline.system_v, precision)
+    _save_array(staging / "instruction_hidden.npy", pipeline.instruction_hidden, precision)
+    _save_array(staging / "instruction_k.npy", pipeline.instruction_k, precision)
+    _save_array(staging / "instruction_v.npy", pipeline.instruction_v, precision)
     if pipeline.guide is not None:
         guide = pipeline.guide
         shutil.copyfile(guide.ckpt.tokenizer_path, staging / "embedder" / "tokenizer.json")
@@ -332,7 +335,7 @@ def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildCon
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": {"checkpoint": str(ckpt.path), "model_type": ckpt.config.model_type},
         "spec": spec,
-        "template": {"system_ids": t.system_ids, "yes_id": t.yes_id, "no_id": t.no_id,
+        "template": {"system_ids": t.system_ids, "instruction_ids": t.instruction_ids, "yes_id": t.yes_id, "no_id": t.no_id,
                      "image_pad_id": t.image_pad_id, "vision_start_id": t.vision_start_id,
                      "vision_end_id": t.vision_end_id},
         "model": _model_info(pipeline.model, ckpt.config),

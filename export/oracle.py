@@ -96,7 +96,10 @@ class TransformersOracle:
             n = int(feats["image_grid_thw"].prod()) // self.model.config.vision_config.spatial_merge_size**2
             doc_ids += self._ids("<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>")
         doc_ids += self._ids(f"{doc.text or ''}\n")
-        query_ids = self._ids(f"<Instruct>: {spec.instruction}\n<Query>:{query}<|im_end|>\n<|im_start|>assistant\n")
+        # the instruction and the query are separate segments (runtime/template.py): tokenized apart, so a
+        # query starting with punctuation never merges with the instruction's closing ':'
+        query_ids = self._ids(f"<Instruct>: {spec.instruction}\n<Query>:")
+        query_ids += self._ids(f"{query}<|im_end|>\n<|im_start|>assistant\n")
         ids = torch.tensor([system + doc_ids + query_ids])
         inputs["input_ids"] = ids
         inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).int()

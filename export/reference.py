@@ -3,10 +3,15 @@
 ::
 
     system segment ──layers 0..E──▶ system K/V (once per model, shared by every document and query)
+    instruction ──layers 0..A-1 (sees system K/V)──▶ its h_A and K/V of 0..A-1  (once per model)
     document ──vision tower──▶ embeds ──[prune]──layers 0..B (sees system K/V)──▶ K/V of layers A..B  (index)
-    query ──layers 0..A-1 (sees system K/V)──▶ h_A                              (once per query)
-    h_A ×N ──layers A..B (sees system + each document's K/V)──▶ h_B             (batched over candidates)
-    h_B ──layers B+1..E (sees system K/V)──▶ norm ─▶ yes/no rows ─▶ score      (batched)
+             instruction h_A after it ──layers A..B (sees the document)── B+1..E ──▶ its K/V of A..E (index)
+    query ──layers 0..A-1 (sees system + instruction K/V)──▶ h_A                (once per query)
+    h_A ×N ──layers A..B (sees system + each document's + instruction's K/V)──▶ h_B   (batched)
+    h_B ──layers B+1..E (sees system + each instruction's K/V)──▶ norm ─▶ yes/no ─▶ score   (batched)
+
+"query" is the query segment (the query text and the closing tokens); the instruction segment before it
+depends only on the document, so it is computed at index time.
 
 With the exact spec (A=0, B=E=L-1, keep 1) the scores equal the plain model on the vision-first sequence.
 This module is the golden source the ONNX engines are checked against.
@@ -28,21 +33,23 @@ from ..runtime.preprocess import preprocess_image
 from ..runtime.spec import RerankSpec
 from ..runtime.template import VisionFirstTemplate, document_positions, text_positions
 from .checkpoint import Checkpoint, load_state_dict, open_checkpoint
-from .graphs import GuideGraph, build_graphs, system_kv, vision_tensors
+from .graphs import GuideGraph, build_graphs, instruction_head, system_kv, vision_tensors
 from .modeling import build_model
 from .pruning import EmbedderGuide, select_kept
 
 
 @dataclass
 class DocumentEntry:
-    """What the KV store keeps for one document (the band's K/V of the kept tokens)."""
+    """What the KV store keeps for one document (the band's K/V of the kept tokens, the instruction's)."""
 
     k: Tensor                  # [B-A+1, Hkv, Td, d]
     v: Tensor                  # [B-A+1, Hkv, Td, d]
     positions: np.ndarray      # [3, Td] int64, original positions of the kept tokens
-    query_start: int           # max position + 1 of the unpruned document
+    query_start: int           # max position + 1 of the unpruned document (the instruction's first position)
     kept_visual: np.ndarray | None = None   # indices of the kept visual tokens (None: no pruning)
     label: str = ""
+    instruction_k: Tensor | None = None     # [E-A+1, Hkv, I, d] the instruction segment's K/V of layers A..E
+    instruction_v: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -114,6 +121,19 @@ class ReferencePipeline:
                             if pruning and self.guide is None else None)
         self.graphs = build_graphs(self.model, self.band, self.exit_layer, self.head_rows, self.guide_layer)
         self.system_k, self.system_v = system_kv(self.model, self.template.system_ids, self.exit_layer + 1)
+        self.instruction_hidden, self.instruction_k, self.instruction_v = self.instruction_prefix()
+
+    def instruction_prefix(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The instruction's hidden entering layer A [1, I, D] and its K/V of layers 0..A-1 [A, 1, Hkv, I, d]:
+        they see only the system segment, so they are the same for every document (A > 0 fixes positions)."""
+        a, ids = self.band[0], self.template.instruction_ids
+        start = self.spec.query_position if self.spec.query_position is not None else 0  # unused when A = 0
+        positions = torch.from_numpy(text_positions(start, len(ids)))[:, None]
+        return instruction_head(self.model, ids, positions, self.system_k[:a], self.system_v[:a])
+
+    def instruction_start(self, query_start: int) -> int:
+        """The instruction's first position: after the document, or the spec's fixed query position."""
+        return self.spec.query_position if self.spec.query_position is not None else query_start
 
     @property
     def band(self) -> tuple[int, int]:
@@ -176,41 +196,43 @@ class ReferencePipeline:
             if kept_visual is None:
                 kept_visual = select_kept(self.importance(doc, prep), self.spec.keep_ratio)
             prep = prep.keep(np.asarray(kept_visual, dtype=np.int64))
-        b = self.band[1]
-        k, v = self.graphs["doc_prefix"](prep.embeds[None], torch.from_numpy(prep.positions)[:, None],
-                                         self.system_k[: b + 1], self.system_v[: b + 1],
-                                         dense_deepstack(prep, self.num_deepstack))
+        start = self.instruction_start(prep.query_start)
+        instruction_positions = torch.from_numpy(text_positions(start, len(self.template.instruction_ids)))[:, None]
+        k, v, ik, iv = self.graphs["doc_prefix"](prep.embeds[None], torch.from_numpy(prep.positions)[:, None],
+                                                 self.system_k, self.system_v, self.instruction_hidden,
+                                                 instruction_positions, dense_deepstack(prep, self.num_deepstack))
         self.counters.calls["index"] += 1
-        return DocumentEntry(k, v, prep.positions, prep.query_start, prep.kept_visual, doc.label)
+        return DocumentEntry(k, v, prep.positions, prep.query_start, prep.kept_visual, doc.label, ik, iv)
 
     # -- queries (rerank time) --------------------------------------------------------------------
     def query_positions(self, num_tokens: int, entries: list[DocumentEntry]) -> Tensor:
-        """[3, N, Q]: after each document (Qwen3-VL's rope index) or at the spec's fixed position."""
-        if self.spec.query_position is not None:
-            starts = [self.spec.query_position] * len(entries)
-        else:
-            starts = [e.query_start for e in entries]
+        """[3, N, Q] of the query segment: after each document's instruction segment (Qwen3-VL's rope
+        index) or after the instruction at the spec's fixed position."""
+        offset = len(self.template.instruction_ids)
+        starts = [self.instruction_start(e.query_start) + offset for e in entries]
         pos = np.stack([text_positions(s, num_tokens) for s in starts], axis=1)
         return torch.from_numpy(pos)
 
     @torch.no_grad()
     def query_head(self, ids: list[int]) -> Tensor:
-        """Layers 0..A-1 over the query alone (it sees only the system K/V there): [1, Q, D]."""
+        """Layers 0..A-1 over the query segment (it sees the system and instruction K/V there): [1, Q, D]."""
         a = self.band[0]
         x = self.model.embed_tokens(torch.tensor(ids))[None]
         if a == 0:
             return x
         assert self.spec.query_position is not None  # guaranteed by RerankSpec validation
-        positions = torch.from_numpy(text_positions(self.spec.query_position, len(ids)))[:, None]
+        start = self.spec.query_position + len(self.template.instruction_ids)
+        positions = torch.from_numpy(text_positions(start, len(ids)))[:, None]
         self.counters.calls["query_head"] += 1
-        return self.graphs["query_head"](x, positions, self.system_k[:a], self.system_v[:a])
+        return self.graphs["query_head"](x, positions, self.system_k[:a], self.system_v[:a],
+                                         self.instruction_k, self.instruction_v)
 
     @torch.no_grad()
     def score(self, query: str, entries: list[DocumentEntry]) -> np.ndarray:
         """Scores (logit yes - logit no) of ``query`` against indexed documents: float64 [N]."""
         if not entries:
             return np.zeros(0)
-        ids = self.template.query(query)
+        ids = self.template.query_text(query)  # the instruction segment is in each entry already
         h = self.query_head(ids)  # once per query, whatever the number of candidates
         out = [self._score_batch(h, ids, entries[i: i + self.batch_size])
                for i in range(0, len(entries), self.batch_size)]
@@ -220,10 +242,14 @@ class ReferencePipeline:
         a, b = self.band
         positions = self.query_positions(len(ids), entries)
         doc_k, doc_v, mask = pad_entries(entries)
-        x = self.graphs["band"](h, positions, doc_k, doc_v, mask, self.system_k[a: b + 1], self.system_v[a: b + 1])
+        ik, iv = stack_instructions(entries)  # [N, E-A+1, Hkv, I, d]
+        nb = b - a + 1
+        x = self.graphs["band"](h, positions, doc_k, doc_v, mask, ik[:, :nb], iv[:, :nb],
+                                self.system_k[a: b + 1], self.system_v[a: b + 1])
         self.counters.calls["band_batches"] += 1
         e = self.exit_layer
-        return self.graphs["tail"](x, positions, self.system_k[b + 1: e + 1], self.system_v[b + 1: e + 1])
+        return self.graphs["tail"](x, positions, ik[:, nb:], iv[:, nb:], self.system_k[b + 1: e + 1],
+                                   self.system_v[b + 1: e + 1])
 
     def rerank(self, query: str, documents: list[Document]) -> np.ndarray:
         """Index ``documents`` (no cache) and score them: the convenience path of ``reference``."""
@@ -242,6 +268,13 @@ def pad_entries(entries: list[DocumentEntry]) -> tuple[Tensor, Tensor, Tensor]:
         doc_v[j, :, :, : e.num_tokens] = e.v
         mask[j, : e.num_tokens] = True
     return doc_k, doc_v, mask
+
+
+def stack_instructions(entries: list[DocumentEntry]) -> tuple[Tensor, Tensor]:
+    """The candidates' instruction K/V, one per entry: [N, E-A+1, Hkv, I, d] each (I is the same for all)."""
+    if any(e.instruction_k is None for e in entries):
+        raise DocumentError("an entry has no instruction K/V; index the document with this pipeline")
+    return torch.stack([e.instruction_k for e in entries]), torch.stack([e.instruction_v for e in entries])
 
 
 def reference_scores(checkpoint: str | Path, query: str, documents: list[Document],

@@ -6,19 +6,24 @@ A bundle directory holds::
     tokenizer.json       the reranker's tokenizer
     embed_tokens.npy     the embedding table [vocab, D] in the bundle's precision (memory-mapped)
     system_k.npy, system_v.npy   K and V of the system segment, layers 0..E: [E+1, 1, Hkv, S, d] (stored once)
+    instruction_hidden.npy       the instruction segment entering layer A: [1, I, D] (the doc_prefix input)
+    instruction_k.npy, instruction_v.npy   its K and V of layers 0..A-1: [A, 1, Hkv, I, d] (the query head's);
+                         layers A..E depend on the document and are stored in each K/V entry
     onnx/<graph>.onnx    vision, doc_prefix, band, tail, and query_head (A > 0), guide (self-guided pruning)
     embedder/            with an embedder guide: its tokenizer.json, embed_tokens.npy, system_k/v.npy,
                          onnx/vision.onnx, onnx/guide.onnx
 
-``bundle.json`` (schema version 2)::
+``bundle.json`` (schema version 3)::
 
-    schema_version    2 (1: before the graph I/O table; the runtime refuses it: rebuild the bundle)
+    schema_version    3 (1: before the graph I/O table; 2: the instruction segment ran per pair; the runtime
+                      refuses both: rebuild the bundle)
     fingerprint       sha256 of the checkpoint's files, the spec, the build settings and EXPORT_VERSION;
                       the K/V store keys entries by it, so a new bundle never reads an old entry
     minireranker_version, export_version, created (UTC ISO 8601)
     source            {"checkpoint": path, "model_type": "qwen3_vl"}
     spec              the resolved RerankSpec (runtime/spec.py), every field explicit
-    template          {"system_ids", "yes_id", "no_id", "image_pad_id", "vision_start_id", "vision_end_id"}
+    template          {"system_ids", "instruction_ids", "yes_id", "no_id", "image_pad_id", "vision_start_id",
+                       "vision_end_id"}
                       (the strings are in "spec"; the ids let anyone check the tokenizer)
     model             {"hidden_size", "num_layers", "num_attention_heads", "num_kv_heads", "head_dim",
                        "intermediate_size", "vocab_size", "num_deepstack",
@@ -56,7 +61,7 @@ from .graph_io import GRAPH_IO
 from .preprocess import PreprocessConfig
 from .spec import RerankSpec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUNDLE_FILE = "bundle.json"
 GRAPHS = tuple(GRAPH_IO)
 
@@ -155,6 +160,14 @@ def kv_bytes_per_token(bundle: Bundle) -> int:
     return (b - a + 1) * 2 * m["num_kv_heads"] * m["head_dim"] * (2 if bundle.precision == "fp16" else 4)
 
 
+def kv_instruction_bytes(bundle: Bundle) -> int:
+    """Bytes of the instruction segment's K/V in each entry: I tokens x (E-A+1) layers x 2 x Hkv x d x bytes."""
+    a, e = bundle.spec.band[0], bundle.spec.exit_layer
+    m = bundle.model
+    tokens = len(bundle.template["instruction_ids"])
+    return tokens * (e - a + 1) * 2 * m["num_kv_heads"] * m["head_dim"] * (2 if bundle.precision == "fp16" else 4)
+
+
 def inspect_bundle(path: str | Path) -> dict[str, Any]:
     """What ``minireranker inspect`` prints: spec, graphs, parameters per query, K/V bytes, files."""
     bundle = load_bundle(path)
@@ -172,6 +185,7 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
                           "outputs": g["outputs"]} for name, g in graphs.items()},
         "parameters_per_query": active,
         "kv_bytes_per_token": per_token,
+        "kv_instruction_bytes": kv_instruction_bytes(bundle),
         "kv_bytes_example": {
             "image_1024x1024_keep": {"tokens": int((1024 // side) ** 2 * bundle.spec.keep_ratio),
                                      "bytes": int((1024 // side) ** 2 * bundle.spec.keep_ratio) * per_token}},

@@ -6,40 +6,56 @@ through it, and checks each loaded graph against it. It is torch-free so both si
 
 Dims: an int is fixed for every bundle; a name in ``DYNAMIC_AXES`` (lower case) is exported as a dynamic
 axis; any other name is a size fixed per bundle by the model and the spec: ``D`` hidden size, ``K``
-DeepStack layers, ``Hkv`` K/V heads, ``d`` head dim, ``S`` system tokens, ``L`` the layers of the system
-K/V slice a graph takes, ``Lb`` the band's layers B-A+1, ``Pv`` values per patch (channels x temporal
-patch x patch^2), ``Rv`` the vision rotary dims. dtype ``float`` is the bundle's precision (float32 for
-fp32, float16 for fp16).
+DeepStack layers, ``Hkv`` K/V heads, ``d`` head dim, ``S`` system tokens, ``I`` instruction tokens (the
+instruction segment, ``<Instruct>: {instruction}\\n<Query>:``), ``L`` the layers of the system K/V slice a
+graph takes, ``Lb`` the band's layers B-A+1, ``Li`` the instruction's stored layers E-A+1, ``Pv`` values
+per patch (channels x temporal patch x patch^2), ``Rv`` the vision rotary dims. dtype ``float`` is the
+bundle's precision (float32 for fp32, float16 for fp16).
 
-==========  ==============================================  ==============================================
-graph       inputs                                          outputs
-==========  ==============================================  ==============================================
-vision      pixel_values [patches, Pv] float                embeds [tokens, D] float
-            pos_index [patches, 4] int64                    deepstack [K, tokens, D] float
-            pos_weight [patches, 4] float
-            rot_cos, rot_sin [patches, Rv] float
-doc_prefix  embeds [1, doc_len, D] float                    doc_k, doc_v [Lb, Hkv, doc_len, d] float
-            positions [3, 1, doc_len] int64
-            system_k, system_v [L, 1, Hkv, S, d] float
-            deepstack [K, doc_len, D] float  (optional)
-guide       as doc_prefix                                   attention [keys] float  (keys = S + doc_len)
-query_head  embeds [1, query_len, D] float                  hidden [1, query_len, D] float
-            positions [3, 1, query_len] int64
-            system_k, system_v [L, 1, Hkv, S, d] float
-band        hidden [hidden_batch, query_len, D] float       hidden_out [batch, query_len, D] float
-            positions [3, batch, query_len] int64
-            doc_k, doc_v [batch, Lb, Hkv, doc_len, d] float
-            doc_mask [batch, doc_len] bool
-            system_k, system_v [Lb, 1, Hkv, S, d] float
-tail        hidden [batch, query_len, D] float              scores [batch] float (logit yes - logit no)
-            positions [3, batch, query_len] int64
-            system_k, system_v [L, 1, Hkv, S, d] float
-==========  ==============================================  ==============================================
+===========  ==============================================  ==============================================
+graph        inputs                                          outputs
+===========  ==============================================  ==============================================
+vision       pixel_values [patches, Pv] float                embeds [tokens, D] float
+             pos_index [patches, 4] int64                    deepstack [K, tokens, D] float
+             pos_weight [patches, 4] float
+             rot_cos, rot_sin [patches, Rv] float
+doc_prefix   embeds [1, doc_len, D] float                    doc_k, doc_v [Lb, Hkv, doc_len, d] float
+             positions [3, 1, doc_len] int64                 instruction_k, instruction_v [Li, Hkv, I, d]
+             system_k, system_v [L, 1, Hkv, S, d] float        float (layers A..E)
+             instruction_hidden [1, I, D] float
+             instruction_positions [3, 1, I] int64
+             deepstack [K, doc_len, D] float  (optional)
+guide        embeds, positions, system_k, system_v,          attention [keys] float  (keys = S + doc_len)
+             deepstack  (as doc_prefix)
+query_head   embeds [1, query_len, D] float                  hidden [1, query_len, D] float
+             positions [3, 1, query_len] int64
+             system_k, system_v [L, 1, Hkv, S, d] float
+             instruction_k, instruction_v [L, 1, Hkv, I, d]
+band         hidden [hidden_batch, query_len, D] float       hidden_out [batch, query_len, D] float
+             positions [3, batch, query_len] int64
+             doc_k, doc_v [batch, Lb, Hkv, doc_len, d] float
+             doc_mask [batch, doc_len] bool
+             instruction_k, instruction_v [batch, Lb, Hkv, I, d] float
+             system_k, system_v [Lb, 1, Hkv, S, d] float
+tail         hidden [batch, query_len, D] float              scores [batch] float (logit yes - logit no)
+             positions [3, batch, query_len] int64
+             instruction_k, instruction_v [batch, L, Hkv, I, d] float
+             system_k, system_v [L, 1, Hkv, S, d] float
+===========  ==============================================  ==============================================
+
+The instruction segment belongs to the document side. Its layers 0..A-1 see only the system segment and
+itself, so they are computed once per bundle (``instruction_hidden``, its hidden state entering layer A,
+and ``instruction_k``/``instruction_v`` of layers 0..A-1, stored beside the system K/V: query_head takes
+them); ``doc_prefix`` runs it on from layer A after the document (it sees the document in the band exactly
+as the query does) through layer E, and its K/V of layers A..E is stored in the document's entry: the band
+takes each candidate's slice A..B, the tail its slice B+1..E. ``query_len`` counts the query segment only
+(the query text and the closing tokens), which starts at the instruction's first position + I.
 
 The band's ``hidden`` has its own batch axis (``hidden_batch``): 1 when one query is shared by every
 candidate, N when each candidate brings its query (the server batches pairs of several queries of one
 token length in a call). An input marked optional is absent when the model has no DeepStack layers;
-an exporter may also drop an input a graph does not use (an empty system K/V slice), which is allowed.
+an exporter may also drop an input a graph does not use (an empty system or instruction K/V slice: the
+tail when E = B), which is allowed.
 """
 
 from __future__ import annotations
@@ -127,28 +143,35 @@ def _t(name: str, *dims: int | str, dtype: str = "float") -> TensorIO:
 
 
 _SYSTEM = (_t("system_k", "L", 1, "Hkv", "S", "d"), _t("system_v", "L", 1, "Hkv", "S", "d"))
-_DOCUMENT = (_t("embeds", 1, "doc_len", "D"), _t("positions", 3, 1, "doc_len", dtype="int64"), *_SYSTEM,
-             _t("deepstack", "K", "doc_len", "D"))
+_DOCUMENT = (_t("embeds", 1, "doc_len", "D"), _t("positions", 3, 1, "doc_len", dtype="int64"), *_SYSTEM)
+_DEEPSTACK = _t("deepstack", "K", "doc_len", "D")
 
 VISION = GraphIO("vision", (
     _t("pixel_values", "patches", "Pv"), _t("pos_index", "patches", 4, dtype="int64"),
     _t("pos_weight", "patches", 4), _t("rot_cos", "patches", "Rv"), _t("rot_sin", "patches", "Rv"),
 ), (_t("embeds", "tokens", "D"), _t("deepstack", "K", "tokens", "D")))
-DOC_PREFIX = GraphIO("doc_prefix", _DOCUMENT,
-                     (_t("doc_k", "Lb", "Hkv", "doc_len", "d"), _t("doc_v", "Lb", "Hkv", "doc_len", "d")),
-                     optional=("deepstack",))
-GUIDE = GraphIO("guide", _DOCUMENT, (_t("attention", "keys"),), optional=("deepstack",))
+DOC_PREFIX = GraphIO("doc_prefix", (
+    *_DOCUMENT, _t("instruction_hidden", 1, "I", "D"), _t("instruction_positions", 3, 1, "I", dtype="int64"),
+    _DEEPSTACK,
+), (_t("doc_k", "Lb", "Hkv", "doc_len", "d"), _t("doc_v", "Lb", "Hkv", "doc_len", "d"),
+    _t("instruction_k", "Li", "Hkv", "I", "d"), _t("instruction_v", "Li", "Hkv", "I", "d")),
+    optional=("deepstack",))
+GUIDE = GraphIO("guide", (*_DOCUMENT, _DEEPSTACK), (_t("attention", "keys"),), optional=("deepstack",))
 QUERY_HEAD = GraphIO("query_head", (
     _t("embeds", 1, "query_len", "D"), _t("positions", 3, 1, "query_len", dtype="int64"), *_SYSTEM,
+    _t("instruction_k", "L", 1, "Hkv", "I", "d"), _t("instruction_v", "L", 1, "Hkv", "I", "d"),
 ), (_t("hidden", 1, "query_len", "D"),))
 BAND = GraphIO("band", (
     _t("hidden", "hidden_batch", "query_len", "D"), _t("positions", 3, "batch", "query_len", dtype="int64"),
     _t("doc_k", "batch", "Lb", "Hkv", "doc_len", "d"), _t("doc_v", "batch", "Lb", "Hkv", "doc_len", "d"),
     _t("doc_mask", "batch", "doc_len", dtype="bool"),
+    _t("instruction_k", "batch", "Lb", "Hkv", "I", "d"), _t("instruction_v", "batch", "Lb", "Hkv", "I", "d"),
     _t("system_k", "Lb", 1, "Hkv", "S", "d"), _t("system_v", "Lb", 1, "Hkv", "S", "d"),
 ), (_t("hidden_out", "batch", "query_len", "D"),))
 TAIL = GraphIO("tail", (
-    _t("hidden", "batch", "query_len", "D"), _t("positions", 3, "batch", "query_len", dtype="int64"), *_SYSTEM,
+    _t("hidden", "batch", "query_len", "D"), _t("positions", 3, "batch", "query_len", dtype="int64"),
+    _t("instruction_k", "batch", "L", "Hkv", "I", "d"), _t("instruction_v", "batch", "L", "Hkv", "I", "d"),
+    *_SYSTEM,
 ), (_t("scores", "batch"),))
 
 GRAPH_IO: dict[str, GraphIO] = {g.name: g for g in (VISION, GUIDE, DOC_PREFIX, QUERY_HEAD, BAND, TAIL)}

@@ -17,26 +17,31 @@ import numpy as np
 
 from .errors import CacheError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries carry the instruction segment's K/V (a version-1 entry is never read)
 _MAGIC = b"MRKVSTOR"
 _PREFIX = struct.Struct("<8sIIIIQ")  # magic, version, header_len, header_crc, payload_crc, payload_len
 _ALIGN = 64
 _STORED_DTYPES = {"<f2", "<f4", "<i8", "|i1"}
+_INSTRUCTION = {"instruction_k", "instruction_v"}  # optional, both or neither
 
 @dataclass
 class KVEntry:
-    """One document's cached K/V (band layers only; the shared system segment is not part of it)."""
+    """One document's cached K/V (band layers only; the shared system segment is not part of it), and the
+    K/V of the instruction segment that follows it (the reranker always stores one; the store allows none)."""
 
     k: np.ndarray  # [n_layers, kv_heads, T, head_dim] float16 | float32
     v: np.ndarray  # [n_layers, kv_heads, T, head_dim] same dtype as k
     positions: np.ndarray  # [3, T] int64: the kept tokens' MRoPE (t, h, w) positions
-    query_start: int  # position of the first query token
+    query_start: int  # position of the first token after the document (the instruction's)
     meta: dict = field(default_factory=dict)  # JSON-able: label, kept visual token indices, ...
+    instruction_k: np.ndarray | None = None  # [E-A+1, kv_heads, I, head_dim] same dtype as k: layers A..E
+    instruction_v: np.ndarray | None = None  # [E-A+1, kv_heads, I, head_dim]
 
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays (not of the file, which adds a header and alignment)."""
-        return int(self.k.nbytes + self.v.nbytes + self.positions.nbytes)
+        extra = sum(int(a.nbytes) for a in (self.instruction_k, self.instruction_v) if a is not None)
+        return int(self.k.nbytes + self.v.nbytes + self.positions.nbytes) + extra
 
 
 def quantize_per_channel_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,16 +97,37 @@ def entry_arrays(entry: KVEntry, quantize: bool) -> tuple[str, dict[str, np.ndar
     except (TypeError, ValueError) as e:
         raise CacheError(f"KVEntry.meta must be JSON-serializable: {e}") from None
     positions = np.ascontiguousarray(positions, dtype="<i8")
+    instruction = _instruction_arrays(entry)
     if not quantize:
         little = k.dtype.newbyteorder("<")
         return "float", {"k": np.ascontiguousarray(k, dtype=little), "v": np.ascontiguousarray(v, dtype=little),
-                         "positions": positions}
+                         "positions": positions, **instruction}
     if not (np.isfinite(k).all() and np.isfinite(v).all()):
         raise CacheError("int8 storage needs finite K/V values; this entry has inf or NaN")
     kq, ks = quantize_per_channel_int8(k)
     vq, vs = quantize_per_channel_int8(v)
     return "int8", {"k": kq, "k_scale": ks.astype("<f4"), "v": vq, "v_scale": vs.astype("<f4"),
-                    "positions": positions}
+                    "positions": positions, **instruction}
+
+
+def _instruction_arrays(entry: KVEntry) -> dict[str, np.ndarray]:
+    """The instruction K/V to write, checked: both or neither, 4-D, k's dtype and head layout.
+
+    They stay in float under int8 storage too: ~20 tokens are a few percent of an entry, and every
+    query token attends to them in every layer from A to E."""
+    ik, iv = entry.instruction_k, entry.instruction_v
+    if ik is None and iv is None:
+        return {}
+    k = entry.k
+    if not (isinstance(ik, np.ndarray) and isinstance(iv, np.ndarray)) or ik.shape != iv.shape or ik.ndim != 4 \
+            or ik.dtype != k.dtype or iv.dtype != k.dtype or (ik.shape[1], ik.shape[3]) != (k.shape[1], k.shape[3]):
+        raise CacheError(f"KVEntry.instruction_k and .instruction_v must both be None or arrays of k's dtype "
+                         f"({k.dtype}) shaped [layers, {k.shape[1]}, I, {k.shape[3]}], got "
+                         f"{getattr(ik, 'dtype', ik)} {getattr(ik, 'shape', '')} and "
+                         f"{getattr(iv, 'dtype', iv)} {getattr(iv, 'shape', '')}")
+    little = k.dtype.newbyteorder("<")
+    return {"instruction_k": np.ascontiguousarray(ik, dtype=little),
+            "instruction_v": np.ascontiguousarray(iv, dtype=little)}
 
 
 def read_header(mm: mmap.mmap, size: int) -> tuple[dict, int]:
@@ -132,7 +158,7 @@ def array_views(mm: mmap.mmap, payload_start: int, payload_len: int, header: dic
     expected = {"float": {"k", "v", "positions"}, "int8": {"k", "k_scale", "v", "v_scale", "positions"}}
     try:
         specs = header["arrays"]
-        if set(specs) != expected[header["storage"]]:
+        if set(specs) - _INSTRUCTION != expected[header["storage"]] or len(set(specs) & _INSTRUCTION) == 1:
             raise ValueError(f"arrays {sorted(specs)}")
         arrays = {}
         for name, spec in specs.items():
@@ -151,6 +177,11 @@ def array_views(mm: mmap.mmap, payload_start: int, payload_len: int, header: dic
             raise ValueError("int8 arrays")
         if header["storage"] == "float" and (k.dtype != v.dtype or k.dtype.kind != "f"):
             raise ValueError("float arrays")
+        if "instruction_k" in arrays:
+            ik, iv = arrays["instruction_k"], arrays["instruction_v"]
+            if ik.ndim != 4 or ik.shape != iv.shape or ik.dtype != iv.dtype or ik.dtype.kind != "f" \
+                    or (ik.shape[1], ik.shape[3]) != (k.shape[1], k.shape[3]):
+                raise ValueError("instruction arrays")
     except (ValueError, KeyError, TypeError) as e:
         raise Corrupt(f"inconsistent array table ({e})") from None
     return arrays

@@ -6,7 +6,10 @@ table (:mod:`minireranker.runtime.graph_io`), which each loaded graph is checked
 ::
 
     index(documents)        preprocess -> vision -> [guide -> keep top tokens] -> doc_prefix -> K/V store
-    rerank(query, docs)     tokenize -> query_head (once) -> per batch: read K/V -> band -> tail -> sorted
+                            (doc_prefix also runs the instruction segment: its K/V of layers A..E is stored
+                            in the entry; its layers 0..A-1 are the bundle's instruction_*.npy)
+    rerank(query, docs)     tokenize the query segment -> query_head (once) -> per batch: read K/V (the
+                            document's and its instruction's) -> band -> tail -> sorted
 
 A document is an image (path, bytes, PIL image, numpy array), a text, or both, with an optional id.
 Its cache key is its id when it has one, else a hash of its content; an id already indexed needs no
@@ -16,7 +19,8 @@ The server's dynamic batching (:mod:`minireranker.runtime.serve.batcher`) scores
 engine call: ``prepare_query`` runs the query head once per query, ``lookup`` finds (or indexes) each
 query's documents, and ``score_pairs`` sends every (query, document) pair through the band and tail::
 
-    band  groups: all pairs whose queries have the same token count (a per-candidate ``hidden``)
+    band  groups: all pairs whose queries have the same token count (a per-candidate ``hidden``),
+          ordered by K/V length before they are cut into batches (scores come back in the pairs' order)
     tail  groups: all pairs whose queries have the same token count (no query mask: never padded)
 
 ``lookup`` reads a call's candidates with one batched store read (``KVStore.get_many``, the read
@@ -36,16 +40,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..engines import BaseRunner, choose_providers, open_runner
+from ..engines import choose_providers
 from .bundle import Bundle, BundleError, load_bundle
 from .documents import Document
+from .encoder import Encoder, add_time
 from .errors import DocumentError, MiniRerankerError, TokenizerError
-from .graph_io import BAND, DOC_PREFIX, GRAPH_IO, GUIDE, QUERY_HEAD, TAIL, VISION, GraphIO
+from .graph_io import BAND, DOC_PREFIX, QUERY_HEAD, TAIL
 from .kvstore import KVEntry, KVStore, StoreConfig
-from .preprocess import preprocess_image
 from .pruning import select_kept
 from .template import DocumentTokens, VisionFirstTemplate, document_positions, embedder_image_tail, text_positions
-from .vision_inputs import vision_inputs
 
 log = logging.getLogger("minireranker.runtime")
 MAX_QUERY_TOKENS = 512
@@ -87,7 +90,7 @@ class QueryState:
     """A query after the query head: what every pair of this query shares (``prepare_query``)."""
 
     text: str
-    ids: tuple[int, ...]   # the query segment's token ids
+    ids: tuple[int, ...]   # the query segment's token ids (the query text and the closing tokens)
     hidden: np.ndarray     # [1, Q, D] the query after layers 0..A-1
 
 
@@ -96,68 +99,6 @@ class IndexReport:
     indexed: int = 0
     skipped: int = 0
     failed: list[Failure] = field(default_factory=list)
-
-
-class _Encoder:
-    """Tokenizer, embedding table, system K/V and vision engine of one model (reranker or embedder)."""
-
-    def __init__(self, bundle: Bundle, root: Path, model: dict, graphs: dict, providers: list[str]) -> None:
-        import tokenizers
-
-        self.tokenizer = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
-        self.embed = np.load(root / "embed_tokens.npy", mmap_mode="r")
-        self.system_k = np.load(root / "system_k.npy")
-        self.system_v = np.load(root / "system_v.npy")
-        self.model = model
-        self.runners: dict[str, BaseRunner] = {}
-        for name, g in graphs.items():
-            runner = self.runners[name] = open_runner(name, bundle.graph_path(g), providers)
-            wrong = GRAPH_IO[name].mismatches(runner.input_metadata(), runner.output_metadata(), self.dtype)
-            if wrong:
-                raise BundleError(f"{bundle.path}: graph '{name}' ({g['file']}) does not fit the graph I/O table: "
-                                  f"{'; '.join(wrong)}; rebuild it with `minireranker build`")
-
-    def run(self, io: GraphIO, **arrays: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """One call of the graph ``io`` names, fed and read in the table's order."""
-        return io.unpack(self.runners[io.name].infer(io.feed(**arrays)))
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.embed.dtype
-
-    def vision(self, image, preprocess, timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        t0 = time.perf_counter()
-        pixels, grid = preprocess_image(image, preprocess)
-        v = self.model["vision"]
-        vi = vision_inputs(grid[1], grid[2], v["merge_size"], v["side"], v["head_dim"], v["rope_theta"])
-        t1 = time.perf_counter()
-        embeds, deepstack = self.run(
-            VISION, pixel_values=pixels.astype(self.dtype), pos_index=vi.pos_index,
-            pos_weight=vi.pos_weight.astype(self.dtype), rot_cos=vi.rot_cos.astype(self.dtype),
-            rot_sin=vi.rot_sin.astype(self.dtype))
-        _add_time(timings, "preprocess", t1 - t0)
-        _add_time(timings, "vision", time.perf_counter() - t1)
-        m = v["merge_size"]
-        return embeds, deepstack, (grid[1] // m, grid[2] // m)
-
-    def sequence(self, tokens: DocumentTokens, embeds: np.ndarray | None, deepstack: np.ndarray | None):
-        """Token embeddings with the image rows filled, and dense DeepStack [K, Td, D] (None if K = 0)."""
-        x = np.array(self.embed[np.asarray(tokens.ids)], dtype=self.dtype)
-        rows = np.arange(tokens.image_start, tokens.image_start + tokens.num_image)
-        if embeds is not None:
-            x[rows] = embeds
-        dense = None
-        if self.model["num_deepstack"]:
-            dense = np.zeros((self.model["num_deepstack"], *x.shape), dtype=self.dtype)
-            if deepstack is not None:
-                dense[:, rows] = deepstack
-        return x, rows, dense
-
-    def guide(self, x: np.ndarray, positions: np.ndarray, dense: np.ndarray | None, layer: int) -> np.ndarray:
-        (attention,) = self.run(GUIDE, embeds=x[None], positions=positions[:, None],
-                                system_k=self.system_k[: layer + 1], system_v=self.system_v[: layer + 1],
-                                deepstack=dense)
-        return attention.astype(np.float64)
 
 
 class Reranker:
@@ -170,13 +111,18 @@ class Reranker:
         self.batch_size = batch_size
         b = self.bundle
         self.spec = b.spec
-        self.encoder = _Encoder(b, b.path, b.model, b.graphs, self.providers)
+        self.encoder = Encoder(b, b.path, b.model, b.graphs, self.providers)
         self.template = VisionFirstTemplate(self.encoder.tokenizer, self.spec)
-        if self.template.system_ids != b.template["system_ids"] or self.template.yes_id != b.template["yes_id"]:
+        if self.template.system_ids != b.template["system_ids"] or self.template.yes_id != b.template["yes_id"] \
+                or self.template.instruction_ids != b.template["instruction_ids"]:
             raise BundleError(f"{b.path}: tokenizer.json does not reproduce the ids in bundle.json; rebuild the bundle")
+        # the instruction segment entering layer A [1, I, D], and its K/V of layers 0..A-1 [A, 1, Hkv, I, d]
+        self.instruction_hidden = np.load(b.path / "instruction_hidden.npy")
+        self.instruction_k = np.load(b.path / "instruction_k.npy")
+        self.instruction_v = np.load(b.path / "instruction_v.npy")
         self.embedder = None
         if b.guide and b.guide["kind"] == "embedder":
-            self.embedder = _Encoder(b, b.path / b.guide["dir"], b.guide["model"], b.guide["graphs"], self.providers)
+            self.embedder = Encoder(b, b.path / b.guide["dir"], b.guide["model"], b.guide["graphs"], self.providers)
         self.store = KVStore(StoreConfig(Path(cache_dir), b.fingerprint, max_bytes=max_cache_bytes,
                                          quantize_int8=int8_cache))
         self.stats: dict[str, float] = defaultdict(float)
@@ -219,26 +165,31 @@ class Reranker:
         tokens = self.template.document(grid_hw, doc.text)
         x, rows, dense = self.encoder.sequence(tokens, embeds, deepstack)
         positions, query_start = document_positions(len(self.template.system_ids), tokens)
-        _add_time(timings, "preprocess", time.perf_counter() - t1)
+        add_time(timings, "preprocess", time.perf_counter() - t1)
         kept = None
         if self.spec.keep_ratio < 1.0 and len(rows):
             t1 = time.perf_counter()
             kept = select_kept(self._importance(doc, x, positions, rows, dense, grid_hw), self.spec.keep_ratio)
-            _add_time(timings, "guide", time.perf_counter() - t1)
+            add_time(timings, "guide", time.perf_counter() - t1)
             keep = np.ones(len(tokens.ids), dtype=bool)
             keep[np.setdiff1d(rows, rows[kept])] = False
             x, positions = x[keep], positions[:, keep]
             dense = dense[:, keep] if dense is not None else None
-        b = self.spec.band[1]
         t1 = time.perf_counter()
-        doc_k, doc_v = self.encoder.run(DOC_PREFIX, embeds=x[None], positions=positions[:, None],
-                                        system_k=self.encoder.system_k[: b + 1],
-                                        system_v=self.encoder.system_v[: b + 1], deepstack=dense)
-        _add_time(timings, "doc_prefix", time.perf_counter() - t1)
+        start = self._instruction_start(int(query_start))
+        doc_k, doc_v, ik, iv = self.encoder.run(
+            DOC_PREFIX, embeds=x[None], positions=positions[:, None], system_k=self.encoder.system_k,
+            system_v=self.encoder.system_v, instruction_hidden=self.instruction_hidden,
+            instruction_positions=text_positions(start, self.instruction_hidden.shape[1])[:, None], deepstack=dense)
+        add_time(timings, "doc_prefix", time.perf_counter() - t1)
         self._count("index_seconds", time.perf_counter() - t0)
         meta = {"label": doc.label, "kept_visual": None if kept is None else kept.tolist(),
                 "content_hash": doc.content_hash()}
-        return KVEntry(doc_k, doc_v, positions, int(query_start), meta)
+        return KVEntry(doc_k, doc_v, positions, int(query_start), meta, ik, iv)
+
+    def _instruction_start(self, query_start: int) -> int:
+        """The instruction segment's first position: after the document, or the spec's fixed position."""
+        return self.spec.query_position if self.spec.query_position is not None else query_start
 
     def _importance(self, doc, x, positions, rows, dense, grid_hw) -> np.ndarray:
         guide = self.bundle.guide
@@ -264,7 +215,10 @@ class Reranker:
 
     @staticmethod
     def _still_current(doc: Document, entry: KVEntry | None) -> KVEntry | None:
-        """``entry``, unless ``doc`` has an id and content that the entry was not computed from."""
+        """``entry``, unless ``doc`` has an id and content that the entry was not computed from, or the entry
+        lacks the instruction segment's K/V (the store allows that; this reranker always writes it)."""
+        if entry is not None and entry.instruction_k is None:
+            return None
         if entry is not None and doc.id is not None and (doc.image is not None or doc.text):
             if entry.meta.get("content_hash") != doc.content_hash():
                 return None  # the id now names other content: re-index
@@ -312,7 +266,7 @@ class Reranker:
         n = len(self.encoder.tokenizer.encode(query, add_special_tokens=False).ids)
         if n > MAX_QUERY_TOKENS:
             raise TokenizerError(f"the query is {n} tokens long; the limit is {MAX_QUERY_TOKENS}: shorten it")
-        return self.template.query(query)
+        return self.template.query_text(query)  # the instruction segment is in each document's entry
 
     def rerank(self, query: str, documents: Sequence[Document | str], top_k: int | None = None) -> RerankOutput:
         """Score documents (Document objects or ids) for ``query``; best first, failures listed apart.
@@ -365,8 +319,8 @@ class Reranker:
             except MiniRerankerError as exc:
                 failed.append(Failure(i, doc.label, str(exc)))
         failed.sort(key=lambda f: f.index)
-        _add_time(timings, "index", indexing)
-        _add_time(timings, "kv_lookup", time.perf_counter() - t0 - indexing)
+        add_time(timings, "index", indexing)
+        add_time(timings, "kv_lookup", time.perf_counter() - t0 - indexing)
         return entries, failed
 
     def _read_cached(self, docs: Sequence[Document]
@@ -396,6 +350,7 @@ class Reranker:
             groups[len(q.ids)].append(j)
         by_length: dict[int, list[tuple[list[int], np.ndarray, np.ndarray]]] = defaultdict(list)
         for members in groups.values():
+            members.sort(key=lambda j: pairs[j][1].k.shape[2])  # by K/V length, so a batch pads little
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start: start + self.batch_size]
                 hidden = np.concatenate([pairs[j][0].hidden for j in chunk])  # [N, Q, D]: one per pair
@@ -409,7 +364,8 @@ class Reranker:
             positions = np.concatenate([p for _, _, p in parts], axis=1)
             for start in range(0, len(order), self.batch_size):
                 end = start + self.batch_size
-                scores[order[start:end]] = self._tail(h[start:end], positions[:, start:end], timings)
+                scores[order[start:end]] = self._tail(h[start:end], positions[:, start:end],
+                                                      [pairs[j][1] for j in order[start:end]], timings)
         return scores
 
     def _query_head(self, ids: list[int]) -> np.ndarray:
@@ -418,10 +374,11 @@ class Reranker:
         a = self.spec.band[0]
         if a == 0:
             return x
-        positions = text_positions(self.spec.query_position, len(ids))[:, None]
+        positions = text_positions(self.spec.query_position + self.instruction_hidden.shape[1], len(ids))[:, None]
         self._count("query_head_runs")
         (hidden,) = self.encoder.run(QUERY_HEAD, embeds=x, positions=positions,
-                                     system_k=self.encoder.system_k[:a], system_v=self.encoder.system_v[:a])
+                                     system_k=self.encoder.system_k[:a], system_v=self.encoder.system_v[:a],
+                                     instruction_k=self.instruction_k, instruction_v=self.instruction_v)
         return hidden
 
     def _band(self, hidden: np.ndarray, ids: Sequence[int], batch: list[KVEntry], timings: dict
@@ -438,29 +395,37 @@ class Reranker:
             doc_k[j, :, :, : entry.k.shape[2]] = entry.k
             doc_v[j, :, :, : entry.v.shape[2]] = entry.v
             mask[j, : entry.k.shape[2]] = True
-        starts = [self.spec.query_position if self.spec.query_position is not None else x.query_start for x in batch]
-        positions = np.stack([text_positions(s, len(ids)) for s in starts], axis=1)
+        ik, iv = self._instructions(batch, slice(0, b - a + 1))
+        offset = self.instruction_hidden.shape[1]  # the query segment follows the instruction segment
+        positions = np.stack([text_positions(self._instruction_start(x.query_start) + offset, len(ids))
+                              for x in batch], axis=1)
         timings["kv_read"] += time.perf_counter() - t0
-        self._count("kv_bytes_read", doc_k.nbytes + doc_v.nbytes)
+        self._count("kv_bytes_read", doc_k.nbytes + doc_v.nbytes + ik.nbytes + iv.nbytes)
         t0 = time.perf_counter()
         (h,) = self.encoder.run(BAND, hidden=hidden, positions=positions, doc_k=doc_k, doc_v=doc_v, doc_mask=mask,
-                                system_k=self.encoder.system_k[a: b + 1], system_v=self.encoder.system_v[a: b + 1])
+                                instruction_k=ik, instruction_v=iv, system_k=self.encoder.system_k[a: b + 1],
+                                system_v=self.encoder.system_v[a: b + 1])
         timings["band"] = timings.get("band", 0.0) + time.perf_counter() - t0
         return h, positions
 
-    def _tail(self, h: np.ndarray, positions: np.ndarray, timings: dict) -> np.ndarray:
-        """Layers B+1..E and the exit score: hidden [N, Q, D], positions [3, N, Q] -> scores [N] float64."""
-        b, e = self.spec.band[1], self.spec.exit_layer
+    def _instructions(self, batch: Sequence[KVEntry], layers: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates' instruction K/V of ``layers`` (of A..E): [N, layers, Hkv, I, d] each."""
+        dtype = self.encoder.dtype
+        return (np.stack([np.asarray(x.instruction_k[layers], dtype=dtype) for x in batch]),
+                np.stack([np.asarray(x.instruction_v[layers], dtype=dtype) for x in batch]))
+
+    def _tail(self, h: np.ndarray, positions: np.ndarray, batch: Sequence[KVEntry], timings: dict) -> np.ndarray:
+        """Layers B+1..E and the exit score: hidden [N, Q, D], positions [3, N, Q], the N candidates' entries
+        (their instruction K/V of layers B+1..E) -> scores [N] float64."""
+        a, b, e = self.spec.band[0], self.spec.band[1], self.spec.exit_layer
         t0 = time.perf_counter()
-        (scores,) = self.encoder.run(TAIL, hidden=h, positions=positions, system_k=self.encoder.system_k[b + 1: e + 1],
+        ik, iv = self._instructions(batch, slice(b - a + 1, e - a + 1))
+        self._count("kv_bytes_read", ik.nbytes + iv.nbytes)  # the rest of each entry's instruction K/V
+        (scores,) = self.encoder.run(TAIL, hidden=h, positions=positions, instruction_k=ik, instruction_v=iv,
+                                     system_k=self.encoder.system_k[b + 1: e + 1],
                                      system_v=self.encoder.system_v[b + 1: e + 1])
         timings["tail"] = timings.get("tail", 0.0) + time.perf_counter() - t0
         return scores.astype(np.float64)
-
-
-def _add_time(timings: dict[str, float] | None, stage: str, seconds: float) -> None:
-    if timings is not None:
-        timings[stage] = timings.get(stage, 0.0) + seconds
 
 
 def index_documents(bundle: str | Path, cache_dir: str | Path, documents: Sequence[Document],

@@ -1,12 +1,21 @@
 """The vision-first template, at token level, and its 3-D (MRoPE) positions.
 
 Segments are tokenized on their own (special tokens recognised, nothing added) and concatenated, so a
-BPE merge can never cross the cache boundary between the document and the query::
+BPE merge can never cross a cache boundary (system | document | instruction | query)::
 
-    system    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n
-    document  <Document>:[<|vision_start|><|image_pad|>*n<|vision_end|>][text]\\n
-    query     <Instruct>: {instruction}\\n<Query>:{query}<|im_end|>\\n<|im_start|>assistant\\n
-    score     logit(yes) - logit(no) at the last token
+    system       <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n
+    document     <Document>:[<|vision_start|><|image_pad|>*n<|vision_end|>][text]\\n
+    instruction  <Instruct>: {instruction}\\n<Query>:
+    query        {query}<|im_end|>\\n<|im_start|>assistant\\n
+    score        logit(yes) - logit(no) at the last token
+
+Everything before the user's query text depends only on the document and the bundle's strings, so the
+instruction segment is computed at index time with the document (DESIGN.md section 3); per pair only the
+query segment runs. The boundary between ``<Query>:`` and the query text is a segment boundary: a query
+starting with punctuation (``?why``) or a space keeps its first characters in its own tokens, where
+tokenizing the joined string could have merged them with ``:`` (a byte-level pre-tokenizer makes ``:?``
+one piece; Qwen's makes ``:why`` one). The sequence is defined as the segments' concatenation, and the
+oracle (export/oracle.py) builds it the same way, so parity holds on exactly these ids.
 
 Positions follow Qwen3-VL's rope index: a text token advances all three axes by one; an image of
 ``gh x gw`` merged tokens starting at ``s`` gives token (r, c) the position ``(s, s + r, s + c)`` and
@@ -87,7 +96,7 @@ class VisionFirstTemplate:
         self.yes_id = self._single_token(spec.yes_token, "yes_token")
         self.no_id = self._single_token(spec.no_token, "no_token")
         self.system_ids = self.encode(f"<|im_start|>system\n{spec.system}<|im_end|>\n<|im_start|>user\n")
-        self._query_prefix = f"<Instruct>: {spec.instruction}\n<Query>:"
+        self.instruction_ids = self.encode(f"<Instruct>: {spec.instruction}\n<Query>:")
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
@@ -119,8 +128,13 @@ class VisionFirstTemplate:
         n = gh * gw
         return DocumentTokens(head + [self.image_pad_id] * n + tail, len(head), n, (gh, gw))
 
+    def query_text(self, query: str) -> list[int]:
+        """Ids of the query segment alone (what runs per pair): the query text and the closing tokens."""
+        return self.encode(f"{query}<|im_end|>\n<|im_start|>assistant\n")
+
     def query(self, query: str) -> list[int]:
-        return self.encode(f"{self._query_prefix}{query}<|im_end|>\n<|im_start|>assistant\n")
+        """Ids of everything after the document: the instruction segment, then the query segment."""
+        return self.instruction_ids + self.query_text(query)
 
 
 def text_positions(start: int, count: int) -> np.ndarray:

@@ -161,7 +161,7 @@ def workload_from_bundle(bundle: Any) -> Workload:
         attention_width=m["num_attention_heads"] * m["head_dim"], kv_heads=m["num_kv_heads"],
         head_dim=m["head_dim"], band=(a, b), exit_layer=spec.exit_layer, keep_ratio=spec.keep_ratio,
         guide_layers=(guide["layer"] + 1) if guide and spec.keep_ratio < 1 else None,
-        system_tokens=len(bundle.template["system_ids"]), query_overhead_tokens=len(template.query("")),
+        system_tokens=len(bundle.template["system_ids"]), query_overhead_tokens=len(template.query_text("")),
         doc_extra_tokens=len(doc.ids) - 1, params=params, vision_width=vision["hidden_size"],
         vision_depth=vision["depth"],
         merge_size=pre.merge_size, patch_factor=pre.factor, min_pixels=pre.min_pixels, max_pixels=pre.max_pixels)

@@ -28,7 +28,20 @@ def test_feed_follows_the_table_and_unpack_its_order():
         TAIL.feed(**{n: np.zeros(1) for n in TAIL.input_names}, hiden=np.zeros(1))
     with pytest.raises(TypeError, match=r"missing \['positions'\]"):
         TAIL.feed(**{n: np.zeros(1) for n in TAIL.input_names if n != "positions"})
-    assert DOC_PREFIX.unpack({"doc_v": 2, "doc_k": 1}) == (1, 2)
+    assert DOC_PREFIX.unpack({"instruction_v": 4, "doc_v": 2, "instruction_k": 3, "doc_k": 1}) == (1, 2, 3, 4)
+
+
+def test_the_instruction_segment_is_on_the_document_side():
+    """doc_prefix returns the instruction's K/V (layers A..E); the band takes each candidate's (A..B) beside
+    its document's, the tail each candidate's (B+1..E), the query head the bundle's (0..A-1)."""
+    dims = {io.name: {t.name: t.dims for t in (*io.inputs, *io.outputs)} for io in GRAPH_IO.values()}
+    assert dims["doc_prefix"]["instruction_k"] == ("Li", "Hkv", "I", "d")
+    assert dims["doc_prefix"]["instruction_hidden"] == (1, "I", "D")
+    assert dims["band"]["instruction_k"] == ("batch", "Lb", "Hkv", "I", "d")
+    assert dims["tail"]["instruction_k"] == ("batch", "L", "Hkv", "I", "d")
+    assert dims["query_head"]["instruction_k"] == ("L", 1, "Hkv", "I", "d")
+    assert "instruction_k" not in dims["guide"]
+    assert BAND.input_names.index("instruction_k") > BAND.input_names.index("doc_mask")
 
 
 def _specs(io, **changes):

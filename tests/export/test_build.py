@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from minireranker.export import onnx_export  # noqa: E402
 from minireranker.export.onnx_export import BuildConfig, BuildError, build_bundle  # noqa: E402
-from minireranker.runtime.bundle import inspect_bundle, kv_bytes_per_token, load_bundle  # noqa: E402
+from minireranker.runtime.bundle import SCHEMA_VERSION, inspect_bundle, kv_bytes_per_token, load_bundle  # noqa: E402
 from minireranker.runtime.spec import RerankSpec  # noqa: E402
 
 SPEC = RerankSpec(exit_layer=3, band=(1, 2), keep_ratio=0.5, query_position=64)
@@ -21,7 +21,7 @@ SPEC = RerankSpec(exit_layer=3, band=(1, 2), keep_ratio=0.5, query_position=64)
 def test_bundle_contents_and_schema(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     data = bundle.data
-    assert data["schema_version"] == 2 and len(data["fingerprint"]) == 64
+    assert data["schema_version"] == SCHEMA_VERSION == 3 and len(data["fingerprint"]) == 64
     assert set(data["graphs"]) == {"vision", "doc_prefix", "guide", "query_head", "band", "tail"}
     for name, graph in data["graphs"].items():
         assert (tiny_bundle / graph["file"]).is_file()
@@ -41,6 +41,17 @@ def test_bundle_contents_and_schema(tiny_bundle):
     # the system segment's K/V is stored once, in the bundle, for layers 0..E
     system_k = np.load(tiny_bundle / "system_k.npy")
     assert system_k.shape[0] == 4 and system_k.shape[3] == len(data["template"]["system_ids"])
+    # the instruction segment: layers 0..A-1 once per bundle (A = 1 here), layers A..E in every entry
+    instruction = len(data["template"]["instruction_ids"])
+    assert set(data["files"]) >= {"instruction_hidden.npy", "instruction_k.npy", "instruction_v.npy"}
+    assert np.load(tiny_bundle / "instruction_k.npy").shape == (1, 1, *system_k.shape[2:3], instruction,
+                                                                system_k.shape[4])
+    assert np.load(tiny_bundle / "instruction_hidden.npy").shape == (1, instruction, bundle.model["hidden_size"])
+    assert band_inputs["instruction_k"] == ["batch", 2, system_k.shape[2], instruction, system_k.shape[4]]
+    tail_inputs = {i["name"]: i["shape"] for i in data["graphs"]["tail"]["inputs"]}
+    assert tail_inputs["instruction_k"] == ["batch", 1, system_k.shape[2], instruction, system_k.shape[4]]
+    prefix_outputs = {o["name"]: o["shape"] for o in data["graphs"]["doc_prefix"]["outputs"]}
+    assert prefix_outputs["instruction_k"] == [3, system_k.shape[2], instruction, system_k.shape[4]]  # A..E
 
 
 def test_inspect_reports_parameters_and_kv_bytes(tiny_bundle):

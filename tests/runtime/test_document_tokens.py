@@ -6,7 +6,7 @@ runtime/template.py's docstring states it (``<Document>:[<|vision_start|><|image
 with ``n`` from transformers' Qwen2VLImageProcessorPil; nothing of the project's template code builds them.
 test_runtime_parity.py::test_tokenization_equals_transformers covers the system and query segments and
 an image + text document; this file adds the text-only and image-only branches, and checks that what the
-runtime stores for each document has exactly that many tokens.
+runtime stores for each document has exactly that many tokens (and its instruction segment's).
 """
 
 from __future__ import annotations
@@ -86,8 +86,13 @@ def test_stored_entries_have_transformers_token_counts(hf, runtime, tiny_bundle,
     docs.append(Document(image=images["chelsea_128x100"], text="a cat", id="image+text"))
     report = runtime.index(docs)
     assert not report.failed, report.failed
+    spec = runtime.spec
+    instruction = encode(hf, f"<Instruct>: {spec.instruction}\n<Query>:")
     for doc in docs:
         entry = runtime.store.get(runtime.key(doc))
+        # every entry carries the instruction segment's K/V, layers A..E, of transformers' token count
+        assert entry.instruction_k.shape == (spec.exit_layer - spec.band[0] + 1, entry.k.shape[1],
+                                             len(instruction), entry.k.shape[3]), doc.id
         if doc.image is None:
             expected = encode(hf, f"<Document>:{doc.text}\n")
             assert entry.k.shape[2] == len(expected), doc.id

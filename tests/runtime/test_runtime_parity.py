@@ -150,7 +150,8 @@ def test_a_rerank_reads_its_candidates_with_one_batched_store_read(tiny_bundle, 
 
 
 def test_tokenization_equals_transformers(tiny_bundle):
-    """The runtime's template ids (tokenizers) == transformers' tokenizer on the same segments."""
+    """The runtime's template ids (tokenizers) == transformers' tokenizer on the same segments: the
+    instruction segment (cached with each document) and the query segment (per pair) apart."""
     from transformers import AutoTokenizer
 
     bundle = load_bundle(tiny_bundle)
@@ -159,10 +160,43 @@ def test_tokenization_equals_transformers(tiny_bundle):
         t = runtime.template
         assert t.system_ids == hf.encode(f"<|im_start|>system\n{t.spec.system}<|im_end|>\n<|im_start|>user\n",
                                          add_special_tokens=False)
-        for query in ["", "hello", "Ünïcödé ☃ and 中文", "  spaces  and\ttabs\n", "<|im_end|> injected"]:
-            expected = hf.encode(f"<Instruct>: {t.spec.instruction}\n<Query>:{query}<|im_end|>\n"
-                                 "<|im_start|>assistant\n", add_special_tokens=False)
-            assert t.query(query) == expected, query
+        instruction = hf.encode(f"<Instruct>: {t.spec.instruction}\n<Query>:", add_special_tokens=False)
+        assert t.instruction_ids == instruction == bundle.template["instruction_ids"]
+        for query in ["", "hello", "Ünïcödé ☃ and 中文", "  spaces  and\ttabs\n", "<|im_end|> injected",
+                      *PUNCTUATED]:
+            expected = hf.encode(f"{query}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+            assert t.query_text(query) == expected, query
+            assert t.query(query) == instruction + expected, query
+            if query:  # the runtime refuses an empty query (TokenizerError); per pair it runs these ids
+                assert list(runtime.prepare_query(query).ids) == expected, query
         doc = t.document((2, 3), "a caption")
         assert doc.ids == hf.encode("<Document>:<|vision_start|>" + "<|image_pad|>" * 6 + "<|vision_end|>a caption\n",
                                     add_special_tokens=False)
+
+
+# Queries whose first characters the byte-level pre-tokenizer would join to the instruction's closing ':'
+# (">:?" is one pre-token of "<Query>:?what"): tokenized as their own segment they cannot merge with it.
+PUNCTUATED = ["?what is in the picture", ", and a cat", "...rocket", ":colon first", " a space first"]
+
+
+@pytest.mark.parametrize("spec", [None, APPROX], ids=["exact", "approximate"])
+def test_a_query_starting_with_punctuation_scores_like_transformers(bundle_factory, images, tmp_path, spec):
+    """The cache boundary between '<Query>:' and the query text: the runtime == transformers (export/oracle.py,
+    which builds the same segments) to 1e-4 in fp32, for the exact spec (the plain model) and the approximate
+    one (its masked oracle, on the runtime's kept tokens)."""
+    from minireranker.export.oracle import TransformersOracle
+    from minireranker.export.tokenizer_factory import build_tokenizer
+
+    pieces = [p for p, _ in build_tokenizer().pre_tokenizer.pre_tokenize_str("<Query>:" + PUNCTUATED[0])]
+    assert ">:?" in pieces  # joined, ':' and '?' would be one pre-token: the segment boundary keeps them apart
+    bundle = load_bundle(bundle_factory("tiny", spec))
+    docs = corpus(images)[:3]
+    oracle = TransformersOracle(bundle.data["source"]["checkpoint"], bundle.spec)
+    with Reranker(bundle, tmp_path / "cache") as runtime:
+        for query in PUNCTUATED:
+            out = runtime.rerank(query, docs)
+            assert not out.failed
+            got = np.array([r.score for r in sorted(out.results, key=lambda r: r.index)])
+            kept = [_kept(runtime, d) for d in docs]
+            want = np.array([oracle.score(query, d, k) for d, k in zip(docs, kept)])
+            assert np.abs(got - want).max() <= 1e-4, (query, np.abs(got - want).max())

@@ -81,10 +81,11 @@ def test_band_takes_pairs_of_different_queries_in_one_call(bundle_factory, tmp_p
     assert _check_batched_equals_unbatched(bundle, tmp_path / "cache", images, batch_size=5) > 1
 
 
-@pytest.mark.parametrize("schema_version", [1, 2])
+@pytest.mark.parametrize("schema_version", [1, 3])
 def test_bundle_with_a_batch_one_band_hidden_is_refused_with_a_rebuild_message(tiny_bundle, tmp_path, schema_version):
     """A bundle whose band ``hidden`` is fixed to batch 1 (built before the axis was freed, schema 1) is
-    refused in one line saying to rebuild it; so is such a graph in a schema 2 bundle (the graph I/O table)."""
+    refused in one line saying to rebuild it; so is such a graph in a current (schema 3) bundle (the graph I/O
+    table)."""
     import json
 
     onnx = pytest.importorskip("onnx")

@@ -1,0 +1,85 @@
+"""One model's share of a bundle at run time (the reranker's or its embedder guide's): tokenizer, token
+embedding table, system K/V, and its graphs opened through :mod:`minireranker.engines`, each checked
+against the graph I/O table when it is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..engines import BaseRunner, open_runner
+from .bundle import Bundle, BundleError
+from .graph_io import GRAPH_IO, GUIDE, VISION, GraphIO
+from .preprocess import preprocess_image
+from .template import DocumentTokens
+from .vision_inputs import vision_inputs
+
+
+class Encoder:
+    """Tokenizer, embedding table, system K/V and vision engine of one model (reranker or embedder)."""
+
+    def __init__(self, bundle: Bundle, root: Path, model: dict, graphs: dict, providers: list[str]) -> None:
+        import tokenizers
+
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
+        self.embed = np.load(root / "embed_tokens.npy", mmap_mode="r")
+        self.system_k = np.load(root / "system_k.npy")
+        self.system_v = np.load(root / "system_v.npy")
+        self.model = model
+        self.runners: dict[str, BaseRunner] = {}
+        for name, g in graphs.items():
+            runner = self.runners[name] = open_runner(name, bundle.graph_path(g), providers)
+            wrong = GRAPH_IO[name].mismatches(runner.input_metadata(), runner.output_metadata(), self.dtype)
+            if wrong:
+                raise BundleError(f"{bundle.path}: graph '{name}' ({g['file']}) does not fit the graph I/O table: "
+                                  f"{'; '.join(wrong)}; rebuild it with `minireranker build`")
+
+    def run(self, io: GraphIO, **arrays: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """One call of the graph ``io`` names, fed and read in the table's order."""
+        return io.unpack(self.runners[io.name].infer(io.feed(**arrays)))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.embed.dtype
+
+    def vision(self, image, preprocess, timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        t0 = time.perf_counter()
+        pixels, grid = preprocess_image(image, preprocess)
+        v = self.model["vision"]
+        vi = vision_inputs(grid[1], grid[2], v["merge_size"], v["side"], v["head_dim"], v["rope_theta"])
+        t1 = time.perf_counter()
+        embeds, deepstack = self.run(
+            VISION, pixel_values=pixels.astype(self.dtype), pos_index=vi.pos_index,
+            pos_weight=vi.pos_weight.astype(self.dtype), rot_cos=vi.rot_cos.astype(self.dtype),
+            rot_sin=vi.rot_sin.astype(self.dtype))
+        add_time(timings, "preprocess", t1 - t0)
+        add_time(timings, "vision", time.perf_counter() - t1)
+        m = v["merge_size"]
+        return embeds, deepstack, (grid[1] // m, grid[2] // m)
+
+    def sequence(self, tokens: DocumentTokens, embeds: np.ndarray | None, deepstack: np.ndarray | None):
+        """Token embeddings with the image rows filled, and dense DeepStack [K, Td, D] (None if K = 0)."""
+        x = np.array(self.embed[np.asarray(tokens.ids)], dtype=self.dtype)
+        rows = np.arange(tokens.image_start, tokens.image_start + tokens.num_image)
+        if embeds is not None:
+            x[rows] = embeds
+        dense = None
+        if self.model["num_deepstack"]:
+            dense = np.zeros((self.model["num_deepstack"], *x.shape), dtype=self.dtype)
+            if deepstack is not None:
+                dense[:, rows] = deepstack
+        return x, rows, dense
+
+    def guide(self, x: np.ndarray, positions: np.ndarray, dense: np.ndarray | None, layer: int) -> np.ndarray:
+        (attention,) = self.run(GUIDE, embeds=x[None], positions=positions[:, None],
+                                system_k=self.system_k[: layer + 1], system_v=self.system_v[: layer + 1],
+                                deepstack=dense)
+        return attention.astype(np.float64)
+
+
+def add_time(timings: dict[str, float] | None, stage: str, seconds: float) -> None:
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + seconds
