@@ -15,24 +15,33 @@ Baselines measured in the same run over same-sized in-memory buffers: ``memcpy``
 preallocated buffer), ``copy`` (a fresh array, as a copying store would return) and ``touch`` alone.
 Alternatives for docs/kvstore.md, each timed the same way: safetensors files (``safetensors.numpy``),
 and LMDB when the ``lmdb`` package imports (zero-copy ``buffers=True`` inside one read transaction).
+With ``--bundle DIR`` (a built bundle, e.g. the tiny one) it also times a **warm rerank** of ``--entries``
+cached candidates through ``Reranker`` (``timings["kv_lookup"]`` and ``["kv_read"]`` per query, median of
+``--queries``) and splits one entry read into its steps over that bundle's real entries (``entry_phases``:
+stat, open, fstat, mmap, header check + JSON, array views, payload CRC, recency ``utime``, close; each
+summed over the candidates), next to the store's own warm ``get_many`` of the same keys.
 Writes ``results.json`` and ``results.md`` to ``--out`` and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import mmap
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from minireranker.runtime.kvformat import _PREFIX, array_views, read_header
 from minireranker.runtime.kvstore import KVEntry, KVStore, StoreConfig, dequantize_int8, quantize_per_channel_int8
 from minireranker.runtime.profiling.telemetry import machine_info
 
@@ -217,6 +226,101 @@ def int8_fidelity(entry: KVEntry) -> dict:
     return out
 
 
+PHASES = ("stat", "open", "fstat", "mmap", "header", "views", "crc", "utime", "close")
+
+
+def entry_phases(paths: list[Path], repeats: int) -> dict[str, float]:
+    """Median seconds of each step of reading every file in ``paths`` once, summed over the files."""
+    runs: list[dict[str, float]] = []
+    for _ in range(repeats):
+        spent = dict.fromkeys(PHASES, 0.0)
+        for path in paths:
+            clock = time.perf_counter()
+
+            def lap(phase: str) -> None:
+                nonlocal clock
+                now = time.perf_counter()
+                spent[phase] += now - clock
+                clock = now
+
+            os.stat(path)
+            lap("stat")
+            fd = os.open(path, os.O_RDONLY)
+            lap("open")
+            st = os.fstat(fd)
+            lap("fstat")
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            lap("mmap")
+            header, start = read_header(mm, st.st_size)
+            lap("header")
+            arrays = array_views(mm, start, st.st_size - start, header)
+            lap("views")
+            with memoryview(mm) as whole, whole[start:] as payload:
+                assert zlib.crc32(payload) == _PREFIX.unpack_from(mm, 0)[4]
+            lap("crc")
+            os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
+            lap("utime")
+            os.close(fd)
+            del arrays
+            mm.close()
+            lap("close")
+        runs.append(spent)
+    return {phase: statistics.median(r[phase] for r in runs) for phase in PHASES}
+
+
+def bench_rerank(bundle: Path, root: Path, n: int, queries: int, repeats: int) -> dict:
+    """A warm rerank of n cached candidates on ``bundle``, with the store keeping its mappings (the default)
+    and with ``mapped_entries=0`` (map every entry on every read: the path before mappings were kept):
+    per-query stage times, the store's warm ``get_many``, and one entry read's steps."""
+    from PIL import Image
+
+    from minireranker.runtime.documents import Document
+    from minireranker.runtime.reranker import Reranker
+
+    rng = np.random.default_rng(0)
+    docs = [Document(image=Image.fromarray(rng.integers(0, 256, (48 + i % 5 * 8, 64, 3), dtype=np.uint8)),
+                     id=f"doc-{i:03d}") for i in range(n)]
+    ids = [d.id for d in docs]
+    result: dict = {"candidates": n, "queries": queries, "variants": {}}
+    with Reranker(bundle, root) as reranker:
+        reranker.index(docs)
+        keys = [reranker.key(d) for d in docs]
+        default = reranker.store.config
+        for label, mapped in (("kept mapped", default.mapped_entries), ("mapped_entries=0", 0)):
+            reranker.store.close()
+            reranker.store = store = KVStore(dataclasses.replace(default, mapped_entries=mapped))
+            reranker.rerank("warm up the engines", ids)  # maps and verifies every entry once
+            stages: dict[str, list[float]] = {}
+            for q in range(queries):
+                out = reranker.rerank(f"query number {q}", ids)
+                assert not out.failed and len(out.results) == n
+                for stage, seconds in out.timings.items():
+                    stages.setdefault(stage, []).append(seconds)
+            get_many_s = statistics.median(timed(lambda: store.get_many(keys))[0] for _ in range(max(repeats, 5)))
+            result["variants"][label] = {"stages_s": {stage: statistics.median(v) for stage, v in stages.items()},
+                                         "store_get_many_warm_s": get_many_s}
+        paths = [store.namespace / name for name in os.listdir(store.namespace) if name.endswith(".kv")]
+    result["entry_file_bytes"] = statistics.median(p.stat().st_size for p in paths)
+    result["entry_phases_s"] = entry_phases(paths, max(repeats, 5))
+    return result
+
+
+def rerank_table(res: dict) -> str:
+    """The warm rerank's stages and one entry read's steps, in ms over all candidates and µs per entry."""
+    n = res["candidates"]
+    rows = [f"| warm rerank, {n} cached candidates ({res['entry_file_bytes'] / 1024:.0f} KiB per entry file) "
+            "| ms per query | µs per candidate |", "|---|---:|---:|"]
+    for label, variant in res["variants"].items():
+        for stage in ("kv_lookup", "kv_read", "band", "tail"):
+            seconds = variant["stages_s"].get(stage, 0.0)
+            rows.append(f"| {label}: stage {stage} | {1e3 * seconds:.2f} | {1e6 * seconds / n:.1f} |")
+        seconds = variant["store_get_many_warm_s"]
+        rows.append(f"| {label}: store get_many of the {n} keys | {1e3 * seconds:.2f} | {1e6 * seconds / n:.1f} |")
+    for phase, seconds in res["entry_phases_s"].items():
+        rows.append(f"| mapping a file, step by step: {phase} | {1e3 * seconds:.2f} | {1e6 * seconds / n:.1f} |")
+    return "\n".join(rows)
+
+
 def table(results: dict) -> str:
     """The markdown table: one row per (variant, read kind), medians over repeats."""
     n, mib = results["args"]["entries"], results["baselines"]["bytes"] / 2**20
@@ -259,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where to write the stores (default: a temp dir)")
     parser.add_argument("--no-alternatives", action="store_true", help="skip safetensors and LMDB")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="also time a warm rerank of --entries cached candidates on this bundle")
+    parser.add_argument("--queries", type=int, default=20, help="warm queries timed with --bundle (default 20)")
+    parser.add_argument("--rerank-only", action="store_true", help="with --bundle: skip the synthetic store runs")
     args = parser.parse_args(argv)
 
     entry = make_entry(args.mb, np.dtype(args.dtype))
@@ -266,18 +374,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                    "machine": machine_info(), "entry_shape": list(entry.k.shape), "variants": {}}
-        results["baselines"] = bench_baselines(entry, args.entries, args.repeats)
-        results["variants"]["store"] = bench_store(work / "store", entry, args.entries, args.repeats, False)
-        results["variants"]["store int8"] = bench_store(work / "int8", entry, args.entries, args.repeats, True)
-        results["int8_fidelity"] = int8_fidelity(entry)
-        if not args.no_alternatives:
+        if args.bundle is not None:
+            results["rerank"] = bench_rerank(args.bundle, work / "rerank", args.entries, args.queries, args.repeats)
+        if not args.rerank_only:
+            results["baselines"] = bench_baselines(entry, args.entries, args.repeats)
+            results["variants"]["store"] = bench_store(work / "store", entry, args.entries, args.repeats, False)
+            results["variants"]["store int8"] = bench_store(work / "int8", entry, args.entries, args.repeats, True)
+            results["int8_fidelity"] = int8_fidelity(entry)
+        if not args.no_alternatives and not args.rerank_only:
             results["variants"]["safetensors"] = bench_safetensors(work / "st", entry, args.entries, args.repeats)
             results["variants"]["lmdb"] = bench_lmdb(work / "lmdb", entry, args.entries, args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = table(results)
+    text = "\n\n".join(([table(results)] if "baselines" in results else [])
+                       + ([rerank_table(results["rerank"])] if "rerank" in results else []))
     (args.out / "results.md").write_text(text + "\n")
     print(text)
     return 0

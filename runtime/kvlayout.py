@@ -20,13 +20,15 @@ import hashlib
 import json
 import os
 import re
+import struct
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 from .errors import CacheError
-from .kvformat import FORMAT_VERSION
+from .kvformat import _PREFIX, FORMAT_VERSION
 
 try:  # POSIX only; without it stale temp files are removed by age instead of by lock
     import fcntl
@@ -137,6 +139,21 @@ def scan_entries(namespace: Path) -> list[tuple[int, str, int]]:
                 continue
             found.append((st.st_atime_ns, item.name, st.st_size))
     return found
+
+
+def stored_keys(namespace: Path) -> list[str]:
+    """The keys of the namespace's entries, sorted, read from their headers (access times untouched)."""
+    found = []
+    for _, name, _ in scan_entries(namespace):
+        try:
+            with open_noatime(namespace / name) as f:
+                _, _, header_len, header_crc, _, _ = _PREFIX.unpack(f.read(_PREFIX.size))
+                header_bytes = f.read(header_len)
+            if zlib.crc32(header_bytes) == header_crc:
+                found.append(json.loads(header_bytes)["key"])
+        except (OSError, struct.error, ValueError, KeyError, TypeError):
+            continue  # vanished or corrupted: KVStore.get reports and removes it
+    return sorted(found)
 
 
 @contextlib.contextmanager

@@ -7,8 +7,8 @@ Reads are zero-copy (numpy views over a read-only ``mmap``), except in the int8 
 returns freshly dequantized float32 arrays. docs/kvstore.md compares this design with LMDB and
 safetensors, with measured figures. The entry encoding and its checks live in
 :mod:`minireranker.runtime.kvformat`, the directory layout (marker, one namespace per fingerprint, entry
-file names, temp files, the eviction lock) in :mod:`minireranker.runtime.kvlayout`; this module keeps
-writing, reading, recency and eviction.
+file names, temp files, the eviction lock) in :mod:`minireranker.runtime.kvlayout`, a kept mapping in
+:mod:`minireranker.runtime.kvmapped`; this module keeps writing, reading, recency and eviction.
 
 One entry file::
 
@@ -20,15 +20,23 @@ One entry file::
                       zero padding between them; little-endian, C order
       storage "float": k, v  [n_layers, kv_heads, T, head_dim]  float16 | float32 (as given)
       storage "int8":  k, v  int8, same shape; k_scale, v_scale [n_layers, kv_heads, 1, head_dim] float32
-      both:            positions [3, T] int64
+      both:            positions [3, T] int64; optionally (both or neither, always float, k's dtype)
+                       instruction_k, instruction_v [E-A+1, kv_heads, I, head_dim]: the instruction
+                       segment's K/V after this document (format version 2; the reranker always writes them)
 
 Crash safety: a put writes a temp file in the namespace, fsyncs it, then ``os.replace``s it onto the
 entry's name (atomic) and fsyncs the directory, so a reader sees the old entry, the new one, or none.
 
 Integrity: the header and the payload each carry a CRC-32 (``zlib.crc32``, ~3 GB/s here). ``get``
-checks the header on every read and the payload on the first read of each file version (device, inode,
-size, mtime) by this store object, or on every read with ``verify_every_read``. A corrupted entry is
-logged (logger ``minireranker.kvstore``), removed and reported as a miss, so the caller recomputes it.
+checks the header when it maps a file and the payload on the first read of each file version (device,
+inode, size, mtime) by this store object, or both on every read with ``verify_every_read``. A corrupted
+entry is logged (logger ``minireranker.kvstore``), removed and reported as a miss, so the caller
+recomputes it.
+
+Warm reads: the store keeps the mappings of its ``mapped_entries`` most recently read files open. A get
+``stat``s the entry's path and reuses the mapping only while the file version is the one it mapped;
+a replaced, evicted, deleted or rewritten file is a new version (or a miss), so it is mapped afresh and
+checked. A hit then costs a ``stat`` and a ``utime``: no open, mmap or header parse.
 
 LRU: recency is the entry file's access time, set explicitly by ``put`` and ``get`` (``os.utime``;
 mtime is left alone, so it still dates the content). It lives in the file system, so it survives
@@ -43,7 +51,7 @@ import logging
 import mmap
 import os
 import re
-import struct
+from collections import OrderedDict
 import sys
 import threading
 import time
@@ -80,11 +88,12 @@ from .kvlayout import (  # noqa: F401  (MARKER_NAME, TEMP_PREFIX and entry_file_
     fsync_directory,
     namespace_lock,
     open_namespace,
-    open_noatime,
     remove_stale_temps,
     scan_entries,
+    stored_keys,
     unlink_quietly,
 )
+from .kvmapped import Identity, MappedEntry, close_quietly, identity_of, stat_or_none
 
 logger = logging.getLogger("minireranker.kvstore")
 
@@ -103,6 +112,7 @@ class StoreConfig:
     max_bytes: int | None = None  # LRU bound on the sum of entry file sizes of this fingerprint
     quantize_int8: bool = False  # store K/V as int8 + per-channel float32 scales; get returns float32
     verify_every_read: bool = False  # CRC the payload on every get, not once per file version
+    mapped_entries: int = 256  # files kept mapped for later gets (0: map on every get); < 3.13 one fd each
 
     def __post_init__(self) -> None:
         if not isinstance(self.directory, (str, os.PathLike)):
@@ -117,6 +127,9 @@ class StoreConfig:
             not isinstance(self.max_bytes, int) or isinstance(self.max_bytes, bool) or self.max_bytes <= 0
         ):
             raise CacheError(f"max_bytes must be a positive integer or None, got {self.max_bytes!r}")
+        if not isinstance(self.mapped_entries, int) or isinstance(self.mapped_entries, bool) \
+                or self.mapped_entries < 0:
+            raise CacheError(f"mapped_entries must be a non-negative integer, got {self.mapped_entries!r}")
         for name in ("quantize_int8", "verify_every_read"):
             if not isinstance(getattr(self, name), bool):
                 raise CacheError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -126,6 +139,14 @@ class StoreConfig:
         """A small store for tests: a fixed fingerprint and a 1 MiB bound."""
         return cls(**{"directory": Path(directory), "fingerprint": "00000000feedf00d", "max_bytes": 1 << 20,
                       **overrides})
+
+
+class _CorruptFile(Corrupt):
+    """A failed check of the file version ``identity`` (the one to remove, if still in place)."""
+
+    def __init__(self, identity: Identity, reason: str) -> None:
+        super().__init__(reason)
+        self.identity = identity
 
 
 class KVStore:
@@ -138,7 +159,8 @@ class KVStore:
         self.namespace = open_namespace(config.directory, config.fingerprint)
         remove_stale_temps(self.namespace)
         self._lock = threading.Lock()
-        self._verified: set[tuple[int, int, int, int]] = set()
+        self._verified: set[Identity] = set()
+        self._mapped: OrderedDict[str, MappedEntry] = OrderedDict()  # entry file name -> mapping, oldest first
         self._counts = {"hits": 0, "misses": 0, "puts": 0, "evictions": 0, "corrupted": 0}
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
@@ -177,6 +199,7 @@ class KVStore:
             except OSError as e:
                 raise CacheError(f"could not write a K/V entry into {self.namespace} ({e.strerror or e}); "
                                  "free disk space, lower max_bytes or choose another cache directory") from e
+        self._forget(path.name)  # the old version's inode is no longer pinned by this store
         with self._lock:
             self._counts["puts"] += 1
         self._evict(keep=path.name)
@@ -218,8 +241,10 @@ class KVStore:
     def delete(self, key: str) -> bool:
         """Remove the entry of ``key``; returns whether there was one."""
         self._check_open()
+        path = self._path(key)
+        self._forget(path.name)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
             return True
         except FileNotFoundError:
             return False
@@ -238,6 +263,7 @@ class KVStore:
                 if name == keep:
                     continue
                 unlink_quietly(self.namespace / name)
+                self._forget(name)
                 total -= size
                 evicted += 1
         with self._lock:
@@ -248,100 +274,141 @@ class KVStore:
     def get(self, key: str) -> KVEntry | None:
         """The entry of ``key`` as read-only views of its memory-mapped file, or None (miss or corrupted).
 
-        With int8 storage, k and v are dequantized to new float32 arrays (not zero-copy).
+        With int8 storage, k and v are dequantized to new float32 arrays (not zero-copy). Treat ``meta``'s
+        values as read-only too: they are shared with later reads of the same file version.
         """
         self._check_open()
         path = self._path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
-        except FileNotFoundError:
-            return self._count_miss()
-        try:
-            st = os.fstat(fd)
-            try:
-                entry = self._read(fd, st, key)
-            except Corrupt as e:
-                self._drop_corrupted(key, path, st, str(e))
-                return None
-            if entry is None:  # stored in the other storage mode: recompute at the configured one
-                return self._count_miss()
-            try:
-                os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))  # recency for LRU
-            except OSError as e:  # e.g. a store shared read-only: LRU order degrades, reads still work
-                logger.debug("could not update the recency of %s: %s", path, e)
-        finally:
-            os.close(fd)  # the mmap keeps its own descriptor
-        with self._lock:
-            self._counts["hits"] += 1
-        return entry
+        return self._get_at(key, path, stat_or_none(path))
 
     def get_many(self, keys: list[str]) -> list[KVEntry | None]:
         """``[get(key) for key in keys]``. Entries whose payload CRC is still to be checked are read by a
-        few threads (zlib releases the GIL); already verified ones sequentially, which is faster for them.
+        few threads (zlib releases the GIL); the others sequentially, which is faster for them.
         """
         self._check_open()
+        paths = [self._path(key) for key in keys]
+        stats = [stat_or_none(path) for path in paths]
         workers = min(4, os.cpu_count() or 1)
-        unverified = [i for i, key in enumerate(keys) if self._needs_verification(key)] if workers > 1 else []
+        unverified = [i for i, st in enumerate(stats) if st is not None and (
+            self.config.verify_every_read or identity_of(st) not in self._verified)] if workers > 1 else []
         results: list[KVEntry | None] = [None] * len(keys)
         if len(unverified) > 1:
             with self._lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(workers, thread_name_prefix="kvstore")
                 pool = self._pool
-            for i, entry in zip(unverified, pool.map(self.get, [keys[i] for i in unverified])):
+            for i, entry in zip(unverified, pool.map(lambda i: self._get_at(keys[i], paths[i], stats[i]),
+                                                     unverified)):
                 results[i] = entry
         done = set(unverified) if len(unverified) > 1 else set()
         for i, key in enumerate(keys):
             if i not in done:
-                results[i] = self.get(key)
+                results[i] = self._get_at(key, paths[i], stats[i])
         return results
 
-    def _needs_verification(self, key: str) -> bool:
+    def _get_at(self, key: str, path: Path, st: os.stat_result | None) -> KVEntry | None:
+        """``get`` once the path is stat'ed: reuse the mapping of this very file version, or map it."""
+        if st is None:
+            self._forget(path.name)
+            return self._count_miss()
+        with self._lock:
+            mapped = self._mapped.get(path.name)
+            if mapped is not None and mapped.identity == identity_of(st):
+                self._mapped.move_to_end(path.name)
+                arrays = mapped.arrays  # ours even if another thread releases the mapping meanwhile
+            else:
+                mapped = None
         try:
-            st = os.stat(self._path(key))
-        except OSError:
-            return False  # a miss: nothing to verify
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        return self.config.verify_every_read or identity not in self._verified
+            if mapped is None:
+                mapped = self._map(key, path)
+                if mapped is None:  # gone since the stat, or stored in the other storage mode: recompute
+                    return self._count_miss()
+                arrays = mapped.arrays
+            elif self.config.verify_every_read:  # the mapped bytes are checked again, header and payload
+                try:
+                    self._check(key, mapped.mm, mapped.identity)
+                except Corrupt as e:
+                    raise _CorruptFile(mapped.identity, str(e)) from None
+        except _CorruptFile as e:
+            self._forget(path.name)
+            self._drop_corrupted(key, path, e.identity, str(e))
+            return None
+        try:  # by path: the file is not open. A writer replacing it in between gets our atime, harmlessly
+            os.utime(path, ns=(time.time_ns(), mapped.identity[3]))  # recency for LRU; mtime kept
+        except FileNotFoundError:
+            pass  # deleted since: this read still returns the version it mapped, the next one misses
+        except OSError as e:  # e.g. a store shared read-only: LRU order degrades, reads still work
+            logger.debug("could not update the recency of %s: %s", path, e)
+        with self._lock:
+            self._counts["hits"] += 1
+        return mapped.entry(arrays)
 
-    def _read(self, fd: int, st: os.stat_result, key: str) -> KVEntry | None:
-        if st.st_size < _PREFIX.size:
-            raise Corrupt(f"file is {st.st_size} bytes, shorter than the {_PREFIX.size}-byte prefix")
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_MMAP_OPTIONS)
+    def _map(self, key: str, path: Path) -> MappedEntry | None:
+        """Open, map and check the file now at ``path`` and keep the mapping (bounded); None: a miss (the
+        file is gone, or holds the other storage mode). Raises _CorruptFile."""
         try:
-            header, payload_start = read_header(mm, st.st_size)
-            if header["key"] != key or header["fingerprint"] != self.config.fingerprint:
-                raise Corrupt("header names another key or fingerprint")
-            if header["storage"] != ("int8" if self.config.quantize_int8 else "float"):
-                mm.close()
-                return None
-            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if self.config.verify_every_read or identity not in self._verified:
-                with memoryview(mm) as whole, whole[payload_start:] as payload:
-                    crc = zlib.crc32(payload)
-                if crc != _PREFIX.unpack_from(mm, 0)[4]:
-                    raise Corrupt("payload checksum mismatch")
-                with self._lock:
-                    if len(self._verified) >= _MAX_VERIFIED:
-                        self._verified.clear()
-                    self._verified.add(identity)
-            arrays = array_views(mm, payload_start, st.st_size - payload_start, header)
-        except BaseException:
-            _close_quietly(mm)
-            raise
-        if header["storage"] == "int8":
-            k, v = dequantize_int8(arrays["k"], arrays["k_scale"]), dequantize_int8(arrays["v"], arrays["v_scale"])
-        else:
-            k, v = arrays["k"], arrays["v"]
-        return KVEntry(k=k, v=v, positions=arrays["positions"], query_start=header["query_start"],
-                       meta=header["meta"])
+            fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            identity = identity_of(os.fstat(fd))  # the version actually mapped, even if the path moved on
+            if identity[2] < _PREFIX.size:
+                raise _CorruptFile(identity, f"file is {identity[2]} bytes, shorter than the {_PREFIX.size}-byte "
+                                   "prefix")
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_MMAP_OPTIONS)
+        finally:
+            os.close(fd)  # the mmap keeps its own descriptor (< 3.13) or none
+        try:
+            header, payload_start, arrays = self._check(key, mm, identity)
+        except Corrupt as e:
+            close_quietly(mm)
+            raise _CorruptFile(identity, str(e)) from None
+        if header is None:
+            close_quietly(mm)
+            return None
+        mapped = MappedEntry(identity, mm, header, payload_start, arrays)
+        if self.config.mapped_entries:
+            with self._lock:
+                old = self._mapped.pop(path.name, None)
+                self._mapped[path.name] = mapped
+                dropped = [self._mapped.popitem(last=False)[1]
+                           for _ in range(len(self._mapped) - self.config.mapped_entries)]
+            for m in ([old] if old is not None else []) + dropped:
+                m.release()
+        return mapped
 
-    def _drop_corrupted(self, key: str, path: Path, st: os.stat_result, reason: str) -> None:
+    def _check(self, key: str, mm: mmap.mmap, identity: Identity) -> tuple[dict | None, int, dict[str, np.ndarray]]:
+        """Header, array table and (per the CRC policy) payload of a mapped file; header None: other storage."""
+        size = identity[2]
+        header, payload_start = read_header(mm, size)
+        if header["key"] != key or header["fingerprint"] != self.config.fingerprint:
+            raise Corrupt("header names another key or fingerprint")
+        if header["storage"] != ("int8" if self.config.quantize_int8 else "float"):
+            return None, payload_start, {}
+        if self.config.verify_every_read or identity not in self._verified:
+            with memoryview(mm) as whole, whole[payload_start:] as payload:
+                crc = zlib.crc32(payload)
+            if crc != _PREFIX.unpack_from(mm, 0)[4]:
+                raise Corrupt("payload checksum mismatch")
+            with self._lock:
+                if len(self._verified) >= _MAX_VERIFIED:
+                    self._verified.clear()
+                self._verified.add(identity)
+        return header, payload_start, array_views(mm, payload_start, size - payload_start, header)
+
+    def _forget(self, name: str) -> None:
+        """Drop the mapping of entry file ``name``, if this store keeps one."""
+        with self._lock:
+            mapped = self._mapped.pop(name, None)
+        if mapped is not None:
+            mapped.release()
+
+    def _drop_corrupted(self, key: str, path: Path, identity: Identity, reason: str) -> None:
         logger.warning("K/V entry for key %r (%s) is corrupted: %s; removed it, the caller recomputes it",
                        key, path, reason)
         try:  # only the file we read: a writer may have just replaced it with a good one
             now = os.stat(path)
-            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            if (now.st_dev, now.st_ino) == identity[:2]:
                 os.unlink(path)
         except FileNotFoundError:
             pass
@@ -359,35 +426,31 @@ class KVStore:
     def keys(self) -> list[str]:
         """The keys of this fingerprint's entries, read from their headers (recency untouched)."""
         self._check_open()
-        found = []
-        for _, name, _ in scan_entries(self.namespace):
-            try:
-                with open_noatime(self.namespace / name) as f:
-                    head = f.read(_PREFIX.size)
-                    _, _, header_len, header_crc, _, _ = _PREFIX.unpack(head)
-                    header_bytes = f.read(header_len)
-                if zlib.crc32(header_bytes) == header_crc:
-                    found.append(json.loads(header_bytes)["key"])
-            except (OSError, struct.error, ValueError, KeyError, TypeError):
-                continue  # vanished or corrupted: get() reports and removes it
-        return sorted(found)
+        return stored_keys(self.namespace)
 
     def stats(self) -> dict[str, int | None]:
-        """Entries and bytes on disk for this fingerprint; hits, misses, puts, evictions, corrupted so far."""
+        """Entries and bytes on disk for this fingerprint; hits, misses, puts, evictions, corrupted so far;
+        ``mapped``: entry files this store keeps mapped now."""
         self._check_open()
         sizes = [size for _, _, size in scan_entries(self.namespace)]
         with self._lock:
             counts = dict(self._counts)
+            counts["mapped"] = len(self._mapped)
         return {"entries": len(sizes), "bytes": sum(sizes), "max_bytes": self.config.max_bytes, **counts}
 
     # ---- lifetime ----------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the thread pool. Arrays returned by ``get`` stay valid (each maps its own file)."""
+        """Release the thread pool and unmap the kept entry files. Arrays returned by ``get`` stay valid:
+        a mapping a caller still holds arrays of goes when they do."""
         with self._lock:
             pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
             pool.shutdown(wait=True)
+        with self._lock:
+            mapped, self._mapped = list(self._mapped.values()), OrderedDict()
+        for m in mapped:
+            m.release()
 
     def __enter__(self) -> "KVStore":
         return self
@@ -408,12 +471,3 @@ class KVStore:
         if not isinstance(key, str) or not key:
             raise CacheError(f"a K/V store key must be a non-empty string, got {key!r}")
         return self.namespace / (entry_file_stem(key) + ENTRY_SUFFIX)
-
-
-def _close_quietly(mm: mmap.mmap) -> None:
-    try:
-        mm.close()
-    except BufferError:  # a view still exists; the mapping goes when it does
-        pass
-
-
