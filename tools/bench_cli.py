@@ -26,9 +26,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="time dense transformers, dense ONNX Runtime, prefix reuse and miniReranker side by side",
         description="One query over N candidates indexed beforehand, in one run: (a) dense transformers pair by "
-        "pair (query-first), (b) dense ONNX Runtime batched without reuse, (c) vision-first prefix reuse (exact "
+        "pair (query-first), (a2) dense transformers in padded batches (the best of --dense-batch-sizes), "
+        "(b) dense ONNX Runtime batched without reuse, (c) vision-first prefix reuse (exact "
         "spec, warm cache), (d) miniReranker with the preset's spec and any --spec. Systems alternate over "
-        "--repeats; writes results.json, results.md and results.png to --out and prints the tables. "
+        "--repeats; then the marginal cost per candidate through `minireranker rerank` (--marginal); every "
+        "ratio against (a) and the best dense baseline; writes results.json, results.md and results.png to --out "
+        "and prints the tables. "
         f"Presets (random weights): {presets}.")
     p.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
     p.add_argument("--preset", choices=sorted(BENCH_PRESETS), help=f"model preset (default {defaults['preset']})")
@@ -40,7 +43,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--systems", type=lambda v: tuple(v.split(",")),
                    help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
     p.add_argument("--dense-pairs", type=int, metavar="K",
-                   help="time (a) on K pairs and scale to N (it is linear in N); default: all N pairs")
+                   help="time (a) and (a2) on K pairs and scale to N (linear in N); default: all N pairs")
+    p.add_argument("--dense-batch-sizes", dest="dense_batch_sizes", metavar="B,B,...",
+                   type=lambda v: tuple(int(x) for x in v.split(",")),
+                   help="batch sizes (a2) tries, each capped at the pairs it times (default "
+                   f"{','.join(map(str, defaults['dense_batch_sizes']))})")
+    p.add_argument("--marginal", type=int, metavar="N",
+                   help="time `minireranker rerank` on N cached candidates against 1 (capped at --candidates; "
+                   f"0: skip) (default {defaults['marginal']})")
     p.add_argument("--batch-size", type=int, help=f"candidates per band batch (default {defaults['batch_size']})")
     p.add_argument("--precision", choices=["fp32", "fp16"], help=f"bundle precision (default {defaults['precision']})")
     p.add_argument("--no-validate", dest="validate", action="store_false", default=None,

@@ -30,7 +30,8 @@ from ...runtime.errors import MiniRerankerError, SpecError
 from ...runtime.spec import RerankSpec
 from ...export.tiny import PRESETS, TinyPreset
 
-SYSTEMS = ("dense_transformers", "dense_onnx", "prefix_reuse", "minireranker")
+SYSTEMS = ("dense_transformers", "dense_transformers_batched", "dense_onnx", "prefix_reuse", "minireranker")
+DENSE_SYSTEMS = ("dense_transformers", "dense_transformers_batched", "dense_onnx")  # the baselines of "best dense"
 PAGE_PIXELS = 1024 * 1024  # the pixel budget that gives ~1,000 visual tokens at patch 16, merge 2
 
 WORDS = (
@@ -103,7 +104,9 @@ class BenchConfig:
     repeats: int = 3
     spec_files: tuple[Path, ...] = ()   # extra miniReranker specs, each a system of its own besides (d)
     systems: tuple[str, ...] = SYSTEMS
-    dense_pairs: int | None = None      # time (a) on this many pairs and scale to `candidates` (linear in N)
+    dense_pairs: int | None = None      # time (a) and (a2) on this many pairs and scale to `candidates` (linear in N)
+    dense_batch_sizes: tuple[int, ...] = (1, 4, 16)  # (a2) times each (capped at the pairs it measures), keeps the best
+    marginal: int = 40                  # `rerank` on this many candidates against 1 (capped at `candidates`); 0: off
     batch_size: int = 32
     precision: str = "fp32"             # of the bundles (fp16 for GPUs); (a) runs float32
     validate: bool = True               # build checks every graph against the torch reference
@@ -116,6 +119,7 @@ class BenchConfig:
         object.__setattr__(self, "work", Path(self.work) if self.work is not None else self.out / "work")
         object.__setattr__(self, "spec_files", tuple(Path(p) for p in self.spec_files))
         object.__setattr__(self, "systems", tuple(self.systems))
+        object.__setattr__(self, "dense_batch_sizes", tuple(self.dense_batch_sizes))
         problems = [text for bad, text in self._checks() if bad]
         if problems:
             raise BenchError("invalid bench settings: " + "; ".join(problems))
@@ -145,11 +149,27 @@ class BenchConfig:
             (not self.systems or not set(self.systems) <= set(SYSTEMS) or len(set(self.systems)) != len(self.systems),
              f"systems must be distinct names among {list(SYSTEMS)}, got {list(self.systems)}"),
             (bool(self.spec_files) and "minireranker" not in self.systems, "--spec needs the minireranker system"),
+            (not self.dense_batch_sizes or min(self.dense_batch_sizes) < 1,
+             f"dense_batch_sizes must be batch sizes >= 1, got {list(self.dense_batch_sizes)}"),
+            (self.marginal < 0 or self.marginal == 1,
+             f"marginal must be 0 (off) or >= 2 candidates, got {self.marginal}"),
         ]
 
     @property
     def bench_preset(self) -> BenchPreset:
         return BENCH_PRESETS[self.preset]
+
+    @property
+    def dense_batches(self) -> tuple[int, ...]:
+        """The batch sizes (a2) times: each capped at the pairs it measures."""
+        pairs = self.dense_pairs or self.candidates
+        return tuple(sorted({min(size, pairs) for size in self.dense_batch_sizes}))
+
+    @property
+    def marginal_candidates(self) -> int:
+        """N of the marginal measurement (``marginal`` capped at ``candidates``); 0 when it does not run."""
+        n = min(self.marginal, self.candidates)
+        return n if n >= 2 and "minireranker" in self.systems else 0
 
     @classmethod
     def tiny(cls, out: Path) -> "BenchConfig":

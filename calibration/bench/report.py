@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...runtime.profiling.report import pyplot, write_report
+from .flags import ERRORS
 from .systems import STAGES
 
 
@@ -32,14 +33,16 @@ def render_markdown(result: dict) -> str:
     segment = f" (query segments of {tokens[0]}–{tokens[-1]} tokens)" if tokens else ""
     out = [f"Preset `{result['preset']['name']}`, {st['candidates']} candidates, one query per repeat{segment}, "
            f"{st['repeats']} repeats: median [min – max]. {m['cpu']}, {m['cores']} cores, {result['created']}.", "",
-           "| system | per query | [min – max] | vs (a) | vs (b) | K/V per query | peak RSS serve / index | "
-           "index 1 doc | CPU used by others ¹ |", "|---|" + "---:|" * 8]
+           "| system | per query | [min – max] | vs (a) | vs (b) | vs best dense ³ | K/V per query | "
+           "peak RSS serve / index | index 1 doc | CPU used by others ¹ |", "|---|" + "---:|" * 9]
     for s in systems:
         t, rss, idx = s["total_s"], s["peak_rss_bytes"], s["index_one_doc"]
         scaled = f" ² {s['measured_pairs']} pairs measured, scaled" if s["scaled"] else ""
         other = "–" if s["contention_max"] is None else f"≤ {100 * s['contention_max']:.0f}%"
-        out.append(f"| {s['label']}{scaled} | {_s(t['median'])} | [{_s(t['min'])} – {_s(t['max'])}] | "
-                   f"{_ratio(s['ratio_to_dense_transformers'])} | {_ratio(s['ratio_to_dense_onnx'])} | "
+        ratios = (" | ".join(["measurement error ⁴"] * 3) if s.get("measurement_error") else
+                  " | ".join(_ratio(s.get(k)) for k in ("ratio_to_dense_transformers", "ratio_to_dense_onnx",
+                                                       "ratio_to_best_dense")))
+        out.append(f"| {s['label']}{scaled} | {_s(t['median'])} | [{_s(t['min'])} – {_s(t['max'])}] | {ratios} | "
                    f"{_bytes(s['kv_bytes_read_per_query'])} | {_bytes(rss['serve'])} / {_bytes(rss['index'])} | "
                    f"{_s(idx and idx['per_doc_s']['median'])} | {other} |")
     names = [k for k in STAGES if any(s["stages_s"][k]["median"] > 0 for s in systems)]
@@ -59,10 +62,50 @@ def render_markdown(result: dict) -> str:
             out.append(f"| {s['label']} | {_s(b['kv_read_s'])} | {b['read_gib_s']:.2f} | {b['memcpy_gib_s']:.2f} | "
                        f"{_s(b['kv_floor_s'])} | {b['total_over_kv_floor']:.1f}x | {b['gflop_per_query']:.3g} | "
                        f"{b['gemm_gflops']:.0f} | {_s(b['compute_floor_s'])} | {b['total_over_compute_floor']:.2f}x |")
+    out += _batch_lines(result) + _marginal_lines(result)
     out += ["", "¹ the largest share of all cores that other processes used during one of the system's timed runs."]
     if any(s["scaled"] for s in systems):
-        out.append(f"² pair by pair is linear in the number of pairs: timed on a subset, scaled to {st['candidates']}.")
+        out.append(f"² dense is linear in the number of pairs: timed on a subset, scaled to {st['candidates']}.")
+    best = result.get("best_dense")
+    if best:
+        out.append(f"³ the best dense baseline of this run: {result['systems'][best['system']]['label']}.")
+    out += [f"⁴ {s['label']}: {f['detail']}." if f["flag"] in ERRORS else f"Note, {s['label']}: {f['detail']}."
+            for s in systems for f in s.get("flags", [])]
     return "\n".join(out) + "\n"
+
+
+def _batch_lines(result: dict) -> list[str]:
+    """(a2)'s time per query at each batch size it tried."""
+    s = result["systems"].get("dense_transformers_batched")
+    if s is None:
+        return []
+    sizes = ", ".join(f"{size}: {_s(t['median'])}" for size, t in s["by_batch_size"].items())
+    return ["", f"(a2) per query at each batch size (median; the best, {s['batch_size']}, is its row above): {sizes}."]
+
+
+def _marginal_lines(result: dict) -> list[str]:
+    """The marginal cost per candidate through the command line, warm, against dense per pair."""
+    m = result.get("marginal")
+    if not m:
+        return []
+    c, labels = m["configuration"], {k: result["systems"][k]["label"] for k in m["ratio_to"]}
+    spec = c["spec"]
+    out = ["", f"Marginal cost per candidate through the command line (`{' '.join(m['command'])}`, warm cache, "
+           f"{c['candidates']} candidates against 1, {c['repeats']} repeats, median; {c['system']}: exit "
+           f"{spec['exit_layer']}, band {spec['band'][0]}-{spec['band'][1]}, keep {spec['keep_ratio']:g}, "
+           f"{c['tokens_per_doc']} tokens per document; target ≤ {100 * m['target']:g}%, aim {100 * m['aim']:g}%):",
+           "", f"| t_{c['candidates']} | t_1 | marginal per candidate | dense per pair | marginal / dense per pair |",
+           "|---:|---:|---:|---|---:|"]
+    for name, ratio in m["ratio_to"].items():
+        shown = "measurement error ⁴" if m["measurement_error"] else _ratio(ratio)
+        out.append(f"| {_s(m['t_n_s']['median'])} | {_s(m['t_1_s']['median'])} | "
+                   f"{_s(m['marginal_per_candidate_s'])} | {labels[name]}: {_s(m['dense_per_pair_s'][name])} | "
+                   f"{shown} |")
+    if not m["ratio_to"]:  # no dense system in this run's --systems
+        out.append(f"| {_s(m['t_n_s']['median'])} | {_s(m['t_1_s']['median'])} | "
+                   f"{_s(m['marginal_per_candidate_s'])} | – | – |")
+    out += [f"⁴ marginal: {f['detail']}." for f in m["flags"]]
+    return out
 
 
 def write_plot(result: dict, path: Path) -> bool:

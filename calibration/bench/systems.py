@@ -87,6 +87,64 @@ class _DenseTransformers:
                 "measured_pairs": len(self.pages), "query_head_runs": 0, "kv_bytes_read": 0}
 
 
+class _DenseTransformersBatched(_DenseTransformers):
+    """(a2): the same model and query-first sequence in padded batches, as a CrossEncoder-style user runs it:
+    left padding with an attention mask, so every row's last real token is the batch's last column (transformers'
+    rope index places each row's positions by the mask). Each query is timed at every size of ``batch_sizes``;
+    the harness keeps the size with the best median (:func:`~minireranker.calibration.bench.harness.best_batch`)."""
+
+    def __init__(self, checkpoint: str, pages: list[str], pairs: int, warmup: str,
+                 batch_sizes: tuple[int, ...]) -> None:
+        super().__init__(checkpoint, pages, pairs, warmup)
+        self.batch_sizes, self._calls = tuple(batch_sizes), 0
+        self.score_batch(warmup, pages[:2], {})  # the masked path, warmed
+
+    def score_batch(self, query: str, pages: list[str], stages: dict) -> list[float]:
+        """Scores of ``pages`` for ``query`` in one padded forward."""
+        from PIL import Image
+
+        torch, t0 = self.torch, time.perf_counter()
+        images = []
+        for page in pages:
+            with Image.open(page) as image:
+                images.append(image.convert("RGB"))
+        feats = self.processor(images=images, return_tensors="pt")
+        merge = self.model.config.vision_config.spatial_merge_size
+        counts = (feats["image_grid_thw"].prod(-1) // merge**2).tolist()
+        rows = [self.tokenizer(query_first_prompt(self.spec, query, int(n)), add_special_tokens=False)["input_ids"]
+                for n in counts]
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)  # [B, S], left-padded
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):], mask[i, width - len(row):] = torch.tensor(row), 1
+        image_rows = ((ids == self.model.config.image_token_id) & mask.bool()).int()  # a pad id is never an image
+        t1, vision_before = time.perf_counter(), self._vision_s
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask, pixel_values=feats["pixel_values"],
+                                image_grid_thw=feats["image_grid_thw"], mm_token_type_ids=image_rows,
+                                logits_to_keep=1).logits[:, -1]  # [B, vocab]: each row's last real token
+        t2, vision = time.perf_counter(), self._vision_s - vision_before
+        for stage, seconds in (("preprocess", t1 - t0), ("vision", vision), ("lm", t2 - t1 - vision)):
+            stages[stage] = stages.get(stage, 0.0) + seconds
+        return (logits[:, self.yes] - logits[:, self.no]).tolist()
+
+    def run(self, query: str) -> dict:
+        """Every batch size on this query, in an order that rotates per call; the best of them as the totals."""
+        k, self._calls = self._calls % len(self.batch_sizes), self._calls + 1
+        by_size = {}
+        for size in self.batch_sizes[k:] + self.batch_sizes[:k]:
+            stages: dict[str, float] = {}
+            t0 = time.perf_counter()
+            scores = [s for i in range(0, len(self.pages), size)
+                      for s in self.score_batch(query, self.pages[i:i + size], stages)]
+            by_size[size] = {"total_s": time.perf_counter() - t0, "stages": stages, "scores": scores}
+        best = min(by_size, key=lambda size: by_size[size]["total_s"])
+        return {**by_size[best], "batch_size": best, "by_batch_size": by_size, "measured_pairs": len(self.pages),
+                "query_head_runs": 0, "kv_bytes_read": 0}
+
+
 class _OnnxSystem:
     """(b), (c), (d): the runtime's Reranker; ``recompute`` gives it a store that keeps nothing."""
 
@@ -137,12 +195,15 @@ class _Indexer:
                 r.store.put(r.key(doc), entry)
                 info["per_doc_s"].append(time.perf_counter() - t0)
                 info["stages"].append({**timings, "store_put": time.perf_counter() - t1})
-                info["kv_bytes_per_doc"].append(int(entry.k.nbytes + entry.v.nbytes))
+                # what a rerank feeds the band and tail per candidate: the band K/V and the instruction's K/V
+                kv = [entry.k, entry.v, getattr(entry, "instruction_k", None), getattr(entry, "instruction_v", None)]
+                info["kv_bytes_per_doc"].append(sum(int(a.nbytes) for a in kv if a is not None))
                 info["tokens_per_doc"].append(int(entry.k.shape[2]))
         self.info = info
 
 
-_KINDS = {"dense_transformers": _DenseTransformers, "onnx": _OnnxSystem, "index": _Indexer}
+_KINDS = {"dense_transformers": _DenseTransformers, "dense_transformers_batched": _DenseTransformersBatched,
+          "onnx": _OnnxSystem, "index": _Indexer}
 
 
 def _peak_rss_bytes() -> int:
