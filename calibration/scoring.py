@@ -157,7 +157,7 @@ def run_causal(model: TorchModel, x: Tensor, positions: np.ndarray, deepstack: T
     """
     cos, sin = model.rotary(torch.from_numpy(positions)[:, None], x.dtype)
     for i in range(num_layers):
-        x, _, _ = model.layers[i](x, cos, sin, None, None, None)
+        x, _, _ = model.layers[i](x, cos, sin)
         if deepstack is not None and i < deepstack.shape[0]:
             x = x + deepstack[i][None]
     return x

@@ -161,19 +161,17 @@ class SpecSweep:
     def _walk(self, h: Tensor, positions: Tensor, batch: list[DocumentEntry], instructions: dict[int, list[Tensor]],
               a: int, ends: list[int], exits: list[int]) -> dict[tuple[int, int], Tensor]:
         """Band layers ``a..max(ends)`` over one batch (h [1, Q, D] -> x [N, Q, D]), tails branching off;
-        prefixes concatenated as BandGraph does (system, document, instruction)."""
+        prefix segments as BandGraph's (system, document, instruction)."""
         doc_k, doc_v, mask = pad_entries(batch)  # [N, layers, Hkv, T, d], mask [N, T]
         ik, iv = instructions[max(ends)]  # [N, layers from a, Hkv, I, d]: the same as any band's up to its B
-        n, s = doc_k.shape[0], self.system_k.shape[3]
-        x = h.expand(n, -1, -1)
+        x = h.expand(doc_k.shape[0], -1, -1)
         cos, sin = self.model.rotary(positions, x.dtype)
-        visible = torch.cat([torch.ones(n, s, dtype=torch.bool), mask, torch.ones(n, ik.shape[3], dtype=torch.bool)],
-                            dim=1)[:, None]  # [N, 1, S+T+I]
+        padding = mask[:, None, None, :]
         scores = {}
         for i in range(a, max(ends) + 1):
-            pk = torch.cat([self.system_k[i].expand(n, -1, -1, -1), doc_k[:, i - a], ik[:, i - a]], dim=2)
-            pv = torch.cat([self.system_v[i].expand(n, -1, -1, -1), doc_v[:, i - a], iv[:, i - a]], dim=2)
-            x, _, _ = self.model.layers[i](x, cos, sin, pk, pv, visible)
+            prefix = [(self.system_k[i], self.system_v[i], None), (doc_k[:, i - a], doc_v[:, i - a], padding),
+                      (ik[:, i - a], iv[:, i - a], None)]
+            x, _, _ = self.model.layers[i](x, cos, sin, prefix)
             if i in ends:
                 tail = [e for e in exits if e >= i]
                 for e, sc in self._walk_tail(x, cos, sin, i, a, instructions[i], tail).items():
@@ -184,16 +182,18 @@ class SpecSweep:
                    exits: list[int]) -> dict[int, Tensor]:
         """Layers ``B+1..max(exits)`` over x [N, Q, D] (system + this band's instruction K/V, as TailGraph),
         scoring at each exit."""
-        n, head_rows = x.shape[0], self.base.head_rows
+        head_rows = self.base.head_rows
         ik, iv = instruction
-        visible = torch.ones(n, 1, self.system_k.shape[3] + ik.shape[3], dtype=torch.bool)
         scores = {}
         if band_end in exits:
             scores[band_end] = self.model.score_hidden(x[:, -1], head_rows)
-        for i in range(band_end + 1, max(exits, default=band_end) + 1):
-            pk = torch.cat([self.system_k[i].expand(n, -1, -1, -1), ik[:, i - a]], dim=2)
-            pv = torch.cat([self.system_v[i].expand(n, -1, -1, -1), iv[:, i - a]], dim=2)
-            x, _, _ = self.model.layers[i](x, cos, sin, pk, pv, visible)
-            if i in exits:
-                scores[i] = self.model.score_hidden(x[:, -1], head_rows)
+        last = max(exits, default=band_end)
+        for i in range(band_end + 1, last + 1):
+            layer = self.model.layers[i]
+            prefix = [(self.system_k[i], self.system_v[i], None), (ik[:, i - a], iv[:, i - a], None)]
+            if i in exits:  # as TailGraph's exit layer: the last row alone (the same products, the same digits)
+                exit_row, _, _ = layer(x, cos, sin, prefix, last_only=True)
+                scores[i] = self.model.score_hidden(exit_row[:, -1], head_rows)
+            if i < last:
+                x, _, _ = layer(x, cos, sin, prefix)
         return scores

@@ -52,6 +52,12 @@ class OnnxRuntimeRunner(BaseRunner):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        # No spin-waiting after a call: a rerank alternates sessions (query head, band, tail), and one
+        # session's idle threads spinning for work slow the next session's call. On 2 cores, band and
+        # tail called in turn took 106-132 ms per pair of calls with spinning, 61-63 ms without
+        # (benchmarks/attention_bench.py shapes, docs/benchmarks.md); a session called alone loses ~4%.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own exception types

@@ -29,30 +29,35 @@ from torch import Tensor, nn
 
 from ..runtime.vision_inputs import vision_inputs
 from .config import VisionConfig
-from .modeling import TorchModel
+from .modeling import KeySegment, TorchModel
 
 
-def _run_layers(model: TorchModel, first: int, x: Tensor, positions: Tensor, prefix_k: list[Tensor],
-                prefix_v: list[Tensor], visible: Tensor, deepstack: Tensor | None = None, count: int | None = None,
-                collect: int | None = None) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Run ``count`` layers from ``first``; layer ``first + j`` sees prefix K/V ``prefix_k[j]``.
+def _run_layers(model: TorchModel, first: int, x: Tensor, positions: Tensor, prefixes: list[list[KeySegment]],
+                deepstack: Tensor | None = None, collect: int | None = None,
+                last_only: bool = False) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Run ``len(prefixes)`` layers from ``first``; layer ``first + j`` sees the K/V segments ``prefixes[j]``.
 
-    x [B, T, D]; positions [3, B, T]; prefix_k[j] [B, Hkv, P, d]; visible bool [B, 1|T, P];
-    deepstack [K, T, D] dense (zero rows off the visual tokens), added after layer i < K.
+    x [1|B, T, D]; positions [3, B, T]; segments as :data:`~minireranker.export.modeling.KeySegment`
+    (batch-1 K/V shared by every row, never copied); deepstack [K, T, D] dense (zero rows off the visual
+    tokens), added after layer i < K; ``last_only``: the last layer computes the last row only.
     Returns the hidden state and the own K/V of layers ``>= collect``.
     """
     cos, sin = model.rotary(positions, x.dtype)
     ks, vs = [], []
-    count = len(prefix_k) if count is None else count
-    for j in range(count):
+    for j, prefix in enumerate(prefixes):
         i = first + j
-        x, k, v = model.layers[i](x, cos, sin, prefix_k[j], prefix_v[j], visible)
+        x, k, v = model.layers[i](x, cos, sin, prefix, last_only=last_only and j == len(prefixes) - 1)
         if deepstack is not None and i < deepstack.shape[0]:
             x = x + deepstack[i][None]
         if collect is not None and i >= collect:
             ks.append(k[0])
             vs.append(v[0])
     return x, ks, vs
+
+
+def _system(system_k: Tensor, system_v: Tensor) -> list[list[KeySegment]]:
+    """One prefix per layer of a system K/V slice [L, 1, Hkv, S, d]: the system segment, every key visible."""
+    return [[(k, v, None)] for k, v in zip(system_k.unbind(0), system_v.unbind(0))]
 
 
 def vision_tensors(cfg: VisionConfig, grid_h: int, grid_w: int) -> tuple[Tensor, ...]:
@@ -91,18 +96,16 @@ class DocPrefixGraph(nn.Module):
         # instruction_hidden [1, I, D] (entering layer A); instruction_positions [3, 1, I]
         a, b = self.band
         td = embeds.shape[1]
-        sk, sv = list(system_k.unbind(0)), list(system_v.unbind(0))
-        visible = torch.ones(1, 1, system_k.shape[3], dtype=torch.bool)
-        x, _, _ = _run_layers(self.model, 0, embeds, positions, sk, sv, visible, deepstack, count=a)
+        system = _system(system_k, system_v)
+        x, _, _ = _run_layers(self.model, 0, embeds, positions, system[:a], deepstack)
         joint = torch.cat([x, instruction_hidden], dim=1)  # [1, Td + I, D]
         joint_positions = torch.cat([positions, instruction_positions], dim=2)
         if deepstack is not None:  # the instruction has no visual rows: zero DeepStack for it
             deepstack = torch.cat([deepstack, deepstack.new_zeros(
                 deepstack.shape[0], instruction_hidden.shape[1], deepstack.shape[2])], dim=1)
-        x, ks, vs = _run_layers(self.model, a, joint, joint_positions, sk[a: b + 1], sv[a: b + 1], visible,
-                                deepstack, collect=a)
-        _, tk, tv = _run_layers(self.model, b + 1, x[:, td:], instruction_positions, sk[b + 1: self.exit_layer + 1],
-                                sv[b + 1: self.exit_layer + 1], visible, collect=b + 1)
+        x, ks, vs = _run_layers(self.model, a, joint, joint_positions, system[a: b + 1], deepstack, collect=a)
+        _, tk, tv = _run_layers(self.model, b + 1, x[:, td:], instruction_positions,
+                                system[b + 1: self.exit_layer + 1], collect=b + 1, last_only=True)
         doc_k, doc_v = torch.stack([k[:, :td] for k in ks]), torch.stack([v[:, :td] for v in vs])
         instruction_k = torch.stack([k[:, td:] for k in ks] + tk)
         instruction_v = torch.stack([v[:, td:] for v in vs] + tv)
@@ -120,15 +123,13 @@ class GuideGraph(nn.Module):
                 deepstack: Tensor | None = None) -> Tensor:
         # embeds [1, Td, D]; positions [3, 1, Td]; system_k/v [g+1, 1, Hkv, S, d] -> probs [S + Td]
         g = self.layer
-        visible = torch.ones(1, 1, system_k.shape[3], dtype=torch.bool)
-        x, _, _ = _run_layers(self.model, 0, embeds, positions, list(system_k.unbind(0)),
-                              list(system_v.unbind(0)), visible, deepstack, count=g)
+        x, _, _ = _run_layers(self.model, 0, embeds, positions, _system(system_k, system_v)[:g], deepstack)
         cos, sin = self.model.rotary(positions, x.dtype)
-        q, k, _ = self.model.layers[g].project_qkv(x, cos, sin)
-        k = torch.cat([system_k[g], k], dim=2)  # [1, Hkv, S+Td, d]
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        scores = (q[:, :, -1:].float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        return torch.softmax(scores, dim=-1)[0, :, 0].mean(0)
+        q, k, _ = self.model.layers[g].project_qkv(x, cos, sin, last_only=True)  # q [1, Hq, 1, d]
+        k = torch.cat([system_k[g], k], dim=2)[0]  # [Hkv, S+Td, d]: one row's keys, once per document
+        q = q[0, :, 0].reshape(k.shape[0], -1, q.shape[-1])  # [Hkv, G, d]: query heads j*G.. read K/V head j
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [Hkv, G, S+Td]
+        return torch.softmax(scores, dim=-1).flatten(0, 1).mean(0)
 
 
 class QueryHeadGraph(nn.Module):
@@ -142,10 +143,9 @@ class QueryHeadGraph(nn.Module):
                 instruction_k: Tensor, instruction_v: Tensor) -> Tensor:
         # embeds [1, Q, D]; positions [3, 1, Q]; system_k/v [A, 1, Hkv, S, d]; instruction_k/v [A, 1, Hkv, I, d]
         # -> hidden [1, Q, D]
-        pk = list(torch.cat([system_k, instruction_k], dim=3).unbind(0))  # [1, Hkv, S + I, d] per layer
-        pv = list(torch.cat([system_v, instruction_v], dim=3).unbind(0))
-        visible = torch.ones(1, 1, system_k.shape[3] + instruction_k.shape[3], dtype=torch.bool)
-        x, _, _ = _run_layers(self.model, 0, embeds, positions, pk, pv, visible, count=self.band_start)
+        prefixes = [[(system_k[j], system_v[j], None), (instruction_k[j], instruction_v[j], None)]
+                    for j in range(self.band_start)]
+        x, _, _ = _run_layers(self.model, 0, embeds, positions, prefixes)
         return x
 
 
@@ -160,15 +160,14 @@ class BandGraph(nn.Module):
                 instruction_k: Tensor, instruction_v: Tensor, system_k: Tensor, system_v: Tensor) -> Tensor:
         # hidden [1|N, Q, D]; positions [3, N, Q]; doc_k/v [N, B-A+1, Hkv, T, d]; doc_mask bool [N, T]
         # instruction_k/v [N, B-A+1, Hkv, I, d]; system_k/v [B-A+1, 1, Hkv, S, d] -> hidden [N, Q, D]
-        n, s, i = doc_k.shape[0], system_k.shape[3], instruction_k.shape[3]
-        x = hidden.expand(n, -1, -1)
-        visible = torch.cat([torch.ones(n, s, dtype=torch.bool), doc_mask, torch.ones(n, i, dtype=torch.bool)],
-                            dim=1)[:, None]  # [N, 1, S+T+I]
-        pk = [torch.cat([system_k[j].expand(n, -1, -1, -1), doc_k[:, j], instruction_k[:, j]], dim=2)
-              for j in range(doc_k.shape[1])]
-        pv = [torch.cat([system_v[j].expand(n, -1, -1, -1), doc_v[:, j], instruction_v[:, j]], dim=2)
-              for j in range(doc_v.shape[1])]
-        x, _, _ = _run_layers(self.model, self.band[0], x, positions, pk, pv, visible)
+        # No K/V is concatenated or copied per candidate: the system segment (batch 1) is shared and the
+        # padding mask is a [N, 1, 1, T] bias. (The shared hidden is expanded: two dynamic batch axes that
+        # broadcast against each other do not export with torch.export, and layer A's projections of the
+        # expanded rows are ~2% of the band and tail.)
+        padding = doc_mask[:, None, None, :]
+        prefixes = [[(system_k[j], system_v[j], None), (doc_k[:, j], doc_v[:, j], padding),
+                     (instruction_k[:, j], instruction_v[:, j], None)] for j in range(doc_k.shape[1])]
+        x, _, _ = _run_layers(self.model, self.band[0], hidden.expand(doc_k.shape[0], -1, -1), positions, prefixes)
         return x
 
 
@@ -184,13 +183,10 @@ class TailGraph(nn.Module):
                 system_k: Tensor, system_v: Tensor) -> Tensor:
         # hidden [N, Q, D]; positions [3, N, Q]; instruction_k/v [N, E-B, Hkv, I, d];
         # system_k/v [E-B, 1, Hkv, S, d] (both may be empty) -> score [N]
-        n = hidden.shape[0]
-        visible = torch.ones(n, 1, system_k.shape[3] + instruction_k.shape[3], dtype=torch.bool)
-        pk = [torch.cat([system_k[j].expand(n, -1, -1, -1), instruction_k[:, j]], dim=2)
-              for j in range(system_k.shape[0])]
-        pv = [torch.cat([system_v[j].expand(n, -1, -1, -1), instruction_v[:, j]], dim=2)
-              for j in range(system_v.shape[0])]
-        x, _, _ = _run_layers(self.model, self.first, hidden, positions, pk, pv, visible)
+        prefixes = [[(system_k[j], system_v[j], None), (instruction_k[:, j], instruction_v[:, j], None)]
+                    for j in range(system_k.shape[0])]
+        # the exit layer computes the last row only: the score reads nothing else
+        x, _, _ = _run_layers(self.model, self.first, hidden, positions, prefixes, last_only=True)
         return self.model.score_hidden(x[:, -1], self.head_rows)
 
 
@@ -203,7 +199,7 @@ def system_kv(model: TorchModel, system_ids: list[int], num_layers: int) -> tupl
     cos, sin = model.rotary(torch.from_numpy(text_positions(0, len(system_ids)))[:, None], x.dtype)
     ks, vs = [], []
     for layer in model.layers[:num_layers]:
-        x, k, v = layer(x, cos, sin, None, None, None)
+        x, k, v = layer(x, cos, sin)
         ks.append(k)
         vs.append(v)
     return torch.stack(ks), torch.stack(vs)
@@ -218,9 +214,7 @@ def instruction_head(model: TorchModel, ids: list[int], positions: Tensor, syste
     (hidden entering layer A [1, I, D], K and V of layers 0..A-1 [A, 1, Hkv, I, d] each).
     """
     x = model.embed_tokens(torch.tensor(ids))[None]
-    visible = torch.ones(1, 1, system_k.shape[3], dtype=torch.bool)
-    x, ks, vs = _run_layers(model, 0, x, positions, list(system_k.unbind(0)), list(system_v.unbind(0)),
-                            visible, collect=0)
+    x, ks, vs = _run_layers(model, 0, x, positions, _system(system_k, system_v), collect=0)
     empty = x.new_zeros(0, 1, system_k.shape[2], len(ids), system_k.shape[4])
     k = torch.stack(ks)[:, None] if ks else empty
     v = torch.stack(vs)[:, None] if vs else empty

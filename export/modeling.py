@@ -24,8 +24,8 @@ class TorchModel(Protocol):
     """The pieces the pipeline composes: vision tower, embeddings, decoder layers, final norm, exit head.
 
     ``vision(pixels, grid_h, grid_w)`` -> (LM tokens [Nv, D], DeepStack features); ``vision.encode`` is the
-    graph part. ``layers[i](x, cos, sin, prefix_k, prefix_v, prefix_visible)`` -> (x, own K, own V), with
-    ``project_qkv``/``attend``/``finish`` for callers that split it. ``rotary(positions [3, B, T])`` -> cos, sin.
+    graph part. ``layers[i](x, cos, sin, prefix=[KeySegment, ...], last_only=False)`` -> (x, own K, own V),
+    with ``project_qkv``/``attend``/``finish`` for callers that split it. ``rotary(positions [3, B, T])`` -> cos, sin.
     """
 
     config: ModelConfig
@@ -101,16 +101,69 @@ def attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None, fused: bo
     otherwise MatMul/Softmax ("portable": what TensorRT 10.3 on JetPack 6 parses). The softmax runs in
     float32 either way.
     """
+    return segment_attention(q, [(k, v, visible)], fused)
+
+
+# A run of keys one query attends to: K and V [1|B, Hkv, P, d] (batch 1 is shared by every row of the
+# batch, never copied per row) and which keys each query row sees: bool, broadcastable to [B, 1, T, P]
+# ([B, 1, 1, P] for padding, [T, P] for a causal block), or None when every key is visible.
+KeySegment = tuple[Tensor, Tensor, "Tensor | None"]
+
+
+def segment_attention(q: Tensor, segments: list[KeySegment], fused: bool) -> Tensor:
+    """Attention of ``q`` [B, Hq, T, d] over the keys of every segment, as if they were concatenated.
+
+    The portable form never concatenates K/V, repeats them for grouped heads or expands a mask: each
+    query head group is laid onto its K/V head (q as [B, Hkv, G*T, d], a view), each segment's scores
+    get their own mask as an additive bias in its own broadcast shape, and one softmax is taken over all
+    segments (a shared running max, then one normaliser), so the result equals softmax over the
+    concatenation up to float32 rounding. Exported at opset 17 as MatMul, ReduceMax, Exp, ReduceSum (what
+    TensorRT 10.3 parses). ``fused`` concatenates the segments and calls torch's SDPA (one ONNX
+    ``Attention`` node at opset 23). Scores and softmax are float32 in both forms.
+    """
+    segments = [s for s in segments if s[0].shape[2] > 0]
+    b, hq, t, d = q.shape
+    hkv = segments[0][0].shape[1]
+    scale = 1.0 / math.sqrt(d)
     if fused:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=1.0 / math.sqrt(q.shape[-1]),
-                                              enable_gqa=q.shape[1] != k.shape[1])
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    if visible is not None:
-        scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores, dim=-1).to(v.dtype) @ v
+        n = max(b, *(k.shape[0] for k, _, _ in segments))
+        ks = torch.cat([k.expand(n, -1, -1, -1) for k, _, _ in segments], dim=2)
+        vs = torch.cat([v.expand(n, -1, -1, -1) for _, v, _ in segments], dim=2)
+        mask = None
+        if any(m is not None for _, _, m in segments):
+            mask = torch.cat([torch.ones(n, 1, t, k.shape[2], dtype=torch.bool) if m is None else
+                              torch.broadcast_to(m, (n, 1, t, k.shape[2])) for k, _, m in segments], dim=-1)
+        return F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=scale, enable_gqa=hq != hkv)
+    g = hq // hkv
+    qg = (q.float() * scale).reshape(b, hkv, g * t, d)  # query heads j*G..j*G+G-1 read K/V head j
+    scores = []
+    for k, _, visible in segments:
+        s = qg @ k.float().transpose(-1, -2)  # [B, Hkv, G*T, P]
+        if visible is not None:
+            if visible.dim() not in (2, 4):
+                raise ValueError(f"a key mask is [T, P] or [B, 1, T|1, P], got {tuple(visible.shape)}")
+            bias = torch.where(visible, 0.0, torch.finfo(torch.float32).min)  # in the mask's own shape
+            bias = bias[:, :, None] if bias.dim() == 4 else bias  # over [B, Hkv, G, T, P]
+            s = (s.reshape(s.shape[0], hkv, g, t, -1) + bias).reshape(s.shape[0], hkv, g * t, -1)
+        scores.append(s)
+    top = scores[0].amax(-1, keepdim=True)
+    for s in scores[1:]:
+        top = torch.maximum(top, s.amax(-1, keepdim=True))
+    weights = [torch.exp(s - top) for s in scores]
+    total = weights[0].sum(-1, keepdim=True)
+    for w in weights[1:]:
+        total = total + w.sum(-1, keepdim=True)
+    out = None
+    if segments[0][1].dtype == torch.float32:  # normalise once, on the [.., G*T, d] output
+        for w, (_, v, _) in zip(weights, segments):
+            part = w @ v
+            out = part if out is None else out + part
+        out = out / total
+    else:  # half precision: normalised weights, so no partial sum can overflow
+        for w, (_, v, _) in zip(weights, segments):
+            part = (w / total).to(v.dtype) @ v  # [B, Hkv, G*T, d]
+            out = part if out is None else out + part
+    return out.reshape(out.shape[0], hq, t, d)
 
 
 class RMSNorm(nn.Module):

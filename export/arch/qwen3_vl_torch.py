@@ -10,13 +10,15 @@ Shapes: ``T`` tokens, ``P`` prefix (cached) tokens, ``B`` batch, ``Hq``/``Hkv`` 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...runtime.vision_inputs import vision_inputs
 from ..config import ModelConfig, TextConfig, VisionConfig
-from ..modeling import RMSNorm, WeightReader, attention, rotate_half
+from ..modeling import KeySegment, RMSNorm, WeightReader, attention, rotate_half, segment_attention
 from .qwen3_vl import LM_HEAD, TEXT, VISUAL
 
 
@@ -145,14 +147,20 @@ class DecoderLayer(nn.Module):
         self.post_norm = RMSNorm(read.parameter(prefix + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
         self.fused = False
 
-    def project_qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # x: [B, T, D] -> q [B, Hq, T, d], k/v [B, Hkv, T, d] (rotary applied to q and k)
+    def project_qkv(self, x: Tensor, cos: Tensor, sin: Tensor, last_only: bool = False
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        # x: [B, T, D] -> q [B, Hq, T, d] (T = 1 with last_only: the last row's), k/v [B, Hkv, T, d];
+        # rotary applied to q and k
         b, t, _ = x.shape
         h = self.input_norm(x)
-        q = self.q_norm(self.q_proj(h).view(b, t, -1, self.cfg.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(h).view(b, t, -1, self.cfg.head_dim)).transpose(1, 2)
         v = self.v_proj(h).view(b, t, -1, self.cfg.head_dim).transpose(1, 2)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+        if last_only:
+            h, cos_q, sin_q = h[:, -1:], cos[:, :, -1:], sin[:, :, -1:]
+        else:
+            cos_q, sin_q = cos, sin
+        q = self.q_norm(self.q_proj(h).view(b, h.shape[1], -1, self.cfg.head_dim)).transpose(1, 2)
+        return q * cos_q + rotate_half(q) * sin_q, k * cos + rotate_half(k) * sin, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
         # q: [B, Hq, T, d]; k/v: [B, Hkv, S, d]; visible: bool [B, 1, T, S] -> [B, Hq, T, d]
@@ -165,27 +173,20 @@ class DecoderLayer(nn.Module):
         h = self.post_norm(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
 
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, prefix_k: Tensor | None, prefix_v: Tensor | None,
-        prefix_visible: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One layer over ``x`` [B, T, D] that also sees a cached prefix.
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, prefix: Sequence[KeySegment] = (),
+                last_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """One layer over ``x`` [B, T, D] that also sees cached prefix segments, in order.
 
-        prefix_k/v: [B, Hkv, P, d]; prefix_visible: bool [B, 1 or T, P]. ``x`` attends causally to itself.
-        Returns the new hidden states and ``x``'s own K and V [B, Hkv, T, d].
+        prefix: (k, v, visible) per segment (see :data:`~minireranker.export.modeling.KeySegment`: K/V
+        [1|B, Hkv, P, d], batch 1 shared by every row). ``x`` attends causally to itself after them.
+        ``last_only``: only the last row's output is computed (the exit layer: the score reads it), so
+        the result is [B, 1, D]. Returns it and ``x``'s own K and V [B, Hkv, T, d] (every row's).
         """
-        q, k, v = self.project_qkv(x, cos, sin)
+        q, k, v = self.project_qkv(x, cos, sin, last_only)
         t = x.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        visible = causal.expand(x.shape[0], 1, t, t)
-        if prefix_k is not None:
-            assert prefix_v is not None and prefix_visible is not None
-            pv = prefix_visible[:, None].expand(-1, 1, t, -1)
-            k, v_all = torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)
-            visible = torch.cat([pv, visible], dim=-1)
-            out = self.attend(q, k, v_all, visible)
-            return self.finish(x, out), k[:, :, prefix_k.shape[2]:], v
-        return self.finish(x, self.attend(q, k, v, visible)), k, v
+        own = None if last_only else torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        out = segment_attention(q, [*prefix, (k, v, own)], self.fused)
+        return self.finish(x[:, -1:] if last_only else x, out), k, v
 
 
 class Qwen3VLTorch(nn.Module):

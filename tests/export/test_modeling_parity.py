@@ -78,7 +78,7 @@ def test_every_decoder_layer_matches(pair, images):
     cos, sin = ours.rotary(torch.from_numpy(positions)[:, None])
     assert len(captured) == ckpt.config.text.num_layers
     for i, layer in enumerate(ours.layers):
-        x, _, _ = layer(x, cos, sin, None, None, None)
+        x, _, _ = layer(x, cos, sin)
         torch.testing.assert_close(x[0], captured[i].reshape(x[0].shape), atol=ATOL, rtol=0,
                                    msg=lambda m: f"layer {i}: {m}")
         if i < len(deepstack):
