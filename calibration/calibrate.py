@@ -22,7 +22,8 @@ template strings), ``calibration.json`` (schema below), ``report.md`` and ``pare
 
     {"schema_version": 1, "checkpoint", "data", "embedder", "labelled", "metric", "target",
      "fidelity": {"kind": "metric_fraction" | "rank_agreement", "short", "description"},
-     "queries", "query_position", "cost": {"candidates", "precision", "system_tokens", "query_tokens"},
+     "queries", "query_position", "cost": {"candidates", "precision", "system_tokens", "query_tokens",
+     "instruction_tokens"},
      "grid": {"exit_layers", "bands", "keep_ratios", "guide"}, "dense_metrics": {...} | null,
      "exact_cost": {"flops_per_query", "kv_bytes_per_query"},
      "points": [{"label", "spec": {...}, "exit_layer", "band", "keep_ratio", "guide", "metrics" | null,
@@ -174,7 +175,7 @@ def _run_calibration(config: CalibrationConfig, log: Callable[[str], None]) -> d
 
     cost_in = CostInputs(len(base.template.system_ids),
                          float(np.mean([len(base.template.query_text(q.query)) for q in data.queries])),
-                         config.candidates, config.precision)
+                         config.candidates, config.precision, len(base.template.instruction_ids))
     dense = _dense(base, data, config.progress)
     points = _sweep(config, loaded, base, data, exits, bands, position, guide, dense, cost_in)
     result = _result(config, loaded, base, data, points, dense, exits, bands, position, guide, cost_in)
@@ -314,7 +315,8 @@ def _result(config, loaded, base, data, points, dense, exits, bands, position, g
         "fidelity": _fidelity(data.labelled, config.metric), "queries": len(data.queries),
         "query_position": position,
         "cost": {"candidates": config.candidates, "precision": config.precision,
-                 "system_tokens": cost_in.system_tokens, "query_tokens": cost_in.query_tokens},
+                 "system_tokens": cost_in.system_tokens, "query_tokens": cost_in.query_tokens,
+                 "instruction_tokens": cost_in.instruction_tokens},
         "grid": {"exit_layers": list(exits), "bands": [list(b) for b in bands],
                  "keep_ratios": list(config.keep_ratios), "guide": guide},
         "dense_metrics": summarize(dense, grades).to_dict() if data.labelled else None,

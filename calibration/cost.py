@@ -38,6 +38,7 @@ class CostInputs:
     query_tokens: float         # the whole query segment (template + text), mean
     candidates: int
     precision: str = "fp16"
+    instruction_tokens: int = 0  # the instruction segment, cached with each document (keys of layers 0..E)
 
 
 def spec_workload(config: ModelConfig, inputs: CostInputs, exit_layer: int, band: tuple[int, int]) -> Workload:
@@ -52,7 +53,8 @@ def spec_workload(config: ModelConfig, inputs: CostInputs, exit_layer: int, band
         exit_layer=exit_layer, keep_ratio=1.0, guide_layers=None, system_tokens=inputs.system_tokens,
         query_overhead_tokens=0, doc_extra_tokens=0, params=params, vision_width=config.vision.hidden_size,
         vision_depth=config.vision.depth, merge_size=config.vision.spatial_merge_size,
-        patch_factor=config.vision.patch_size * config.vision.spatial_merge_size, min_pixels=1, max_pixels=1 << 24)
+        patch_factor=config.vision.patch_size * config.vision.spatial_merge_size, min_pixels=1, max_pixels=1 << 24,
+        instruction_tokens=inputs.instruction_tokens)
 
 
 def query_cost(config: ModelConfig, inputs: CostInputs, exit_layer: int, band: tuple[int, int],

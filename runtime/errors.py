@@ -25,9 +25,28 @@ class DocumentError(MiniRerankerError):
     """A document (image, text, or both) cannot be read or is malformed."""
 
 
+class DocumentTooLongError(DocumentError):
+    """A document's token count exceeds the model's positions or the configured ``max_document_tokens``.
+
+    Raised before any engine runs; ``tokens`` is the document's count and ``limit`` the limit it broke.
+    The server answers it with 413, per document.
+    """
+
+    def __init__(self, message: str, tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.tokens, self.limit = tokens, limit
+
+
 class TokenizerError(MiniRerankerError):
     """The tokenizer cannot encode the template as required (e.g. `yes` is not one token)."""
 
 
 class CacheError(MiniRerankerError):
     """The K/V cache directory cannot be used (not writable, not a store) or an entry is malformed."""
+
+
+class CacheFullError(CacheError):
+    """An entry could not be written because the cache's file system is full (ENOSPC) or over quota (EDQUOT).
+
+    The reranker then scores the document uncached (and says so once); ``index`` reports it per document.
+    """

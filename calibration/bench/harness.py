@@ -117,7 +117,7 @@ def gemm_gflops(rows: int, inner: int, cols: int, repeats: int = 5) -> float:
 
 
 def warm_rerank_flops(model, spec: RerankSpec, query_tokens: int, system_tokens: int, doc_tokens: int,
-                      candidates: int) -> dict[str, float]:
+                      candidates: int, instruction_tokens: int = 0) -> dict[str, float]:
     """FLOPs of a warm rerank per stage (the runtime's cost model, :func:`~minireranker.runtime.profiling.cost.
     warm_flops`): linear layers plus attention scores and values (norms, rotary, softmax left out), the yes/no
     rows on each candidate's last token. ``model`` is a TinyPreset; the query head runs once, band and tail
@@ -135,7 +135,7 @@ def warm_rerank_flops(model, spec: RerankSpec, query_tokens: int, system_tokens:
         params=stage_parameters(layer, (a, b), spec.exit_layer),
         vision_width=model.vision_hidden_size, vision_depth=model.vision_depth, merge_size=model.spatial_merge_size,
         patch_factor=model.patch_size * model.spatial_merge_size, min_pixels=model.min_pixels,
-        max_pixels=model.max_pixels)
+        max_pixels=model.max_pixels, instruction_tokens=instruction_tokens)
     return warm_flops(w, candidates, query_tokens, doc_tokens, last_token_rows=2)  # the yes and no rows
 
 
@@ -286,7 +286,8 @@ def _bounds(config: BenchConfig, rs: list[dict], baselines: list[dict], spec: di
                 for r in rs]
     doc_tokens, model = statistics.median(index["tokens_per_doc"]), config.bench_preset.model
     flops = [sum(warm_rerank_flops(model, RerankSpec.from_dict(spec), r["query_tokens"], r["system_tokens"],
-                                   doc_tokens, config.candidates).values()) for r in rs]
+                                   doc_tokens, config.candidates, r.get("instruction_tokens", 0)).values())
+             for r in rs]
     rates = [baselines[r["repeat"]]["gemm"]["gflops"] * 1e9 for r in rs]
     compute_floor = statistics.median(f / g for f, g in zip(flops, rates))
     read = statistics.median(r["stages_s"]["kv_read"] for r in rs)

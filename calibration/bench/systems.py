@@ -174,7 +174,8 @@ class _OnnxSystem:
                 "scores": [s for _, s in sorted((x.index, x.score) for x in out.results)],
                 "kv_bytes_read": int(r.stats["kv_bytes_read"] - before.get("kv_bytes_read", 0)),
                 "query_head_runs": int(r.stats["query_head_runs"] - before.get("query_head_runs", 0)),
-                "query_tokens": len(r.query_ids(query)), "system_tokens": len(r.template.system_ids)}
+                "query_tokens": len(r.query_ids(query)), "system_tokens": len(r.template.system_ids),
+                "instruction_tokens": len(r.template.instruction_ids)}
 
 
 class _Indexer:

@@ -8,20 +8,25 @@ bundle, a checkpoint's config or a tiny preset) and asks this module::
 
     FLOPs  = 2 x parameters x tokens (every weight is one multiply-add per token)
            + 4 x query_tokens x keys x attention_width x layers (QK^T and AV; causal halves the self part)
+           (the exit layer runs the last row only, but for its K and V projections of every row)
     bytes  = weights read (once per graph call, so once per batch) + K/V read + activations
              (tokens x layers x ACTIVATION_WIDTHS x hidden x bytes per value)
 
 Stages (those of ``Reranker.rerank``'s ``timings``), for one query of ``q`` segment tokens over ``N``
-cached candidates of ``T`` kept tokens each, system segment ``S`` tokens, attention width ``W``::
+cached candidates of ``T`` kept tokens each, system segment ``S`` tokens, instruction segment ``I``
+tokens (cached with each document for layers A..E), attention width ``W``::
 
-    query_head  layers 0..A-1, once per query          2 P_qh q + 4 q (S + q/2) W A
+    query_head  layers 0..A-1, once per query          2 P_qh q + 4 q (S + I + q/2) W A
     kv_lookup   open + mmap + header of each entry     N lookups
-    kv_read     numpy copies into the padded batch     2 x N x T x K/V bytes per token, N entries
-    band        layers A..B, batched over candidates   2 P_band N q + 4 N q (S + T + q/2) W (B-A+1)
-    tail        layers B+1..E, final norm, yes/no rows 2 P_tail N q + 4 N q (S + q/2) W (E-B)
-    index       vision tower, pruning guide, document prefix (per document not yet cached)
+    kv_read     numpy copies into the padded batch     2 x N x (T + I x (E-A+1)/(B-A+1)) x K/V bytes per
+                                                       token, N entries
+    band        layers A..B, batched over candidates   2 P_band N q + 4 N q (S + T + I + q/2) W (B-A+1)
+    tail        layers B+1..E, final norm, yes/no rows 2 N (P_tail q - (P_l - P_kv)(q - 1))
+                                                       + 4 N W ((E-B-1) q (S + I + q/2) + S + I + q)
+    index       vision tower, pruning guide, document prefix and the instruction after it
 
-``P_*`` are the parameters each stage's graph multiplies by every token (``Workload.params``).
+``P_*`` are the parameters each stage's graph multiplies by every token (``Workload.params``); ``P_l`` one
+decoder layer's (``P_band / (B-A+1)``), ``P_kv`` its K and V projections.
 Where the memory sits changes the byte terms only: ``memory="gpu"`` (discrete: K/V crosses the link),
 ``"jetson"`` (unified: a host buffer is copied to a device buffer in the same DRAM) or ``"cpu"``.
 """
@@ -75,6 +80,7 @@ class Workload:
     patch_factor: int             # patch_size x merge_size: pixels per merged token side
     min_pixels: int
     max_pixels: int
+    instruction_tokens: int = 0   # the instruction segment, cached with each document (layers A..E)
 
     @property
     def bytes_per_value(self) -> int:
@@ -84,6 +90,12 @@ class Workload:
     def kv_bytes_per_token(self) -> int:
         a, b = self.band
         return (b - a + 1) * 2 * self.kv_heads * self.head_dim * self.bytes_per_value
+
+    @property
+    def instruction_kv_bytes(self) -> int:
+        """K/V bytes of one document's instruction segment (layers A..E), read with its entry."""
+        return (self.exit_layer - self.band[0] + 1) * 2 * self.kv_heads * self.head_dim * self.bytes_per_value \
+            * self.instruction_tokens
 
     def image_tokens(self, width: int, height: int) -> int:
         """Merged tokens of an image of ``width`` x ``height`` after the bundle's resize."""
@@ -141,9 +153,13 @@ def warm_flops(w: Workload, candidates: int, query_tokens: float, doc_tokens: fl
     for a count whose ``params["tail"]`` leaves them out (the bench's); 0 where the tail holds them."""
     a, b = w.band
     nb, nt = b - a + 1, w.exit_layer - b
-    p, s, aw, n, q, t = w.params, w.system_tokens, w.attention_width, candidates, query_tokens, doc_tokens
+    p, aw, n, q, t = w.params, w.attention_width, candidates, query_tokens, doc_tokens
+    s = w.system_tokens + w.instruction_tokens  # keys every query row sees besides the document and itself
     head = 2 * p.get("query_head", 0) * q + 4 * q * (s + q / 2) * aw * a if a > 0 else 0.0
     tail = 2 * p.get("tail", 0) * n * q + 4 * n * q * (s + q / 2) * aw * nt
+    if nt:  # the exit layer: every row's K and V projections, the rest (and the attention) for the last row
+        skipped = p.get("band", 0) / nb - 2 * w.hidden * w.kv_heads * w.head_dim
+        tail -= 2 * n * skipped * (q - 1) + 4 * n * aw * (q * (s + q / 2) - (s + q))
     if last_token_rows:
         tail += n * 2 * last_token_rows * w.hidden
     return {"query_head": head, "band": 2 * p.get("band", 0) * n * q + 4 * n * q * (s + t + q / 2) * aw * nb,
@@ -163,17 +179,21 @@ def rerank_cost(w: Workload, candidates: int, query_tokens: int, image_size: tup
     n, calls = candidates, math.ceil(candidates / batch_size)
     p, d = w.params, w.hidden
     sys_kv = 2 * w.system_tokens * w.kv_heads * w.head_dim * bv  # one layer of the system segment's K + V
+    if a > 0:  # the query head also reads the instruction's K/V of layers 0..A-1, stored once per bundle
+        sys_kv_head = sys_kv + 2 * w.instruction_tokens * w.kv_heads * w.head_dim * bv
+    else:
+        sys_kv_head = sys_kv
     flops = warm_flops(w, n, q, t)
     stages: dict[str, StageCost] = {}
     if a > 0:
         stages["query_head"] = StageCost(
-            flops["query_head"], p.get("query_head", 0) * bv + a * sys_kv + q * a * ACTIVATION_WIDTHS * d * bv,
+            flops["query_head"], p.get("query_head", 0) * bv + a * sys_kv_head + q * a * ACTIVATION_WIDTHS * d * bv,
             launched_layers=a)
     else:  # no graph: the query's embedding rows only
         stages["query_head"] = StageCost(host_bytes=q * d * bv)
     stages["kv_lookup"] = StageCost(lookups=n)
     stages["index"] = StageCost()
-    kv = n * t * kvb
+    kv = n * (t * kvb + w.instruction_kv_bytes)  # each entry: the document's K/V and its instruction's
     stages["kv_read"] = StageCost(host_bytes=2 * kv, entries=n)  # mmap'd pages -> batch
     copy_in = kv if memory == "gpu" else 0
     unified_copy = 2 * kv if memory == "jetson" else 0  # host buffer -> device buffer in the same DRAM
@@ -206,8 +226,14 @@ def index_cost(w: Workload, image_size: tuple[int, int], memory: str = "cpu") ->
         layers += g
     flops += 2 * p.get("doc_prefix", 0) * kept + 4 * kept * (w.system_tokens + kept / 2) * w.attention_width * (b + 1)
     act += kept * (b + 1) * ACTIVATION_WIDTHS * w.hidden * bv
+    i, first, e = w.instruction_tokens, w.band[0], w.exit_layer
+    if i:  # the instruction after the document: layers A..B see it, B+1..E the system segment only
+        layer = p.get("band", 0) / (b - first + 1)
+        flops += 2 * layer * i * (e - first + 1) + 4 * i * w.attention_width * (
+            (w.system_tokens + kept + i / 2) * (b - first + 1) + (w.system_tokens + i / 2) * (e - b))
+        act += i * (e - first + 1) * ACTIVATION_WIDTHS * w.hidden * bv
     weights = (vision_params + p.get("guide", 0) + p.get("embedder_guide", 0) + p.get("doc_prefix", 0)) * bv
-    out_kv = kept * w.kv_bytes_per_token
+    out_kv = kept * w.kv_bytes_per_token + w.instruction_kv_bytes
     link = (patches * 3 * 2 * 16 * 16 * 4 + out_kv) if memory == "gpu" else 0
     host = image_size[0] * image_size[1] * 3 * 4 * 6 + out_kv  # resize, normalise, patchify (float32 passes)
     return StageCost(flops, weights + act + out_kv, link, host, layers)

@@ -164,13 +164,16 @@ def workload_from_bundle(bundle: Any) -> Workload:
         system_tokens=len(bundle.template["system_ids"]), query_overhead_tokens=len(template.query_text("")),
         doc_extra_tokens=len(doc.ids) - 1, params=params, vision_width=vision["hidden_size"],
         vision_depth=vision["depth"],
-        merge_size=pre.merge_size, patch_factor=pre.factor, min_pixels=pre.min_pixels, max_pixels=pre.max_pixels)
+        merge_size=pre.merge_size, patch_factor=pre.factor, min_pixels=pre.min_pixels, max_pixels=pre.max_pixels,
+        instruction_tokens=len(bundle.template["instruction_ids"]))
 
 
 def qwen3_vl_2b_workload(spec: Any = None) -> Workload:
     """Qwen3-VL-2B's published shapes (hidden 2048, 28 layers, 16 heads, 8 KV heads of 128, MLP 6144; vision
     24 blocks of 1024, MLP 4096, 3 DeepStack mergers) under ``spec`` (default exact), fp16, for
-    ``--estimate`` without a bundle. Parameter counts are computed from the shapes."""
+    ``--estimate`` without a bundle. Parameter counts are computed from the shapes; the template's token
+    counts (46 system, 24 around the query of which 17 are the instruction segment, 6 around an image) are
+    estimates of Qwen's tokenizer on the default template, not read from it."""
     from ..spec import RerankSpec
 
     spec = (spec or RerankSpec.exact()).resolve(28)
@@ -184,9 +187,9 @@ def qwen3_vl_2b_workload(spec: Any = None) -> Workload:
     if guide:
         params["guide"] = guide * layer
     return Workload("Qwen3-VL-2B (built-in shapes)", "fp16", d, width, kv, hd, (a, b), e, spec.keep_ratio, guide,
-                    system_tokens=46, query_overhead_tokens=24, doc_extra_tokens=6, params=params,
+                    system_tokens=46, query_overhead_tokens=7, doc_extra_tokens=6, params=params,
                     vision_width=1024, vision_depth=24, merge_size=2, patch_factor=32, min_pixels=65536,
-                    max_pixels=16777216)
+                    max_pixels=16777216, instruction_tokens=17)
 
 
 def _stage(device: DeviceSpec, precision: str, cost: StageCost) -> dict:
