@@ -9,6 +9,7 @@ preset   text decoder (L, D, heads/KV, head_dim, MLP)             vision tower  
 =======  ======================================================  ========================  ==============
 tiny     4, 64, 4/2, 16, 128; DeepStack into 0-1                  3 x 32, MLP 64            96x128 -> 12
 small    28, 128, 4/2, 32, 384; DeepStack into 0-2; tied          6 x 64 (2 heads), MLP 256 1240x1754 -> 962
+wide     28, 512, 8/4, 64, 1536; DeepStack into 0-2; tied         as small                  1240x1754 -> 962
 2b       28, 2048, 16/8, 128, 6144; DeepStack into 0-2; tied;     24 x 1024 (16 heads),     1240x1754 -> 962
          vocab 151936 (Qwen3-VL-2B's shapes)                      MLP 4096
 =======  ======================================================  ========================  ==============
@@ -74,6 +75,15 @@ _SMALL_MODEL = TinyPreset(
     vision_num_heads=2, num_position_embeddings=2304, deepstack_visual_indexes=(1, 3, 4), tie_word_embeddings=True,
     min_pixels=256 * 256, max_pixels=PAGE_PIXELS,
 )
+# `small` four times wider (hidden 512, 8/4 heads of 64, MLP 1536): large enough that a GEMM of one band
+# batch runs near this CPU's GEMM rate, so the rerank's distance to its compute floor is not per-operator
+# overhead (issue 12). The vision tower is small's.
+_WIDE_MODEL = TinyPreset(
+    hidden_size=512, intermediate_size=1536, num_hidden_layers=28, num_attention_heads=8, num_key_value_heads=4,
+    head_dim=64, mrope_section=(12, 10, 10), vision_depth=6, vision_hidden_size=64, vision_intermediate_size=256,
+    vision_num_heads=2, num_position_embeddings=2304, deepstack_visual_indexes=(1, 3, 4), tie_word_embeddings=True,
+    min_pixels=256 * 256, max_pixels=PAGE_PIXELS,
+)
 _2B_MODEL = TinyPreset(
     hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
     head_dim=128, mrope_section=(24, 20, 20), vision_depth=24, vision_hidden_size=1024,
@@ -89,6 +99,9 @@ BENCH_PRESETS: dict[str, BenchPreset] = {
                         "the 4-layer test model; runs end to end in seconds (CI)"),
     "small": BenchPreset(_SMALL_MODEL, (1240, 1754), _PAPER_SPEC,
                          "Qwen3-VL-2B's depth and layout at a narrow width; a CPU run takes minutes"),
+    "wide": BenchPreset(_WIDE_MODEL, (1240, 1754), _PAPER_SPEC,
+                        "small at 4x the width (hidden 512): the rerank's distance to its compute floor without "
+                        "small's per-operator overhead"),
     "2b": BenchPreset(_2B_MODEL, (1240, 1754), _PAPER_SPEC,
                       "Qwen3-VL-2B's real shapes (random weights); for long runs and GPUs"),
 }

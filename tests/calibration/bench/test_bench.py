@@ -254,10 +254,13 @@ def test_query_first_prompt_is_qwen3_vl_rerankers_format():
 
 
 def test_presets_and_queries():
-    assert {"tiny", "small", "2b"} <= set(BENCH_PRESETS)
-    small, big = BENCH_PRESETS["small"].model, BENCH_PRESETS["2b"].model
-    assert small not in PRESETS.values() and big not in PRESETS.values()  # the suite builds every entry of PRESETS
-    for p in (small, big):
+    assert {"tiny", "small", "wide", "2b"} <= set(BENCH_PRESETS)
+    small, wide, big = BENCH_PRESETS["small"].model, BENCH_PRESETS["wide"].model, BENCH_PRESETS["2b"].model
+    for p in (small, wide, big):
+        assert p not in PRESETS.values()  # the suite builds every entry of PRESETS
+        assert sum(p.mrope_section) == p.head_dim // 2
+    assert (wide.hidden_size, wide.intermediate_size) == (4 * small.hidden_size, 4 * small.intermediate_size)
+    for p in (small, wide, big):
         assert p.num_hidden_layers == 28 and p.num_attention_heads == 2 * p.num_key_value_heads
         assert len(p.deepstack_visual_indexes) == 3  # into decoder layers 0-2
     assert (big.hidden_size, big.head_dim, big.intermediate_size, big.vocab_size) == (2048, 128, 6144, 151936)
