@@ -20,8 +20,8 @@ from ..export.checkpoint import load_state_dict, open_checkpoint
 from ..export.modeling import build_model
 from ..runtime.documents import Document
 from ..runtime.preprocess import preprocess_image
-from ..runtime.template import (EMBEDDER_IMAGE_HEAD, DocumentTokens, document_positions, embedder_image_tail,
-                                embedder_text, text_positions)
+from ..runtime.template import (EMBEDDER_IMAGE_HEAD, DocumentTokens, document_positions, embedder_image_tail_ids,
+                                embedder_text_ids, text_positions)
 from .scoring import run_causal
 
 
@@ -41,12 +41,12 @@ class Embedder:
 
     def text_ids(self, text: str) -> list[int]:
         """A text document's or a query's ids."""
-        return self.encode(embedder_text(text))
+        return embedder_text_ids(self.tokenizer, text)  # the text is plain text
 
     def image_ids(self, grid_hw: tuple[int, int], text: str | None) -> tuple[list[int], DocumentTokens]:
         """(head ids through ``<|vision_start|>``, the document part), as EmbedderGuide cuts them."""
         n = grid_hw[0] * grid_hw[1]
-        tail = self.encode(embedder_image_tail(text))
+        tail = embedder_image_tail_ids(self.tokenizer, text)
         doc = DocumentTokens([self.ckpt.config.image_token_id] * n + tail, 0, n, (grid_hw[0], grid_hw[1]))
         return self.encode(EMBEDDER_IMAGE_HEAD), doc
 

@@ -12,6 +12,7 @@ from ..runtime.errors import MiniRerankerError
 
 PRECISIONS = ("fp32", "fp16")          # fp32 for CPU targets, fp16 for GPUs
 ATTENTIONS = ("portable", "fused")     # MatMul/Softmax at opset 17, or ONNX Attention at opset 23
+WEIGHTS = ("float", "int8")            # the band's and tail's weights: as the precision, or int8 (CPU)
 
 
 class BuildError(MiniRerankerError):
@@ -20,10 +21,13 @@ class BuildError(MiniRerankerError):
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """How to build engines. ``precision``: fp32 (CPU targets) or fp16 (GPUs)."""
+    """How to build engines. ``precision``: fp32 (CPU targets) or fp16 (GPUs). ``weights``: "int8" stores
+    the band's and tail's weight matrices as int8 (ONNX Runtime dynamic quantization, :mod:`.quantize`), an
+    option for fp32 bundles run on CPUs; every other graph, the embeddings and the K/V stay float."""
 
     precision: str = "fp32"
     attention: str = "portable"
+    weights: str = "float"
     validate: bool = True
     external_data_threshold: int = 2_000_000_000  # bytes of weights above which a graph uses external data
 
@@ -32,6 +36,11 @@ class BuildConfig:
             raise BuildError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.attention not in ATTENTIONS:
             raise BuildError(f"attention must be 'portable' or 'fused', got {self.attention!r}")
+        if self.weights not in WEIGHTS:
+            raise BuildError(f"weights must be one of {sorted(WEIGHTS)}, got {self.weights!r}")
+        if self.weights == "int8" and self.precision != "fp32":
+            raise BuildError(f"int8 weights are a CPU option for fp32 bundles, got precision {self.precision!r}; "
+                             "build with precision fp32 and weights int8, or keep float weights for fp16")
 
     @property
     def opset(self) -> int:

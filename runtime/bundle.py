@@ -17,8 +17,11 @@ A bundle directory holds::
 
     schema_version    3 (1: before the graph I/O table; 2: the instruction segment ran per pair; the runtime
                       refuses both: rebuild the bundle)
-    fingerprint       sha256 of the checkpoint's files, the spec, the build settings and EXPORT_VERSION;
-                      the K/V store keys entries by it, so a new bundle never reads an old entry
+    fingerprint       sha256 of the checkpoint's files, the spec, the build settings that shape the K/V
+                      (precision, attention) and EXPORT_VERSION; the K/V store keys entries by it, so a new
+                      bundle never reads an old entry. "weights" is not in it: int8 weights change only the
+                      band and tail, so a float and an int8 bundle of one checkpoint and spec share their (equal)
+                      K/V entries
     minireranker_version, export_version, created (UTC ISO 8601)
     source            {"checkpoint": path, "model_type": "qwen3_vl"}
     spec              the resolved RerankSpec (runtime/spec.py), every field explicit
@@ -26,13 +29,18 @@ A bundle directory holds::
                        "vision_end_id"}
                       (the strings are in "spec"; the ids let anyone check the tokenizer)
     model             {"hidden_size", "num_layers", "num_attention_heads", "num_kv_heads", "head_dim",
-                       "intermediate_size", "vocab_size", "num_deepstack",
+                       "intermediate_size", "vocab_size", "num_deepstack", "max_position_embeddings"
+                       (int, or null where config.json has none: the document limit then falls back,
+                       runtime/limits.py),
                        "vision": {"patch_size", "merge_size", "side", "head_dim", "rope_theta", "depth",
                                   "hidden_size", "num_heads", "intermediate_size"}}
                       (the shapes the runtime needs, and those `profile --estimate` counts FLOPs with)
     preprocess        PreprocessConfig.to_dict() (runtime/preprocess.py)
     precision         "fp32" | "fp16": weights, embeddings, system and stored K/V
     attention         "portable" (MatMul/Softmax, opset 17) | "fused" (ONNX Attention, opset 23)
+    weights           "float" (the precision's) | "int8": the band's and tail's MatMul weights as int8
+                      (MatMulInteger, export/quantize.py; fp32 bundles only, for CPUs); absent in bundles
+                      built before it, which read as "float"
     opset             the ONNX opset of every graph
     graphs            {name: {"file", "parameters", "inputs": [{"name", "dtype", "shape"}], "outputs": [...]}}
                       as the exported file declares them: "file" is relative to the bundle directory (the
@@ -179,7 +187,8 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
     side = v["patch_size"] * v["merge_size"]
     return {
         "path": str(bundle.path), "fingerprint": bundle.fingerprint, "precision": bundle.precision,
-        "attention": bundle.data.get("attention"), "opset": bundle.data.get("opset"),
+        "attention": bundle.data.get("attention"), "weights": bundle.data.get("weights", "float"),
+        "opset": bundle.data.get("opset"),
         "spec": bundle.data["spec"], "guide": bundle.guide,
         "graphs": {name: {"file": g["file"], "parameters": g.get("parameters"), "inputs": g["inputs"],
                           "outputs": g["outputs"]} for name, g in graphs.items()},

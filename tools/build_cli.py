@@ -9,7 +9,7 @@ from .args import add_spec_arguments, needs_export, spec_from_args
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``build`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from ..export.build_config import ATTENTIONS, PRECISIONS, BuildConfig  # torch-free: defaults for --help
+    from ..export.build_config import ATTENTIONS, PRECISIONS, WEIGHTS, BuildConfig  # torch-free: defaults for --help
 
     d = BuildConfig()
     p = subparsers.add_parser("build", help="build a bundle of ONNX engines from a checkpoint",
@@ -23,6 +23,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=ATTENTIONS, default=d.attention,
                    help="portable: MatMul/Softmax (opset 17, TensorRT 10.3); fused: ONNX Attention (opset 23) "
                    f"(default {d.attention})")
+    p.add_argument("--weights", choices=WEIGHTS, default=d.weights,
+                   help="int8: the band's and tail's weight matrices as int8 (ONNX Runtime dynamic quantization; "
+                   f"fp32 bundles on CPUs only; see docs/parity.md for its fidelity) (default {d.weights})")
     p.add_argument("--no-validate", dest="validate", action="store_false", default=d.validate,
                    help="skip the comparison with the torch reference")
     needs_export(p)
@@ -33,8 +36,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 def cmd_build(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)  # flag errors first, before the seconds torch takes to import
     from ..export.build_config import BuildConfig
+
+    config = BuildConfig(precision=args.precision, attention=args.attention, weights=args.weights,
+                         validate=args.validate)  # and the combination of flags, before torch too
     from ..export.onnx_export import build_bundle
 
-    build_bundle(args.checkpoint, args.output, spec,
-                 BuildConfig(precision=args.precision, attention=args.attention, validate=args.validate))
+    build_bundle(args.checkpoint, args.output, spec, config)
     return 0

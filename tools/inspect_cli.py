@@ -24,7 +24,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     spec = info["spec"]
-    print(f"bundle {info['path']}  fingerprint {info['fingerprint'][:16]}  {info['precision']}, "
+    weights = ", int8 band and tail weights" if info["weights"] == "int8" else ""
+    print(f"bundle {info['path']}  fingerprint {info['fingerprint'][:16]}  {info['precision']}{weights}, "
           f"{info['attention']} attention, opset {info['opset']}")
     print(f"spec: exit layer {spec['exit_layer']}, band {spec['band']}, keep {spec['keep_ratio']}, "
           f"guide {spec['guide']}, query position {spec['query_position']}")

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from ...runtime.documents import Document
 from ...runtime.preprocess import PreprocessConfig, preprocess_image
-from ...runtime.template import (EMBEDDER_IMAGE_HEAD, DocumentTokens, document_positions, embedder_image_tail,
-                                 embedder_text, text_positions)
+from ...runtime.template import (EMBEDDER_IMAGE_HEAD, DocumentTokens, document_positions, embedder_image_tail_ids,
+                                 embedder_text_ids, text_positions)
 from ...export.checkpoint import load_state_dict, open_checkpoint
 from . import data, images, pools
 from .train_config import TrainConfig, lr_factor, new_optimizer, optimizer_step
@@ -32,7 +32,7 @@ class EmbedderTemplate:
 
     def text(self, text: str) -> Sample:
         """A query, or a text-only document: the text is the user turn."""
-        ids = self.encode(embedder_text(text))
+        ids = embedder_text_ids(self.tokenizer, text)  # the text is plain text
         return Sample(ids, text_positions(0, len(ids)))
 
     def document(self, image, text: str | None) -> Sample:
@@ -41,7 +41,7 @@ class EmbedderTemplate:
         pixels, grid = preprocess_image(image, self.preprocess)
         m = self.preprocess.merge_size
         n = grid[1] * grid[2] // (m * m)
-        tail = self.encode(embedder_image_tail(text))
+        tail = embedder_image_tail_ids(self.tokenizer, text)
         doc = DocumentTokens([self.image_pad] * n + tail, 0, n, (grid[1] // m, grid[2] // m))
         positions, _ = document_positions(len(self.prefix_ids), doc)
         return Sample(self.prefix_ids + doc.ids, np.concatenate([text_positions(0, len(self.prefix_ids)), positions], 1),

@@ -65,7 +65,7 @@ def reranker_sample(template: VisionFirstTemplate, preprocess: PreprocessConfig,
             if len(hits):
                 sample.ground.append((first + j, sample.image_start + hits))
     if caption:
-        head = template.encode(f"<Instruct>: {template.spec.instruction}\n<Query>:")
+        head = template.instruction_ids  # the instruction is plain text (runtime/template.py)
         tail = template.encode("<|im_end|>\n<|im_start|>assistant\n")
         start = len(sample.ids) - len(q) + len(head)
         if q[: len(head)] == head and q[len(q) - len(tail):] == tail:
