@@ -25,6 +25,7 @@ class TextConfig:
     rms_norm_eps: float
     rope_theta: float
     mrope_section: tuple[int, int, int]
+    max_position_embeddings: int | None = None  # the model's positions (bundle.json: the document limit)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

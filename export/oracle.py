@@ -80,26 +80,35 @@ class TransformersOracle:
         return ids[0]
 
     def _ids(self, text: str) -> list[int]:
+        """Template text: its special-token strings are control tokens."""
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _plain(self, text: str) -> list[int]:
+        """Text between the template's special tokens (user and spec text included): special-token strings
+        in it stay plain text (runtime/template.py's rule, transformers' split_special_tokens)."""
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True) if text else []
 
     def build(self, query: str, doc: Document) -> dict:
         """Token ids (three segments), pixel values, grid, token types and segment lengths."""
         spec = self.spec
-        system = self._ids(f"<|im_start|>system\n{spec.system}<|im_end|>\n<|im_start|>user\n")
+        system = self._ids("<|im_start|>") + self._plain(f"system\n{spec.system}") \
+            + self._ids("<|im_end|>\n<|im_start|>user\n")
         inputs: dict = {}
-        doc_ids = self._ids("<Document>:")
+        doc_ids = []
         if doc.image is not None:
             from ..runtime.preprocess import load_image  # PIL loading only; the pixels are transformers'
 
             feats = self.processor(images=[load_image(doc.image)], return_tensors="pt")
             inputs["pixel_values"], inputs["image_grid_thw"] = feats["pixel_values"], feats["image_grid_thw"]
             n = int(feats["image_grid_thw"].prod()) // self.model.config.vision_config.spatial_merge_size**2
-            doc_ids += self._ids("<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>")
-        doc_ids += self._ids(f"{doc.text or ''}\n")
+            doc_ids += self._ids("<Document>:<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>")
+            doc_ids += self._plain(f"{doc.text or ''}\n")
+        else:
+            doc_ids += self._plain(f"<Document>:{doc.text or ''}\n")
         # the instruction and the query are separate segments (runtime/template.py): tokenized apart, so a
         # query starting with punctuation never merges with the instruction's closing ':'
-        query_ids = self._ids(f"<Instruct>: {spec.instruction}\n<Query>:")
-        query_ids += self._ids(f"{query}<|im_end|>\n<|im_start|>assistant\n")
+        query_ids = self._plain(f"<Instruct>: {spec.instruction}\n<Query>:")
+        query_ids += self._plain(query) + self._ids("<|im_end|>\n<|im_start|>assistant\n")
         ids = torch.tensor([system + doc_ids + query_ids])
         inputs["input_ids"] = ids
         inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).int()
@@ -200,15 +209,16 @@ def embedder_guide_attention(embedder_dir: str | Path, doc: Document, layer: int
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from ..runtime.preprocess import load_image
-    from ..runtime.template import EMBEDDER_IMAGE_HEAD, IMAGE_PAD, embedder_image_tail
+    from ..runtime.template import EMBEDDER_CLOSE, EMBEDDER_IMAGE_HEAD, IMAGE_PAD, VISION_END
 
     model = _transformers_model(embedder_dir)
     model.config.text_config._attn_implementation = "eager"
     tok = AutoTokenizer.from_pretrained(embedder_dir)
     feats = Qwen2VLImageProcessorPil.from_pretrained(embedder_dir)(images=[load_image(doc.image)], return_tensors="pt")
     n = int(feats["image_grid_thw"].prod()) // model.config.vision_config.spatial_merge_size**2
-    text = EMBEDDER_IMAGE_HEAD + IMAGE_PAD * n + embedder_image_tail(doc.text)
-    ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+    head = tok.encode(EMBEDDER_IMAGE_HEAD + IMAGE_PAD * n + VISION_END, add_special_tokens=False)
+    text = tok.encode(doc.text, add_special_tokens=False, split_special_tokens=True) if doc.text else []
+    ids = torch.tensor([head + text + tok.encode(EMBEDDER_CLOSE, add_special_tokens=False)])
     out = model(input_ids=ids, pixel_values=feats["pixel_values"], image_grid_thw=feats["image_grid_thw"],
                 mm_token_type_ids=(ids == model.config.image_token_id).int(), output_attentions=True)
     layer = model.config.text_config.num_hidden_layers - 1 if layer is None else layer

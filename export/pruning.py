@@ -24,7 +24,7 @@ import torch
 from ..runtime.errors import CheckpointError
 from ..runtime.preprocess import preprocess_image
 from ..runtime.pruning import num_kept, select_kept  # noqa: F401  (re-exported)
-from ..runtime.template import EMBEDDER_IMAGE_HEAD, DocumentTokens, document_positions, embedder_image_tail
+from ..runtime.template import EMBEDDER_IMAGE_HEAD, DocumentTokens, document_positions, embedder_image_tail_ids
 from .checkpoint import Checkpoint, load_state_dict, open_checkpoint
 from .graphs import GuideGraph, VisionGraph, system_kv, vision_tensors
 from .modeling import build_model
@@ -65,7 +65,7 @@ class EmbedderGuide:
     def document(self, grid_hw: tuple[int, int], text: str | None) -> DocumentTokens:
         """The embedder's document part: image pads first, then ``<|vision_end|>{text}`` and the closing."""
         n = grid_hw[0] * grid_hw[1]
-        tail = self.encode(embedder_image_tail(text))
+        tail = embedder_image_tail_ids(self.tokenizer, text)  # the text is plain text
         return DocumentTokens([self.ckpt.config.image_token_id] * n + tail, 0, n, (grid_hw[0], grid_hw[1]))
 
     @torch.no_grad()

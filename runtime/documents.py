@@ -6,18 +6,28 @@ On the command line a document is written as:
 * ``text:STRING`` — a text document;
 * ``PATH::text:STRING`` — an image followed by a text (the document segment holds both, image first).
 
-Directories and globs are expanded by :func:`expand_document_args` (images only, sorted).
+Directories and globs are expanded by :func:`expand_document_args` (images only, sorted). Only regular
+files are documents: a FIFO, a device or a socket named like an image in a directory is skipped (with a
+warning on the ``minireranker.runtime`` logger), and an image path is opened as a regular file of at most
+``MAX_IMAGE_FILE_BYTES`` (runtime/preprocess.py) before anything reads it (runtime/files.py), so nothing
+blocks on a FIFO or reads ``/dev/zero`` without bound.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DocumentError
+from .files import FileTooLargeError, NotRegularFileError, file_kind, read_regular
+from .preprocess import MAX_IMAGE_FILE_BYTES
+
+log = logging.getLogger("minireranker.runtime")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -61,6 +71,10 @@ class Document:
             raise DocumentError(f"document {arg!r}: after '::' write text:STRING with a non-empty STRING "
                                 "(an image followed by a text)")
         path = Path(image)
+        if path.exists() and not path.is_file():
+            raise DocumentError(f"document {arg!r}: no such image file {image!r} (it is "
+                                f"{file_kind(path.stat().st_mode)}, not a regular file); pass the path of an image "
+                                "file, or write text:STRING for a text document")
         if not path.is_file():
             raise DocumentError(
                 f"document {arg!r}: no such image file {image!r}; write text:STRING for a text document"
@@ -78,10 +92,18 @@ class Document:
         return h.hexdigest()
 
 
+def short_label(label: str, width: int = 80) -> str:
+    """A document's label for a message: at most ``width`` characters (a long text is cut, its length said)."""
+    return label if len(label) <= width else f"{label[:width]}... ({len(label):,} characters)"
+
+
 def _image_bytes(image: Any) -> bytes:
     if isinstance(image, (str, Path)):
         try:
-            return Path(image).read_bytes()
+            return read_regular(image, MAX_IMAGE_FILE_BYTES)
+        except (NotRegularFileError, FileTooLargeError, IsADirectoryError) as exc:
+            raise DocumentError(f"image file {str(image)!r} {exc.strerror}; pass the path of an image file (at most "
+                                f"{MAX_IMAGE_FILE_BYTES:,} bytes)") from None
         except OSError as exc:
             raise DocumentError(f"cannot read image file {str(image)!r} ({exc.strerror or exc}); "
                                 "check that the file exists and is readable") from None
@@ -101,7 +123,7 @@ def expand_document_args(args: list[str]) -> list[Document]:
         if not arg.startswith("text:") and "::" not in arg:
             path = Path(arg)
             if path.is_dir():
-                files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                files = _regular_images(path)
                 if not files:
                     raise DocumentError(f"directory {arg} holds no image files ({sorted(IMAGE_SUFFIXES)})")
                 docs.extend(Document(image=p) for p in files)
@@ -114,3 +136,25 @@ def expand_document_args(args: list[str]) -> list[Document]:
                 continue
         docs.append(Document.parse(arg))
     return docs
+
+
+def _regular_images(directory: Path) -> list[Path]:
+    """The image files of ``directory``, sorted: regular files (or links to them) only, others skipped."""
+    files = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        path = Path(entry.path)
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            regular = entry.is_file()  # follows links: a link to a regular file is a document
+        except OSError:
+            regular = False
+        if regular:
+            files.append(path)
+        else:
+            try:
+                kind = file_kind(os.stat(path).st_mode)
+            except OSError as exc:
+                kind = f"unreadable ({exc.strerror or exc})"
+            log.warning("skipping %s in %s: it is %s, not a regular image file", entry.name, directory, kind)
+    return files

@@ -45,9 +45,11 @@ class Encoder:
     def dtype(self) -> np.dtype:
         return self.embed.dtype
 
-    def vision(self, image, preprocess, timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    def vision(self, image, preprocess, timings: dict | None = None, prepared: tuple | None = None
+               ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """Vision tower over ``image`` (or over ``prepared``, what ``preprocess_image`` returned for it)."""
         t0 = time.perf_counter()
-        pixels, grid = preprocess_image(image, preprocess)
+        pixels, grid = prepared if prepared is not None else preprocess_image(image, preprocess)
         v = self.model["vision"]
         vi = vision_inputs(grid[1], grid[2], v["merge_size"], v["side"], v["head_dim"], v["rope_theta"])
         t1 = time.perf_counter()

@@ -11,6 +11,15 @@ Layout on disk (format version 1)::
         <blake2b-160(key) hex>.kv        one entry; the key is hashed, never used as a path
         .tmp-<pid>-<random>.kv           a put in progress (flock'ed by its writer); stale ones are
                                            removed when a store opens
+
+Only regular files are ours. Anything else in a namespace (a FIFO or a device named like a temp file or an
+entry, a directory, a symbolic link) is foreign: scans skip it and log it once (logger
+``minireranker.kvstore``), and every open here uses ``O_NONBLOCK`` and ``O_NOFOLLOW`` and checks the kind
+with ``fstat`` before reading, so no foreign file can block a store or be read without bound.
+
+A store whose directory (or namespace) the process cannot write is opened read-only when it already is a
+store (its marker is readable): entries are read, nothing is written, removed or touched (see
+:mod:`minireranker.runtime.kvstore`). A directory that is not yet a store and cannot be written is refused.
 """
 
 from __future__ import annotations
@@ -18,9 +27,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
+import stat
 import struct
+import threading
 import time
 import uuid
 import zlib
@@ -28,6 +40,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import CacheError
+from .files import file_kind, read_regular
 from .kvformat import _PREFIX, FORMAT_VERSION
 
 try:  # POSIX only; without it stale temp files are removed by age instead of by lock
@@ -43,6 +56,56 @@ STALE_TEMP_SECONDS = 3600  # only where flock is missing: a temp file this old h
 _ENTRY_NAME_RE = re.compile(r"[0-9a-f]{40}\.kv")
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NOATIME = getattr(os, "O_NOATIME", 0)
+O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_SAFE_READ = os.O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW  # never blocks on a FIFO, never follows a link
+MARKER_MAX_BYTES = 1 << 16
+
+logger = logging.getLogger("minireranker.kvstore")
+_reported: set[str] = set()  # foreign files already logged (bounded below)
+_reported_lock = threading.Lock()
+
+
+def report_foreign(path: str | os.PathLike, kind: str) -> None:
+    """Log, once per path, a file in the store that is not one of ours (it is skipped, never read)."""
+    path = os.fspath(path)
+    with _reported_lock:
+        if path in _reported:
+            return
+        if len(_reported) >= 4096:
+            _reported.clear()
+        _reported.add(path)
+    logger.warning("skipping %s in the K/V cache: it is %s, not a file this store wrote; remove it", path, kind)
+
+
+def is_regular(item: os.DirEntry) -> bool:
+    """Whether a scanned name is a regular file itself (not a link, FIFO, device or directory); logs others."""
+    try:
+        st = item.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(st.st_mode):
+        return True
+    report_foreign(item.path, "a symbolic link" if stat.S_ISLNK(st.st_mode) else file_kind(st.st_mode))
+    return False
+
+
+def open_regular_fd(path: str | os.PathLike, flags: int = O_SAFE_READ) -> int | None:
+    """A descriptor of the regular file ``path`` (opened with ``flags``; never blocking, never following a
+    link), or None when it is something else (logged once). Raises FileNotFoundError if it is gone."""
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # ELOOP: a symbolic link under O_NOFOLLOW; EISDIR, ENXIO (a FIFO opened to write), ...
+        report_foreign(path, f"not openable as a regular file ({e.strerror or e})")
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        report_foreign(path, file_kind(st.st_mode))
+        return None
+    return fd
 
 
 def entry_file_stem(key: str) -> str:
@@ -50,29 +113,34 @@ def entry_file_stem(key: str) -> str:
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
 
 
-def open_namespace(directory: Path, fingerprint: str) -> Path:
-    """Create or check the store directory and its marker; return the fingerprint's namespace folder."""
+def open_namespace(directory: Path, fingerprint: str, read_only: bool = False) -> tuple[Path, bool]:
+    """Create or check the store directory and its marker; return the fingerprint's namespace folder and
+    whether the store is read-only (asked for, or not writable by this process; see the module docstring)."""
     if directory.exists() and not directory.is_dir():
         raise CacheError(f"K/V cache directory {directory} is a file, not a directory; "
                          "pass a directory for the store (it is created if missing)")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CacheError(f"cannot create the K/V cache directory {directory} ({e.strerror or e}); "
-                         "choose a writable location or fix its permissions") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
+    if not directory.is_dir():
+        if read_only:
+            raise CacheError(f"K/V cache directory {directory} does not exist; a read-only store must exist already")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot create the K/V cache directory {directory} ({e.strerror or e}); "
+                             "choose a writable location or fix its permissions") from None
+    marker = directory / MARKER_NAME
+    read_only = read_only or not os.access(directory, os.W_OK | os.X_OK)
+    if read_only and not os.path.lexists(marker):
         raise CacheError(f"K/V cache directory {directory} is not writable; "
                          "choose a writable location or fix its permissions")
-    marker = directory / MARKER_NAME
-    if not marker.exists():
+    if not os.path.lexists(marker):
         others = [n for n in os.listdir(directory) if not n.startswith(TEMP_PREFIX) and n != MARKER_NAME]
         if others and not marker.exists():  # a store opening at the same time writes its marker first
             raise CacheError(f"{directory} is not a miniReranker K/V store: it holds other files "
                              f"({', '.join(sorted(others)[:3])}) and no {MARKER_NAME}; use an empty or dedicated "
                              "directory for the cache")
         write_marker(directory)
-    try:
-        content = json.loads(marker.read_text())
+    try:  # a regular file only: a FIFO planted as the marker must not block the open
+        content = json.loads(read_regular(marker, MARKER_MAX_BYTES))
         ok = content.get("format") == "minireranker-kvstore" and isinstance(content.get("version"), int)
     except (OSError, ValueError, AttributeError):
         ok = False
@@ -83,14 +151,18 @@ def open_namespace(directory: Path, fingerprint: str) -> Path:
         raise CacheError(f"the K/V store at {directory} has format version {content['version']}, newer than "
                          f"this miniReranker's {FORMAT_VERSION}; upgrade or choose another cache directory")
     namespace = directory / fingerprint
-    try:
-        namespace.mkdir(exist_ok=True)
-    except OSError as e:
-        raise CacheError(f"cannot create {namespace} in the K/V cache directory ({e.strerror or e}); "
-                         "choose a writable location or fix its permissions") from None
-    if not os.access(namespace, os.W_OK | os.X_OK):
-        raise CacheError(f"K/V cache directory {namespace} is not writable; fix its permissions")
-    return namespace
+    if os.path.lexists(namespace) and not namespace.is_dir():  # a link to a directory is fine; a FIFO is not
+        raise CacheError(f"{namespace} in the K/V cache directory is not a directory; remove it, or choose "
+                         "another cache directory")
+    if not namespace.is_dir() and not read_only:
+        try:
+            namespace.mkdir(exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot create {namespace} in the K/V cache directory ({e.strerror or e}); "
+                             "choose a writable location or fix its permissions") from None
+    if namespace.is_dir() and not os.access(namespace, os.R_OK | os.X_OK):
+        raise CacheError(f"K/V cache directory {namespace} is not readable; fix its permissions")
+    return namespace, read_only or not (namespace.is_dir() and os.access(namespace, os.W_OK | os.X_OK))
 
 
 def write_marker(directory: Path) -> None:
@@ -106,14 +178,26 @@ def write_marker(directory: Path) -> None:
         unlink_quietly(tmp)
 
 
+def _scan(namespace: Path) -> list[os.DirEntry]:
+    """The names in ``namespace`` (none when a read-only store has no namespace for this bundle yet)."""
+    try:
+        with os.scandir(namespace) as items:
+            return list(items)
+    except FileNotFoundError:
+        return []
+
+
 def remove_stale_temps(namespace: Path) -> None:
-    """Delete temp files left by writers that died (kill -9, power loss). Live writers hold a flock."""
-    for item in os.scandir(namespace):
-        if not item.name.startswith(TEMP_PREFIX):
+    """Delete temp files left by writers that died (kill -9, power loss). Live writers hold a flock.
+    Only regular files are temp files: a FIFO or anything else named like one is skipped and logged."""
+    for item in _scan(namespace):
+        if not item.name.startswith(TEMP_PREFIX) or not is_regular(item):
             continue
         try:
-            fd = os.open(item.path, os.O_RDONLY | O_CLOEXEC)
+            fd = open_regular_fd(item.path)
         except OSError:
+            continue
+        if fd is None:
             continue
         try:
             if fcntl is not None:
@@ -131,10 +215,10 @@ def remove_stale_temps(namespace: Path) -> None:
 def scan_entries(namespace: Path) -> list[tuple[int, str, int]]:
     """(access time ns, file name, size) of every entry file in the namespace."""
     found = []
-    for item in os.scandir(namespace):
-        if _ENTRY_NAME_RE.fullmatch(item.name):
+    for item in _scan(namespace):
+        if _ENTRY_NAME_RE.fullmatch(item.name) and is_regular(item):
             try:
-                st = item.stat()
+                st = item.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             found.append((st.st_atime_ns, item.name, st.st_size))
@@ -162,7 +246,13 @@ def namespace_lock(namespace: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    fd = os.open(namespace / ".lock", os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+    lock = namespace / ".lock"
+    try:
+        fd = open_regular_fd(lock, os.O_RDWR | os.O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW)
+    except OSError as e:
+        raise CacheError(f"cannot open the eviction lock {lock} ({e.strerror or e}); fix its permissions") from None
+    if fd is None:
+        raise CacheError(f"the eviction lock {lock} is not a regular file; remove it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -173,9 +263,12 @@ def namespace_lock(namespace: Path) -> Iterator[None]:
 def open_noatime(path: Path):
     """Open for reading without bumping the access time (our LRU clock) where the OS allows it."""
     try:
-        return open(os.open(path, os.O_RDONLY | O_CLOEXEC | O_NOATIME), "rb")
+        fd = open_regular_fd(path, O_SAFE_READ | O_NOATIME)
     except PermissionError:  # O_NOATIME needs file ownership
-        return open(path, "rb")
+        fd = open_regular_fd(path)
+    if fd is None:
+        raise OSError(f"{path} is not a regular file")
+    return open(fd, "rb")
 
 
 def fsync_directory(directory: Path) -> None:

@@ -6,6 +6,7 @@ a mapping only while the path's :data:`Identity` (device, inode, size, mtime) is
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from pathlib import Path
@@ -54,10 +55,13 @@ class MappedEntry:
 
 
 def stat_or_none(path: Path) -> os.stat_result | None:
+    """``os.stat(path)``, or None when nothing readable is there (gone, or a loop of symbolic links)."""
     try:
         return os.stat(path)
-    except FileNotFoundError:
-        return None
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
 
 
 def close_quietly(mm: mmap.mmap) -> None:

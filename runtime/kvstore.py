@@ -38,6 +38,18 @@ Warm reads: the store keeps the mappings of its ``mapped_entries`` most recently
 a replaced, evicted, deleted or rewritten file is a new version (or a miss), so it is mapped afresh and
 checked. A hit then costs a ``stat`` and a ``utime``: no open, mmap or header parse.
 
+Hostile files: only regular files are read (see :mod:`minireranker.runtime.kvlayout`): a FIFO, a device,
+a directory or a symbolic link where an entry should be is a miss (logged once), never blocks and is never
+mapped; a put replaces a FIFO, a link or a device at the entry's name, and refuses a directory there
+(CacheError naming it).
+
+Read-only stores: a store whose directory the process cannot write (or ``StoreConfig(read_only=True)``)
+opens for reads: ``get`` works on the entries there, ``put`` stores nothing and returns 0, recency is
+not updated, corrupted entries are reported but not removed, nothing is evicted; one warning says so.
+
+A full disk: a put that fails with ENOSPC or EDQUOT raises :class:`~minireranker.runtime.errors.CacheFullError`
+(a CacheError), after removing its temp file.
+
 LRU: recency is the entry file's access time, set explicitly by ``put`` and ``get`` (``os.utime``;
 mtime is left alone, so it still dates the content). It lives in the file system, so it survives
 reopening and is shared by every process. With ``max_bytes``, ``put`` evicts least recently used
@@ -46,10 +58,12 @@ entries of its namespace until the sum of entry file sizes is within the bound.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import mmap
 import os
+import stat
 import re
 from collections import OrderedDict
 import sys
@@ -64,7 +78,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CacheError
+from .errors import CacheError, CacheFullError
 from .kvformat import (  # noqa: F401  (KVEntry and the int8 helpers are part of this module's API)
     _MAGIC,
     _PREFIX,
@@ -88,7 +102,9 @@ from .kvlayout import (  # noqa: F401  (MARKER_NAME, TEMP_PREFIX and entry_file_
     fsync_directory,
     namespace_lock,
     open_namespace,
+    open_regular_fd,
     remove_stale_temps,
+    report_foreign,
     scan_entries,
     stored_keys,
     unlink_quietly,
@@ -113,6 +129,7 @@ class StoreConfig:
     quantize_int8: bool = False  # store K/V as int8 + per-channel float32 scales; get returns float32
     verify_every_read: bool = False  # CRC the payload on every get, not once per file version
     mapped_entries: int = 256  # files kept mapped for later gets (0: map on every get); < 3.13 one fd each
+    read_only: bool = False  # read entries only (also chosen when the directory is not writable)
 
     def __post_init__(self) -> None:
         if not isinstance(self.directory, (str, os.PathLike)):
@@ -130,7 +147,7 @@ class StoreConfig:
         if not isinstance(self.mapped_entries, int) or isinstance(self.mapped_entries, bool) \
                 or self.mapped_entries < 0:
             raise CacheError(f"mapped_entries must be a non-negative integer, got {self.mapped_entries!r}")
-        for name in ("quantize_int8", "verify_every_read"):
+        for name in ("quantize_int8", "verify_every_read", "read_only"):
             if not isinstance(getattr(self, name), bool):
                 raise CacheError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -156,8 +173,12 @@ class KVStore:
         if not isinstance(config, StoreConfig):
             raise CacheError(f"KVStore needs a StoreConfig, got {type(config).__name__}")
         self.config = config
-        self.namespace = open_namespace(config.directory, config.fingerprint)
-        remove_stale_temps(self.namespace)
+        self.namespace, self.read_only = open_namespace(config.directory, config.fingerprint, config.read_only)
+        if self.read_only:
+            logger.warning("the K/V cache at %s is read-only: reading its entries, storing none (new documents "
+                           "are computed on every use); make it writable to cache them", self.namespace)
+        else:
+            remove_stale_temps(self.namespace)
         self._lock = threading.Lock()
         self._verified: set[Identity] = set()
         self._mapped: OrderedDict[str, MappedEntry] = OrderedDict()  # entry file name -> mapping, oldest first
@@ -170,10 +191,15 @@ class KVStore:
     def put(self, key: str, entry: KVEntry) -> int:
         """Store ``entry`` under ``key`` (replacing any old one); returns the bytes written.
 
-        An entry larger than ``max_bytes`` is not stored (a warning is logged) and 0 is returned.
+        An entry larger than ``max_bytes`` is not stored (a warning is logged) and 0 is returned; so is every
+        entry of a read-only store. A full disk raises CacheFullError.
         """
         self._check_open()
         path = self._path(key)
+        if self.read_only:
+            return 0
+        if path.is_dir() and not path.is_symlink():
+            raise CacheError(f"{path} (where the K/V entry of {key!r} belongs) is a directory; remove it")
         storage, arrays = entry_arrays(entry, self.config.quantize_int8)
         header = {"key": key, "fingerprint": self.config.fingerprint, "storage": storage,
                   "query_start": int(entry.query_start), "meta": entry.meta, "arrays": {}}
@@ -197,6 +223,10 @@ class KVStore:
                     raise CacheError(f"could not write a K/V entry into {self.namespace}: its temp file vanished "
                                      "twice; is another program cleaning the directory?") from None
             except OSError as e:
+                if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                    raise CacheFullError(f"could not write a K/V entry into {self.namespace}: the disk is full "
+                                         f"({e.strerror or e}); free disk space, lower max_bytes or choose another "
+                                         "cache directory") from e
                 raise CacheError(f"could not write a K/V entry into {self.namespace} ({e.strerror or e}); "
                                  "free disk space, lower max_bytes or choose another cache directory") from e
         self._forget(path.name)  # the old version's inode is no longer pinned by this store
@@ -242,6 +272,8 @@ class KVStore:
         """Remove the entry of ``key``; returns whether there was one."""
         self._check_open()
         path = self._path(key)
+        if self.read_only:
+            raise CacheError(f"the K/V store at {self.namespace} is read-only; cannot delete {key!r}")
         self._forget(path.name)
         try:
             os.unlink(path)
@@ -251,7 +283,7 @@ class KVStore:
 
     def _evict(self, keep: str) -> None:
         """Remove least recently used entries (never ``keep``) until the namespace fits ``max_bytes``."""
-        if self.config.max_bytes is None:
+        if self.config.max_bytes is None or self.read_only:
             return
         with namespace_lock(self.namespace):
             entries = sorted(scan_entries(self.namespace))  # (atime_ns, name, size): oldest first
@@ -311,6 +343,10 @@ class KVStore:
         if st is None:
             self._forget(path.name)
             return self._count_miss()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO, a device or a directory where the entry belongs
+            self._forget(path.name)
+            report_foreign(path, "not a regular file")
+            return self._count_miss()
         with self._lock:
             mapped = self._mapped.get(path.name)
             if mapped is not None and mapped.identity == identity_of(st):
@@ -334,7 +370,8 @@ class KVStore:
             self._drop_corrupted(key, path, e.identity, str(e))
             return None
         try:  # by path: the file is not open. A writer replacing it in between gets our atime, harmlessly
-            os.utime(path, ns=(time.time_ns(), mapped.identity[3]))  # recency for LRU; mtime kept
+            if not self.read_only:
+                os.utime(path, ns=(time.time_ns(), mapped.identity[3]), follow_symlinks=False)  # LRU; mtime kept
         except FileNotFoundError:
             pass  # deleted since: this read still returns the version it mapped, the next one misses
         except OSError as e:  # e.g. a store shared read-only: LRU order degrades, reads still work
@@ -346,9 +383,11 @@ class KVStore:
     def _map(self, key: str, path: Path) -> MappedEntry | None:
         """Open, map and check the file now at ``path`` and keep the mapping (bounded); None: a miss (the
         file is gone, or holds the other storage mode). Raises _CorruptFile."""
-        try:
-            fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
+        try:  # never blocks (a FIFO) nor follows a link; a kind other than a regular file is a miss
+            fd = open_regular_fd(path)
         except FileNotFoundError:
+            return None
+        if fd is None:
             return None
         try:
             identity = identity_of(os.fstat(fd))  # the version actually mapped, even if the path moved on
@@ -404,6 +443,13 @@ class KVStore:
             mapped.release()
 
     def _drop_corrupted(self, key: str, path: Path, identity: Identity, reason: str) -> None:
+        if self.read_only:
+            logger.warning("K/V entry for key %r (%s) is corrupted: %s; the store is read-only, so it stays; the "
+                           "caller recomputes it", key, path, reason)
+            with self._lock:
+                self._counts["corrupted"] += 1
+                self._counts["misses"] += 1
+            return
         logger.warning("K/V entry for key %r (%s) is corrupted: %s; removed it, the caller recomputes it",
                        key, path, reason)
         try:  # only the file we read: a writer may have just replaced it with a good one
@@ -419,9 +465,14 @@ class KVStore:
     # ---- inspecting --------------------------------------------------------------------------------
 
     def __contains__(self, key: object) -> bool:
-        """Whether an entry file exists for ``key`` (not verified; recency untouched)."""
+        """Whether an entry file (a regular file) exists for ``key`` (not verified; recency untouched)."""
         self._check_open()
-        return isinstance(key, str) and bool(key) and self._path(key).exists()
+        if not (isinstance(key, str) and key):
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(self._path(key)).st_mode)
+        except FileNotFoundError:
+            return False
 
     def keys(self) -> list[str]:
         """The keys of this fingerprint's entries, read from their headers (recency untouched)."""

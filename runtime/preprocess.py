@@ -33,6 +33,7 @@ decoded. Numpy arrays must be channels last: ``HxW`` (greyscale), ``HxWx1``, ``H
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -47,6 +48,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import CheckpointError, DocumentError
+from .files import FileTooLargeError, NotRegularFileError, open_regular
 
 __all__ = [
     "ImageSource", "PreprocessConfig", "load_image", "num_image_tokens", "preprocess_image",
@@ -56,6 +58,7 @@ __all__ = [
 ImageSource = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
 
 MAX_ASPECT_RATIO = 200  # Qwen-VL's limit on max(h, w) / min(h, w)
+MAX_IMAGE_FILE_BYTES = 256 << 20  # an image file larger than this is refused before it is read
 RESAMPLE_CODES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _JSON_KEYS = {"min_pixels": "size.shortest_edge", "max_pixels": "size.longest_edge"}
@@ -230,7 +233,10 @@ def _is_empty(data: str | os.PathLike | io.BytesIO) -> bool:
 
 def _decode(data: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
     try:
-        with Image.open(data) as opened:  # reads the header only
+        # a path is opened as a regular file only (never a FIFO or a device) and capped in size
+        source = data if isinstance(data, io.BytesIO) else open_regular(data, MAX_IMAGE_FILE_BYTES)
+        with contextlib.closing(source) if source is not data else contextlib.nullcontext(), \
+                Image.open(source) as opened:  # reads the header only
             # Pillow raises DecompressionBombError above 2x MAX_IMAGE_PIXELS but only warns between 1x and
             # 2x, and would then allocate the whole image: refuse from the header, before decoding.
             limit = Image.MAX_IMAGE_PIXELS
@@ -244,6 +250,9 @@ def _decode(data: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
     except Image.DecompressionBombError as error:  # raised by Image.open, before the check above
         claimed = re.search(r"\((\d+) pixels\)", str(error))
         raise _too_large(name, f"claims {int(claimed[1]):,} pixels" if claimed else "is too large") from None
+    except (NotRegularFileError, FileTooLargeError) as error:
+        raise DocumentError(f"{name} {error.strerror}; pass the path of an image file (at most "
+                            f"{MAX_IMAGE_FILE_BYTES:,} bytes)") from None
     except FileNotFoundError:
         raise DocumentError(f"{name}: no such file; check the path") from None
     except IsADirectoryError:

@@ -12,6 +12,10 @@ table (:mod:`minireranker.runtime.graph_io`), which each loaded graph is checked
                             document's and its instruction's) -> band -> tail -> sorted
 
 A document is an image (path, bytes, PIL image, numpy array), a text, or both, with an optional id.
+Its length is checked before any engine runs (:mod:`minireranker.runtime.limits`): one longer than
+``max_document_tokens`` or the model's positions allow fails with DocumentTooLongError, per document.
+The store may decline an entry (over its bound, a read-only store, a full disk): ``index`` reports such
+documents in ``IndexReport.declined``; ``rerank`` scores them uncached and logs that once.
 Its cache key is its id when it has one, else a hash of its content; an id already indexed needs no
 content, and a document not yet cached is indexed on the fly. ``rerank`` is thread-safe.
 
@@ -42,13 +46,15 @@ import numpy as np
 
 from ..engines import choose_providers
 from .bundle import Bundle, BundleError, load_bundle
-from .documents import Document
+from .documents import Document, short_label
 from .encoder import Encoder, add_time
-from .errors import DocumentError, MiniRerankerError, TokenizerError
+from .errors import CacheError, DocumentError, MiniRerankerError, TokenizerError
 from .graph_io import BAND, DOC_PREFIX, QUERY_HEAD, TAIL
 from .kvstore import KVEntry, KVStore, StoreConfig
+from .limits import MAX_CHARS_PER_TOKEN, DocumentLimit
+from .preprocess import preprocess_image
 from .pruning import select_kept
-from .template import DocumentTokens, VisionFirstTemplate, document_positions, embedder_image_tail, text_positions
+from .template import DocumentTokens, VisionFirstTemplate, document_positions, embedder_image_tail_ids, text_positions
 
 log = logging.getLogger("minireranker.runtime")
 MAX_QUERY_TOKENS = 512
@@ -68,6 +74,8 @@ class Failure:
     index: int
     document: str
     error: str
+    # what was raised (e.g. DocumentTooLongError, which the server answers with 413); None: not an exception
+    exception: MiniRerankerError | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -96,16 +104,18 @@ class QueryState:
 
 @dataclass
 class IndexReport:
-    indexed: int = 0
-    skipped: int = 0
+    indexed: int = 0   # computed and stored
+    skipped: int = 0   # already cached
     failed: list[Failure] = field(default_factory=list)
+    declined: list[Failure] = field(default_factory=list)  # computed, but the store did not keep it (its bound)
 
 
 class Reranker:
     """Load a bundle with a cache directory; ``index`` documents and ``rerank`` them for queries."""
 
     def __init__(self, bundle: str | Path | Bundle, cache_dir: str | Path, providers: Sequence[str] | None = None,
-                 max_cache_bytes: int | None = None, batch_size: int = 32, int8_cache: bool = False) -> None:
+                 max_cache_bytes: int | None = None, batch_size: int = 32, int8_cache: bool = False,
+                 max_document_tokens: int | None = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.providers = choose_providers(providers)
         self.batch_size = batch_size
@@ -123,10 +133,15 @@ class Reranker:
         self.embedder = None
         if b.guide and b.guide["kind"] == "embedder":
             self.embedder = Encoder(b, b.path / b.guide["dir"], b.guide["model"], b.guide["graphs"], self.providers)
+        reserved = len(self.template.system_ids) + len(self.template.instruction_ids) + MAX_QUERY_TOKENS \
+            + len(self.template.query_text(""))  # the rest of the model's positions is the document's
+        self.document_limit = DocumentLimit.of(b.model.get("max_position_embeddings"), reserved, max_document_tokens)
+        self.max_document_tokens, self.model_document_tokens = self.document_limit.tokens, self.document_limit.model
         self.store = KVStore(StoreConfig(Path(cache_dir), b.fingerprint, max_bytes=max_cache_bytes,
                                          quantize_int8=int8_cache))
         self.stats: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
+        self._said_uncached = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
@@ -157,12 +172,19 @@ class Reranker:
             raise DocumentError(f"document id {doc.id!r} is not in the cache and has no content: "
                                 "index it with its image and/or text first")
         t0 = time.perf_counter()
+        self.document_limit.check_text(short_label(doc.label), doc.text, lambda text: len(self.template.plain(text)))
         embeds = deepstack = None
-        grid_hw = None
+        grid_hw = prepared = None
         if doc.image is not None:
-            embeds, deepstack, grid_hw = self.encoder.vision(doc.image, self.bundle.preprocess, timings)
-        t1 = time.perf_counter()
+            prepared = preprocess_image(doc.image, self.bundle.preprocess)
+            m = self.encoder.model["vision"]["merge_size"]
+            grid_hw = (prepared[1][1] // m, prepared[1][2] // m)
         tokens = self.template.document(grid_hw, doc.text)
+        self.document_limit.check_tokens(short_label(doc.label), len(tokens.ids))  # before any engine runs
+        add_time(timings, "preprocess", time.perf_counter() - t0)
+        if prepared is not None:
+            embeds, deepstack, _ = self.encoder.vision(doc.image, self.bundle.preprocess, timings, prepared)
+        t1 = time.perf_counter()
         x, rows, dense = self.encoder.sequence(tokens, embeds, deepstack)
         positions, query_start = document_positions(len(self.template.system_ids), tokens)
         add_time(timings, "preprocess", time.perf_counter() - t1)
@@ -203,7 +225,7 @@ class Reranker:
         if e_grid != grid_hw:
             raise BundleError(f"embedder grid {e_grid} differs from the reranker's {grid_hw}; rebuild the bundle")
         n = grid_hw[0] * grid_hw[1]
-        tail = emb.tokenizer.encode(embedder_image_tail(doc.text), add_special_tokens=False).ids
+        tail = embedder_image_tail_ids(emb.tokenizer, doc.text)  # the text is plain text
         tokens = DocumentTokens([guide["image_pad_id"]] * n + list(tail), 0, n, grid_hw)
         ex, erows, edense = emb.sequence(tokens, e_embeds, e_ds)
         epos, _ = document_positions(len(guide["system_ids"]), tokens)
@@ -226,9 +248,18 @@ class Reranker:
 
     def _put(self, doc: Document, entry: KVEntry) -> KVEntry:
         """Store an entry and score what the store gives back (int8 K/V is then the same on the first
-        and every later read); the fresh entry when the store declined it (larger than the bound)."""
+        and every later read); the fresh entry when the store declined it (larger than the bound, a read-only
+        store) or could not write it (a full disk, a foreign file at its name): scored uncached, said once."""
         key = self.key(doc)
-        if self.store.put(key, entry):
+        try:
+            written = self.store.put(key, entry)
+        except CacheError as exc:
+            self._count("uncached")
+            if not self._said_uncached:
+                self._said_uncached = True
+                log.warning("scoring documents uncached: %s", exc)
+            return entry
+        if written:
             stored = self.store.get(key)
             if stored is not None:
                 return stored
@@ -243,15 +274,22 @@ class Reranker:
             from tqdm import tqdm
 
             bar = tqdm(total=len(docs), unit="doc", desc="indexing")
+        if self.store.read_only:
+            raise CacheError(f"the K/V cache at {self.store.namespace} is read-only: indexing needs a writable "
+                             "cache directory; fix its permissions or choose another --cache")
         for i, doc in enumerate(docs):
             try:
                 if self._cached(doc) is not None:
                     report.skipped += 1
-                else:
-                    self.store.put(self.key(doc), self.encode_document(doc))
+                elif self.store.put(self.key(doc), self.encode_document(doc)):
                     report.indexed += 1
+                else:
+                    bound = self.store.config.max_bytes
+                    report.declined.append(Failure(i, doc.label, (
+                        f"its K/V entry is larger than the cache bound max_cache_bytes={bound:,}, so it was not "
+                        "stored; raise --max-cache-bytes")))
             except MiniRerankerError as exc:
-                report.failed.append(Failure(i, doc.label, str(exc)))
+                report.failed.append(Failure(i, doc.label, str(exc), exc))
                 log.info("document %s failed: %s", doc.label, exc)  # the caller reports it
             if bar is not None:
                 bar.update(1)
@@ -263,7 +301,11 @@ class Reranker:
     def query_ids(self, query: str) -> list[int]:
         if not isinstance(query, str) or not query.strip():
             raise TokenizerError("the query is empty; pass a non-empty --query text")
-        n = len(self.encoder.tokenizer.encode(query, add_special_tokens=False).ids)
+        if len(query) > MAX_QUERY_TOKENS * MAX_CHARS_PER_TOKEN:  # refused before tokenizing it all
+            raise TokenizerError(f"the query is {len(query):,} characters long, more than the "
+                                 f"{MAX_QUERY_TOKENS * MAX_CHARS_PER_TOKEN:,} a {MAX_QUERY_TOKENS}-token query can "
+                                 "hold: shorten it")
+        n = len(self.template.plain(query))  # plain text, as the query segment encodes it
         if n > MAX_QUERY_TOKENS:
             raise TokenizerError(f"the query is {n} tokens long; the limit is {MAX_QUERY_TOKENS}: shorten it")
         return self.template.query_text(query)  # the instruction segment is in each document's entry
@@ -275,6 +317,8 @@ class Reranker:
         others are still scored. An empty query, or one over ``MAX_QUERY_TOKENS`` (512) tokens, raises
         :class:`TokenizerError`: the query is never truncated.
         """
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise MiniRerankerError(f"top_k must be >= 1 or None (every result), got {top_k!r}; pass --top-k 1 or more")
         timings: dict[str, float] = defaultdict(float)
         t0 = time.perf_counter()
         state = self.prepare_query(query)
@@ -317,7 +361,7 @@ class Reranker:
                     indexing += time.perf_counter() - t1
                 entries.append((i, entry))
             except MiniRerankerError as exc:
-                failed.append(Failure(i, doc.label, str(exc)))
+                failed.append(Failure(i, doc.label, str(exc), exc))
         failed.sort(key=lambda f: f.index)
         add_time(timings, "index", indexing)
         add_time(timings, "kv_lookup", time.perf_counter() - t0 - indexing)
@@ -332,12 +376,12 @@ class Reranker:
             try:
                 keys[i] = self.key(doc)
             except MiniRerankerError as exc:  # e.g. an image that cannot be read to hash it
-                failed.append(Failure(i, doc.label, str(exc)))
+                failed.append(Failure(i, doc.label, str(exc), exc))
         try:
             unique = list(dict.fromkeys(keys.values()))
             return keys, dict(zip(unique, self.store.get_many(unique))), failed
         except MiniRerankerError as exc:  # the store cannot be read at all: every document fails with it
-            return {}, {}, failed + [Failure(i, docs[i].label, str(exc)) for i in keys]
+            return {}, {}, failed + [Failure(i, docs[i].label, str(exc), exc) for i in keys]
 
     def score_pairs(self, pairs: Sequence[tuple[QueryState, KVEntry]],
                     timings: dict[str, float] | None = None) -> np.ndarray:
@@ -388,13 +432,16 @@ class Reranker:
         t0 = time.perf_counter()
         n, t = len(batch), max(x.k.shape[2] for x in batch)
         nb, hkv, _, d = batch[0].k.shape
-        doc_k = np.zeros((n, nb, hkv, t, d), dtype=self.encoder.dtype)
-        doc_v = np.zeros_like(doc_k)
+        doc_k = np.empty((n, nb, hkv, t, d), dtype=self.encoder.dtype)
+        doc_v = np.empty_like(doc_k)
         mask = np.zeros((n, t), dtype=bool)
-        for j, entry in enumerate(batch):  # the read: mmap'd pages -> one padded batch
-            doc_k[j, :, :, : entry.k.shape[2]] = entry.k
-            doc_v[j, :, :, : entry.v.shape[2]] = entry.v
-            mask[j, : entry.k.shape[2]] = True
+        for j, entry in enumerate(batch):  # the read: mmap'd pages -> one padded batch, each byte written once
+            length = entry.k.shape[2]
+            doc_k[j, :, :, :length] = entry.k
+            doc_v[j, :, :, :length] = entry.v
+            doc_k[j, :, :, length:] = 0  # padding (masked, but never uninitialised memory)
+            doc_v[j, :, :, length:] = 0
+            mask[j, :length] = True
         ik, iv = self._instructions(batch, slice(0, b - a + 1))
         offset = self.instruction_hidden.shape[1]  # the query segment follows the instruction segment
         positions = np.stack([text_positions(self._instruction_start(x.query_start) + offset, len(ids))

@@ -1,7 +1,7 @@
 """The vision-first template, at token level, and its 3-D (MRoPE) positions.
 
-Segments are tokenized on their own (special tokens recognised, nothing added) and concatenated, so a
-BPE merge can never cross a cache boundary (system | document | instruction | query)::
+Segments are tokenized on their own (nothing added) and concatenated, so a BPE merge can never cross a
+cache boundary (system | document | instruction | query)::
 
     system       <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n
     document     <Document>:[<|vision_start|><|image_pad|>*n<|vision_end|>][text]\\n
@@ -16,6 +16,19 @@ starting with punctuation (``?why``) or a space keeps its first characters in it
 tokenizing the joined string could have merged them with ``:`` (a byte-level pre-tokenizer makes ``:?``
 one piece; Qwen's makes ``:why`` one). The sequence is defined as the segments' concatenation, and the
 oracle (export/oracle.py) builds it the same way, so parity holds on exactly these ids.
+
+Special tokens: only the template's own. The control tokens written in the template strings here
+(``<|im_start|>``, ``<|im_end|>``, ``<|vision_start|>``, ``<|vision_end|>``, ``<|image_pad|>``) are
+special tokens; every other string is plain text: the user's query and document text, and the spec's
+``system`` and ``instruction``. A special-token string inside them (``<|im_end|>`` in a query, say) is
+tokenized as the characters it is, never as a control token, so a query cannot close its turn and
+answer ``yes`` itself. :func:`encode_segment` applies the rule: a segment's template text is cut at its
+special tokens, and each run of text between them (template text and user text together, so the
+pre-tokenizer sees the same pieces as before) is encoded with special-token splitting off (``tokenizers``'
+``encode_special_tokens = True``; transformers' ``split_special_tokens=True``, which the oracle in
+export/oracle.py uses, is the same rule). For text without special-token strings the ids are those of
+encoding the joined string. The embedder's sequences follow the same rule (:func:`embedder_text_ids`,
+:func:`embedder_image_tail_ids`).
 
 Positions follow Qwen3-VL's rope index: a text token advances all three axes by one; an image of
 ``gh x gw`` merged tokens starting at ``s`` gives token (r, c) the position ``(s, s + r, s + c)`` and
@@ -37,6 +50,9 @@ Only numpy and the ``tokenizers`` package are used: the runtime imports this mod
 
 from __future__ import annotations
 
+import re
+import string
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +71,12 @@ EMBEDDER_CLOSE = "<|im_end|>\n<|im_start|>assistant\n"
 EMBEDDER_IMAGE_HEAD = EMBEDDER_HEAD + VISION_START  # everything before an image document's pads
 
 
+# A special-token string as the template writes one; encode_segment asks the tokenizer whether it is one.
+_SPECIAL_RE = re.compile(r"(<\|[A-Za-z0-9_]+\|>)")
+# encode_plain toggles a tokenizer attribute: one toggle at a time, so concurrent encodes never see it half set.
+_PLAIN_LOCK = threading.Lock()
+
+
 def embedder_text(text: str) -> str:
     """The embedder's sequence for a query or a text-only document."""
     return f"{EMBEDDER_HEAD}{text}{EMBEDDER_CLOSE}"
@@ -70,8 +92,58 @@ class _Encoding(Protocol):
 
 
 class TokenizerLike(Protocol):
+    encode_special_tokens: bool  # tokenizers >= 0.15: True reads special-token strings as plain text
+
     def encode(self, sequence: str, add_special_tokens: bool = ...) -> _Encoding: ...
     def token_to_id(self, token: str) -> int | None: ...
+
+
+def encode_plain(tokenizer: TokenizerLike, text: str) -> list[int]:
+    """Ids of ``text`` as plain text: a special-token string in it is its characters, not a control token."""
+    if not text:
+        return []
+    if not hasattr(tokenizer, "encode_special_tokens"):
+        raise TokenizerError("this tokenizers version cannot encode special-token strings as plain text; "
+                             "install tokenizers >= 0.19")
+    with _PLAIN_LOCK:
+        before = tokenizer.encode_special_tokens
+        tokenizer.encode_special_tokens = True
+        try:
+            return list(tokenizer.encode(text, add_special_tokens=False).ids)
+        finally:
+            tokenizer.encode_special_tokens = before
+
+
+def encode_segment(tokenizer: TokenizerLike, template: str, **fields: str) -> list[int]:
+    """Ids of one segment: ``template`` (a ``str.format`` string) with ``fields`` filled in as plain text.
+
+    Only the special tokens written in ``template`` itself are control tokens (see the module docstring);
+    the text between them, template text and field values alike, is encoded with :func:`encode_plain`.
+    """
+    ids: list[int] = []
+    run: list[str] = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        for piece in _SPECIAL_RE.split(literal):
+            special = tokenizer.token_to_id(piece) if _SPECIAL_RE.fullmatch(piece) else None
+            if special is None:
+                run.append(piece)
+                continue
+            ids += encode_plain(tokenizer, "".join(run))
+            run = []
+            ids.append(special)
+        if name is not None:
+            run.append(str(fields[name]))
+    return ids + encode_plain(tokenizer, "".join(run))
+
+
+def embedder_text_ids(tokenizer: TokenizerLike, text: str) -> list[int]:
+    """Ids of :func:`embedder_text` with ``text`` as plain text."""
+    return encode_segment(tokenizer, EMBEDDER_HEAD + "{text}" + EMBEDDER_CLOSE, text=text)
+
+
+def embedder_image_tail_ids(tokenizer: TokenizerLike, text: str | None) -> list[int]:
+    """Ids of :func:`embedder_image_tail` with ``text`` as plain text."""
+    return encode_segment(tokenizer, VISION_END + "{text}" + EMBEDDER_CLOSE, text=text or "")
 
 
 @dataclass(frozen=True)
@@ -95,11 +167,21 @@ class VisionFirstTemplate:
         self.vision_end_id = self._special(VISION_END)
         self.yes_id = self._single_token(spec.yes_token, "yes_token")
         self.no_id = self._single_token(spec.no_token, "no_token")
-        self.system_ids = self.encode(f"<|im_start|>system\n{spec.system}<|im_end|>\n<|im_start|>user\n")
-        self.instruction_ids = self.encode(f"<Instruct>: {spec.instruction}\n<Query>:")
+        self.system_ids = self.segment("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n",
+                                       system=spec.system)
+        self.instruction_ids = self.segment("<Instruct>: {instruction}\n<Query>:", instruction=spec.instruction)
 
     def encode(self, text: str) -> list[int]:
+        """Ids of template text (its special-token strings are control tokens); never for user text."""
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def segment(self, template: str, **fields: str) -> list[int]:
+        """Ids of ``template`` with ``fields`` as plain text (:func:`encode_segment`)."""
+        return encode_segment(self.tokenizer, template, **fields)
+
+    def plain(self, text: str) -> list[int]:
+        """Ids of user text alone, as plain text (:func:`encode_plain`)."""
+        return encode_plain(self.tokenizer, text)
 
     def _special(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -121,16 +203,16 @@ class VisionFirstTemplate:
         if grid_hw is None and not text:
             raise TokenizerError("a document needs an image, a non-empty text, or both")
         if grid_hw is None:
-            return DocumentTokens(self.encode(f"<Document>:{text}\n"), -1, 0, (0, 0))
+            return DocumentTokens(self.segment("<Document>:{text}\n", text=text), -1, 0, (0, 0))
         gh, gw = (int(x) for x in grid_hw)
         head = self.encode(f"<Document>:{VISION_START}")
-        tail = self.encode(f"{VISION_END}{text or ''}\n")
+        tail = self.segment(VISION_END + "{text}\n", text=text or "")
         n = gh * gw
         return DocumentTokens(head + [self.image_pad_id] * n + tail, len(head), n, (gh, gw))
 
     def query_text(self, query: str) -> list[int]:
         """Ids of the query segment alone (what runs per pair): the query text and the closing tokens."""
-        return self.encode(f"{query}<|im_end|>\n<|im_start|>assistant\n")
+        return self.segment("{query}<|im_end|>\n<|im_start|>assistant\n", query=query)
 
     def query(self, query: str) -> list[int]:
         """Ids of everything after the document: the instruction segment, then the query segment."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import math
+import re
 from typing import Any, Callable
 
 from ..runtime.errors import MiniRerankerError
@@ -35,6 +37,39 @@ def keyword_defaults(func: Callable) -> dict[str, Any]:
 def shown(value: Any, meaning_of_none: str) -> str:
     """How --help shows a default: the value, or what None means to the library."""
     return f"default: {meaning_of_none}" if value is None else f"default {value}"
+
+
+# -- value types ----------------------------------------------------------------------------------
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?)(i?)(b?)\s*", re.IGNORECASE)
+_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_size(text: str) -> int:
+    """A byte count written as plain bytes (``1048576``) or with a unit: ``512M``, ``20G``, ``1.5GiB``, ``64kb``.
+
+    K, M, G, T, P (with or without a trailing ``B``) and KiB, MiB, ... are all powers of 1024, as a cache
+    bound is usually meant. The result is a positive whole number of bytes (a fraction is rounded down).
+    For argparse ``type=``: a bad value raises ArgumentTypeError, which names the flag.
+    """
+    match = _SIZE_RE.fullmatch(str(text))
+    if not match or (match[3] and not match[2]):  # "5iB" is not a size
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: write bytes (1048576) or a number with a unit "
+                                         "(512M, 20G, 1.5GiB)")
+    value = math.floor(float(match[1]) * 1024 ** _SIZE_POWERS[match[2].lower()])
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size; give at least 1 byte")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse ``type=``: a bad value raises ArgumentTypeError, which names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1; give an integer >= 1")
+    return value
 
 
 # -- the export extra -----------------------------------------------------------------------------
@@ -98,15 +133,20 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", action="append", default=d["providers"],
                         help="ONNX Runtime execution provider (repeatable); "
                         + shown(d["providers"], "TensorRT, CUDA, CPU where present"))
-    parser.add_argument("--max-cache-bytes", type=int, default=d["max_cache_bytes"],
-                        help=f"LRU bound on the cache size ({shown(d['max_cache_bytes'], 'no bound')})")
+    parser.add_argument("--max-cache-bytes", type=parse_size, default=d["max_cache_bytes"], metavar="SIZE",
+                        help="LRU bound on the cache size: bytes, or with a unit (512M, 20G, 1.5GiB; powers of "
+                        f"1024) ({shown(d['max_cache_bytes'], 'no bound')})")
+    parser.add_argument("--max-document-tokens", type=positive_int, default=d["max_document_tokens"], metavar="N",
+                        help="refuse a document longer than N tokens (template, image and text tokens), per "
+                        f"document, before any engine runs ({shown(d['max_document_tokens'], 'the model positions')})")
     parser.add_argument("--int8-cache", action="store_true", default=d["int8_cache"],
                         help="store K/V as int8 with per-channel scales")
 
 
 def reranker_options(args: argparse.Namespace) -> dict:
     """The Reranker keyword options of the arguments added by :func:`add_runtime_arguments`."""
-    return {"providers": args.provider, "max_cache_bytes": args.max_cache_bytes, "int8_cache": args.int8_cache}
+    return {"providers": args.provider, "max_cache_bytes": args.max_cache_bytes, "int8_cache": args.int8_cache,
+            "max_document_tokens": args.max_document_tokens}
 
 
 def with_ids(docs: list) -> list:

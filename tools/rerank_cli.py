@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .args import DOC_HELP, add_runtime_arguments, keyword_defaults, reranker_options, shown, with_ids
+from .args import DOC_HELP, add_runtime_arguments, keyword_defaults, positive_int, reranker_options, shown, with_ids
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -24,14 +24,15 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "not truncated)")
     p.add_argument("documents", nargs="*", metavar="DOC", help=DOC_HELP)
     p.add_argument("--ids", nargs="+", default=None, help="ids of documents already indexed")
-    p.add_argument("--top-k", type=int, default=top_k, help=f"print only the K best ({shown(top_k, 'all')})")
+    p.add_argument("--top-k", type=positive_int, default=top_k, metavar="K",
+                   help=f"print only the K best, K >= 1 ({shown(top_k, 'all')})")
     p.add_argument("--json", action="store_true", help="print JSON {query, spec, results, failed}")
     p.set_defaults(func=cmd_rerank)
     return p
 
 
 def cmd_rerank(args: argparse.Namespace) -> int:
-    from ..runtime.documents import Document, expand_document_args
+    from ..runtime.documents import Document, expand_document_args, short_label
     from ..runtime.errors import DocumentError
     from ..runtime.reranker import rerank_documents
 
@@ -48,5 +49,5 @@ def cmd_rerank(args: argparse.Namespace) -> int:
         stages = "  ".join(f"{k} {1e3 * v:.1f} ms" for k, v in out.timings.items())
         print(f"timings: {stages}")
     for f in out.failed:
-        print(f"failed [{f.index}] {f.document}: {f.error}", file=sys.stderr)
+        print(f"failed [{f.index}] {short_label(f.document)}: {f.error}", file=sys.stderr)
     return 1 if out.failed else 0

@@ -63,6 +63,7 @@ def _text_config(tc: dict[str, Any]) -> TextConfig:
         rms_norm_eps=float(config_field(tc, "rms_norm_eps", "text_config", 1e-6)),
         rope_theta=theta,
         mrope_section=section,
+        max_position_embeddings=int(tc["max_position_embeddings"]) if tc.get("max_position_embeddings") else None,
     )
     for key, expected in (("hidden_act", "silu"), ("attention_bias", False)):
         if tc.get(key, expected) != expected:

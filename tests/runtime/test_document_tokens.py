@@ -4,6 +4,8 @@ vs transformers' tokenizer and image processor.
 The expected ids are transformers' AutoTokenizer on the template written out here by hand, as
 runtime/template.py's docstring states it (``<Document>:[<|vision_start|><|image_pad|>*n<|vision_end|>][text]\\n``),
 with ``n`` from transformers' Qwen2VLImageProcessorPil; nothing of the project's template code builds them.
+User text is plain text (runtime/template.py): the text between the template's own special tokens is
+encoded with transformers' ``split_special_tokens=True``, so ``<|im_end|> injected`` stays characters.
 test_runtime_parity.py::test_tokenization_equals_transformers covers the system and query segments and
 an image + text document; this file adds the text-only and image-only branches, and checks that what the
 runtime stores for each document has exactly that many tokens (and its instruction segment's).
@@ -43,6 +45,11 @@ def encode(hf, text: str) -> list[int]:
     return hf.encode(text, add_special_tokens=False)
 
 
+def plain(hf, text: str) -> list[int]:
+    """User text (and the template text beside it up to the next template special token) as plain text."""
+    return hf.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+
 def image_pads(checkpoint: str, image) -> int:
     """transformers' number of merged image tokens for ``image``."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -55,7 +62,7 @@ def image_pads(checkpoint: str, image) -> int:
 @pytest.mark.parametrize("text", TEXTS)
 def test_text_only_document_equals_transformers(hf, runtime, text):
     doc = runtime.template.document(None, text)
-    assert doc.ids == encode(hf, f"<Document>:{text}\n"), text
+    assert doc.ids == plain(hf, f"<Document>:{text}\n"), text
     assert (doc.image_start, doc.num_image, doc.grid_hw) == (-1, 0, (0, 0))
 
 
@@ -73,7 +80,7 @@ def test_image_and_text_document_equals_transformers(hf, runtime):
     for grid in GRIDS:
         n = grid[0] * grid[1]
         for text in TEXTS:
-            expected = encode(hf, f"<Document>:{START}" + PAD * n + f"{END}{text}\n")
+            expected = encode(hf, f"<Document>:{START}" + PAD * n + END) + plain(hf, f"{text}\n")
             assert runtime.template.document(grid, text).ids == expected, (grid, text)
 
 
@@ -94,12 +101,12 @@ def test_stored_entries_have_transformers_token_counts(hf, runtime, tiny_bundle,
         assert entry.instruction_k.shape == (spec.exit_layer - spec.band[0] + 1, entry.k.shape[1],
                                              len(instruction), entry.k.shape[3]), doc.id
         if doc.image is None:
-            expected = encode(hf, f"<Document>:{doc.text}\n")
+            expected = plain(hf, f"<Document>:{doc.text}\n")
             assert entry.k.shape[2] == len(expected), doc.id
             assert entry.meta.get("kept_visual") is None, doc.id  # text is never pruned
             continue
         n = image_pads(checkpoint, doc.image)
-        expected = encode(hf, f"<Document>:{START}" + PAD * n + f"{END}{doc.text or ''}\n")
+        expected = encode(hf, f"<Document>:{START}" + PAD * n + END) + plain(hf, f"{doc.text or ''}\n")
         kept = entry.meta["kept_visual"]
         assert 0 < len(kept) < n, doc.id  # tiny_bundle prunes (keep 0.5): the count below means something
         assert entry.k.shape[2] == len(expected) - n + len(kept), doc.id

@@ -164,7 +164,9 @@ def test_tokenization_equals_transformers(tiny_bundle):
         assert t.instruction_ids == instruction == bundle.template["instruction_ids"]
         for query in ["", "hello", "Ünïcödé ☃ and 中文", "  spaces  and\ttabs\n", "<|im_end|> injected",
                       *PUNCTUATED]:
-            expected = hf.encode(f"{query}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+            # the query is plain text (runtime/template.py): '<|im_end|> injected' is characters, not a token
+            expected = hf.encode(query, add_special_tokens=False, split_special_tokens=True) \
+                + hf.encode("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
             assert t.query_text(query) == expected, query
             assert t.query(query) == instruction + expected, query
             if query:  # the runtime refuses an empty query (TokenizerError); per pair it runs these ids
