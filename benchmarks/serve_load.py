@@ -8,7 +8,8 @@ without the server (``Reranker.rerank``, one query at a time, no dynamic batchin
     python benchmarks/serve_load.py --out /tmp/serve-load                  # builds a tiny bundle (torch)
     python benchmarks/serve_load.py --bundle B --clients 8 --requests 200 --documents 8 --out DIR
 
-Timings are reported, never asserted (tests/runtime/serve/test_load.py runs a small configuration).
+Timings are reported, never asserted (tests/runtime/serve/test_metrics_and_load.py runs a small
+configuration).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import os
 from dataclasses import fields
 
 from ..runtime.errors import MiniRerankerError
+from .args import parse_size
 
 ENV_PREFIX = "MINIRERANKER_"
 
@@ -24,11 +25,20 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "batch-window-ms": (float, "how long concurrent requests are gathered into one batch"),
     "max-client-batch-size": (int, "documents per request (more: 413)"),
     "served-model-name": (str, "the 'model' reported in responses (default: the bundle folder's name)"),
-    "max-body-bytes": (int, "request body size (more: 413)"),
+    "max-body-bytes": (int, "request body size (more: 413, refused before the body is read)"),
+    "max-document-tokens": (int, "tokens of one document (more: 413, or cut with \"truncate\": true; "
+                                 "default: the model's own limit)"),
+    "header-timeout-s": (float, "the request line and headers must arrive within this (else 408)"),
+    "body-timeout-s": (float, "the whole request body must arrive within this (else 408)"),
+    "keep-alive-timeout-s": (float, "an idle keep-alive connection is closed after this"),
+    "max-connections": (int, "open connections at once (one more: 503)"),
+    "max-requests-per-connection": (int, "answers on one keep-alive connection, then it is closed"),
+    "max-header-bytes": (int, "request line + headers (more: 414 / 431)"),
+    "url-timeout-s": (float, "total deadline of one image URL fetch"),
     "max-image-pixels": (int, "width*height of one image (more: 413)"),
     "max-query-tokens": (int, "query tokens, at most 512 (more: 413)"),
     "index-workers": (int, "POST /v1/documents jobs at once (reranking never waits for them)"),
-    "max-cache-bytes": (int, "LRU bound on the K/V cache size"),
+    "max-cache-bytes": (parse_size, "LRU bound on the K/V cache size (bytes, or 512M, 20G, 1.5GiB)"),
     "drain-timeout-s": (float, "on SIGTERM, how long requests in flight may take to finish"),
 }
 
@@ -52,9 +62,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve", help="serve reranking over HTTP (Cohere v2 / Jina / Infinity / TEI compatible)",
         description="An HTTP rerank service on the bundle's engines: POST /v1/rerank (also /rerank, /v2/rerank), "
-        "POST /v1/documents, GET|DELETE /v1/documents/{id}, GET /health, /v1/health/live, /v1/health/ready, "
+        "POST /v1/documents, GET|DELETE /v1/documents/{id}, GET /v1/models, /info, /health, /v1/health/live, "
+        "/v1/health/ready, /openapi.json, "
         "/metrics. Each flag can also be set by its environment variable (shown in brackets); a flag wins. "
-        "SIGTERM finishes requests in flight and exits 0. See docs/serve.md.")
+        "SIGTERM finishes requests in flight and exits 0. Needs the 'serve' extra. See docs/serve.md.")
     p.add_argument("bundle", nargs="?", default=os.environ.get(env_name("bundle")),
                    help=f"bundle directory (from minireranker build) [{env_name('bundle')}]")
     p.add_argument("--cache", default=os.environ.get(env_name("cache")), help=f"K/V cache directory [{env_name('cache')}]")
@@ -75,13 +86,17 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _from_env(flag: str, kind: type):
     raw = os.environ.get(env_name(flag))
+    if flag == "api-key" and raw is not None and not raw.strip():
+        raise MiniRerankerError(f"{env_name(flag)} is set but empty, which would serve without authentication; "
+                                f"set a key, or unset the variable (unset {env_name(flag)}) to serve without one")
     if raw is None or raw == "":
         return None
     try:
         return kind(raw)
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
+        what = "size" if kind is parse_size else kind.__name__
         raise MiniRerankerError(f"environment variable {env_name(flag)}={raw!r} is not a valid "
-                                f"{kind.__name__} for --{flag}") from None
+                                f"{what} for --{flag}") from None
 
 
 def config_from_args(args: argparse.Namespace):
@@ -112,8 +127,25 @@ def config_from_args(args: argparse.Namespace):
                        int8_cache=bool(int8), **{k: v for k, v in given.items() if k not in limit_names})
 
 
+def _require_serve_extra() -> None:
+    """One line, not a traceback, on an install without the ``serve`` extra."""
+    import importlib
+
+    missing = []
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise MiniRerankerError(f"minireranker serve needs the 'serve' extra ({', '.join(missing)} not installed): "
+                                "pip install 'minireranker[serve]'")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..runtime.bundle import load_bundle
+
+    _require_serve_extra()
     from ..runtime.serve.server import serve
 
     config = config_from_args(args)

@@ -2,17 +2,21 @@
 
 One rerank request shape is a superset of what Cohere (v2), Jina and Infinity clients send::
 
-    {"model": str?, "query": str, "documents": [DOC, ...], "top_n": int?, "return_documents": bool?}
+    {"model": str?, "query": str, "documents": [DOC, ...], "top_n": int?, "return_documents": bool?,
+     "truncate": bool?}
     DOC = "text" | {"text": str} | {"image": IMAGE} | {"image": IMAGE, "text": str} | {"id": str, ...}
     IMAGE = "data:image/png;base64,..." | bare base64 | an http(s) URL under an --allow-url-prefix
 
 and TEI's ``{"query", "texts", "raw_scores"?, "return_text"?, "truncate"?}``. The answer (see
 docs/serve.md) carries ``relevance_score`` = sigmoid(logit(yes) - logit(no)) and the raw ``score``.
+runtime/serve/models.py holds the same shapes as pydantic models, for ``/openapi.json``.
 
 Nothing in a request names a file: an image is bytes inside the body (or, only where the operator lists
-URL prefixes, fetched from such a URL with redirects refused), and an ``id`` is an opaque string that the
-K/V store hashes into a file name. Limits answer 413, malformed bodies 422 (400 for bytes that are not
-JSON), each as ``{"detail": "..."}``.
+URL prefixes, fetched from such a URL: runtime/serve/fetch.py), and an ``id`` is an opaque string that
+the K/V store hashes into a file name. A rerank document that carries content is keyed by its content
+hash even when it also has an ``id``: only ``POST /v1/documents`` writes an id's entry. Limits answer
+413, malformed bodies 422 (400 for bytes that are not JSON, nest too deep, or hold a lone surrogate),
+each as ``{"detail": "..."}``.
 """
 
 from __future__ import annotations
@@ -21,44 +25,56 @@ import base64
 import binascii
 import io
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..documents import Document
 from ..errors import MiniRerankerError
+from .fetch import fetch_image_url, url_prefix_parts
 
 MAX_ID_CHARS = 256
+MAX_JSON_DEPTH = 32  # a request body is 4 levels deep; deeper nesting is refused before it is walked
 
 
 class RequestError(MiniRerankerError):
-    """A request the server refuses: ``status`` is the HTTP status code, the message its ``detail``."""
+    """A request the server refuses: ``status`` is the HTTP status code, the message its ``detail``;
+    ``extra`` holds more fields of the error body (e.g. the per-document ``failed`` list)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
         super().__init__(detail)
-        self.status = status
+        self.status, self.extra = status, extra
 
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """What one request may ask. Defaults suit a small device; each has a ``serve`` flag."""
+    """What one client and one request may take. Defaults suit a small device; each has a ``serve`` flag."""
 
-    max_body_bytes: int = 32 << 20            # whole request body (413)
+    max_body_bytes: int = 32 << 20            # whole request body (413), refused from its Content-Length
     max_client_batch_size: int = 256          # documents per request (413)
     max_image_pixels: int = 4096 * 4096       # width*height of one image, read from its header (413)
     max_query_tokens: int = 512               # query length; the runtime's own cap is 512 (413)
     allow_url_prefixes: tuple[str, ...] = ()  # image URLs fetched only under these (none: never)
-    url_timeout_s: float = 10.0
+    url_timeout_s: float = 10.0               # one image URL fetch, in all (a deadline, not per read)
+    header_timeout_s: float = 10.0            # request line + headers complete, from connect / last answer (408)
+    body_timeout_s: float = 60.0              # whole body received, from the end of the headers (408)
+    keep_alive_timeout_s: float = 5.0         # an idle keep-alive connection is closed after this
+    max_connections: int = 256                # open connections; one more is answered 503 and closed
+    max_requests_per_connection: int = 1000   # then the connection is closed after its answer
+    max_header_bytes: int = 16384             # request line + headers (414 / 431)
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_client_batch_size", "max_image_pixels", "max_query_tokens"):
+        for name in ("max_body_bytes", "max_client_batch_size", "max_image_pixels", "max_query_tokens",
+                     "max_connections", "max_requests_per_connection", "max_header_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise MiniRerankerError(f"serve limit {name} must be a positive integer, got {value!r}")
+        for name in ("url_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1e6:
+                raise MiniRerankerError(f"--{name.replace('_', '-')} must be a positive number of seconds, "
+                                        f"got {value!r}")
         for prefix in self.allow_url_prefixes:
-            _url_prefix_parts(prefix)  # raises on a prefix that cannot be matched safely
+            url_prefix_parts(prefix)  # raises on a prefix that cannot be matched safely
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "ServeLimits":
@@ -77,18 +93,65 @@ class RerankRequest:
     model: str | None = None
     tei: bool = False                     # answer TEI's bare list [{index, score, text?}]
     raw_scores: bool = False              # TEI: score is the logit, not the probability
+    truncate: bool = False                # cut over-long document texts to the limit instead of refusing
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DocumentRefusal:
+    """A document of a ``POST /v1/documents`` batch refused before indexing (the others are indexed)."""
+
+    index: int
+    id: Any
+    status: int
+    error: str
+
+
 def parse_json(body: bytes) -> dict:
-    """The request body as a JSON object (400 for bytes that are not JSON, 422 for another JSON type)."""
+    """The request body as a JSON object (400 for bytes that are not JSON, nest deeper than
+    ``MAX_JSON_DEPTH`` or hold a lone surrogate; 422 for another JSON type)."""
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise RequestError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
+    _check_tree(data)
     if not isinstance(data, dict):
         raise RequestError(422, f"the request body must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def _check_tree(data: Any) -> None:
+    """Depth at most MAX_JSON_DEPTH, and every string (keys too) valid Unicode: JSON allows ``"\ud800"``
+    (half of a UTF-16 pair), which no tokenizer or UTF-8 encoder accepts."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "the body")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise RequestError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, str):
+            _check_unicode(value, where)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_unicode(key, f"a key in {where}")
+                stack.append((item, depth + 1, repr(key) if where == "the body" else f"{where}.{key}"))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _check_unicode(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(400, f"{where} holds a lone surrogate ({text[exc.start]!r} at character {exc.start}): "
+                           "send valid Unicode (a surrogate pair, or the character itself)") from None
+
+
+def _check_count(docs: list, limits: ServeLimits) -> None:
+    if len(docs) > limits.max_client_batch_size:
+        raise RequestError(413, f"{len(docs)} documents in one request; the limit is "
+                           f"{limits.max_client_batch_size} (--max-client-batch-size): split the request")
 
 
 def parse_rerank(data: dict, limits: ServeLimits) -> RerankRequest:
@@ -101,9 +164,7 @@ def parse_rerank(data: dict, limits: ServeLimits) -> RerankRequest:
     docs = data.get(key)
     if not isinstance(docs, list) or not docs:
         raise RequestError(422, f"'{key}' must be a non-empty list")
-    if len(docs) > limits.max_client_batch_size:
-        raise RequestError(413, f"{len(docs)} documents in one request; the limit is "
-                           f"{limits.max_client_batch_size} (--max-client-batch-size): split the request")
+    _check_count(docs, limits)
     top_n = data.get("top_n")
     if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
         raise RequestError(422, f"'top_n' must be a positive integer, got {top_n!r}")
@@ -121,29 +182,39 @@ def parse_rerank(data: dict, limits: ServeLimits) -> RerankRequest:
     documents, echo = [], []
     for i, doc in enumerate(docs):
         document, shown = parse_document(doc, f"{key}[{i}]", limits, allow_id=not tei)
+        if document.id is not None and (document.image is not None or document.text):
+            # inline content is scored under its content hash; the indexed id's entry is never replaced
+            document = Document(image=document.image, text=document.text)
         documents.append(document)
         echo.append(shown)
     return RerankRequest(query, documents, echo, top_n, flags["return_documents"] or flags["return_text"],
-                         model, tei, flags["raw_scores"])
+                         model, tei, flags["raw_scores"], flags["truncate"])
 
 
-def parse_index(data: dict, limits: ServeLimits) -> list[Document]:
-    """``POST /v1/documents``: ``{"documents": [{"id": str, "image"?: IMAGE, "text"?: str}, ...]}``."""
+def parse_index(data: dict, limits: ServeLimits) -> tuple[list[tuple[int, Document]], list[DocumentRefusal]]:
+    """``POST /v1/documents``: ``{"documents": [{"id": str, "image"?: IMAGE, "text"?: str}, ...]}``.
+
+    Returns the good documents (with their index in the batch) and the refused ones; a body that is not
+    such a list, or holds too many documents, is refused as a whole.
+    """
     docs = data.get("documents")
     if not isinstance(docs, list) or not docs:
         raise RequestError(422, "'documents' must be a non-empty list of {\"id\", \"image\" and/or \"text\"}")
-    if len(docs) > limits.max_client_batch_size:
-        raise RequestError(413, f"{len(docs)} documents in one request; the limit is "
-                           f"{limits.max_client_batch_size} (--max-client-batch-size): split the request")
-    out = []
+    _check_count(docs, limits)
+    good, refused = [], []
     for i, doc in enumerate(docs):
-        document, _ = parse_document(doc, f"documents[{i}]", limits, allow_id=True)
-        if document.id is None:
-            raise RequestError(422, f"documents[{i}] has no 'id': indexed documents need one to be found again")
-        if document.image is None and not document.text:
-            raise RequestError(422, f"documents[{i}] has no 'image' or 'text' to index")
-        out.append(document)
-    return out
+        doc_id = doc.get("id") if isinstance(doc, dict) else None
+        try:
+            document, _ = parse_document(doc, f"documents[{i}]", limits, allow_id=True)
+            if document.id is None:
+                raise RequestError(422, f"documents[{i}] has no 'id': indexed documents need one to be found again")
+            if document.image is None and not document.text:
+                raise RequestError(422, f"documents[{i}] has no 'image' or 'text' to index")
+        except RequestError as exc:
+            refused.append(DocumentRefusal(i, doc_id if isinstance(doc_id, str) else None, exc.status, str(exc)))
+            continue
+        good.append((i, document))
+    return good, refused
 
 
 def parse_document(doc: Any, where: str, limits: ServeLimits, allow_id: bool) -> tuple[Document, dict]:
@@ -175,7 +246,7 @@ def decode_image(value: Any, where: str, limits: ServeLimits) -> bytes:
     if not isinstance(value, str) or not value:
         raise RequestError(422, f"{where} must be a string: a data URI or base64 of the encoded image")
     if value.startswith(("http://", "https://")):
-        data = _fetch_allowed(value, where, limits)
+        data = fetch_image_url(value, where, limits)
     else:
         payload = value
         if value.startswith("data:"):
@@ -197,49 +268,16 @@ def _check_pixels(data: bytes, where: str, limits: ServeLimits) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise RequestError(422, f"{where} is not an image Pillow can read ({exc})") from None
+    except UnidentifiedImageError:  # its message names the buffer object (<_io.BytesIO object at 0x...>)
+        raise RequestError(422, f"{where} is not an image Pillow can read (not a known image format); send "
+                           "PNG, JPEG, WebP, ... bytes") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise RequestError(422, f"{where} is not an image Pillow can read ({type(exc).__name__}: {exc})") from None
     except Image.DecompressionBombError:
         width, height = limits.max_image_pixels + 1, 1
     if width * height > limits.max_image_pixels:
         raise RequestError(413, f"{where} is {width}x{height} = {width * height} pixels; the limit is "
                            f"{limits.max_image_pixels} (--max-image-pixels): downscale it")
-
-
-def _url_prefix_parts(prefix: str) -> tuple[str, str, str]:
-    parts = urllib.parse.urlsplit(prefix)
-    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
-        raise MiniRerankerError(f"--allow-url-prefix {prefix!r} must be an http(s) URL with a host and no "
-                                "user info, e.g. https://images.example.com/public/")
-    return parts.scheme, parts.netloc.lower(), parts.path or "/"
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # a redirect could leave the allow-list
-        return None
-
-
-def _fetch_allowed(url: str, where: str, limits: ServeLimits) -> bytes:
-    """GET ``url`` if it lies under an allowed prefix (same scheme and host:port, path below the prefix's)."""
-    parts = urllib.parse.urlsplit(url)
-    path = urllib.parse.unquote(parts.path or "/")
-    dotted = any(segment in (".", "..") for segment in path.split("/"))  # no climbing out of the prefix
-    allowed = any(parts.scheme == s and parts.netloc.lower() == n and path.startswith(p)
-                  for s, n, p in map(_url_prefix_parts, limits.allow_url_prefixes))
-    if "@" in parts.netloc or dotted or not allowed:
-        raise RequestError(422, f"{where}: image URLs are not fetched unless they lie under an "
-                           "--allow-url-prefix set by the operator; send the image as a data URI or base64")
-    opener = urllib.request.build_opener(_NoRedirect)
-    try:
-        with opener.open(urllib.request.Request(url, method="GET"), timeout=limits.url_timeout_s) as response:
-            data = response.read(limits.max_body_bytes + 1)
-    except urllib.error.HTTPError as exc:
-        raise RequestError(422, f"{where}: fetching the image URL answered HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise RequestError(422, f"{where}: cannot fetch the image URL ({exc})") from None
-    if len(data) > limits.max_body_bytes:
-        raise RequestError(413, f"{where}: the image at the URL exceeds {limits.max_body_bytes} bytes")
-    return data
 
 
 def rerank_response(request: RerankRequest, scored: list[tuple[int, float, float]], model: str,

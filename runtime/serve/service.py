@@ -15,10 +15,15 @@ rerank is reading stays valid), and the store's counters sit behind its lock.
 
 Loading is observable: ``start_loading`` opens the bundle on a thread; until it is done ``ready`` is
 unset and the HTTP layer answers 503.
+
+Document length: with ``max_document_tokens`` set, a document text over it is refused per document (413)
+before any engine runs, or cut to the limit when the request asks ``truncate``; the Reranker gets the same
+limit (it then also counts image tokens and raises DocumentTooLongError, which a Failure carries).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -29,9 +34,8 @@ from typing import Any, Callable, Sequence
 
 from .batcher import DynamicBatcher
 from ..documents import Document
-from ..errors import MiniRerankerError, TokenizerError
-from .metrics import COUNT_BUCKETS, Counter, Gauge, Histogram, Registry
-from .api import RequestError, RerankRequest, ServeLimits, rerank_response
+from ..errors import DocumentTooLongError, MiniRerankerError, TokenizerError
+from .api import DocumentRefusal, RequestError, RerankRequest, ServeLimits, rerank_response
 
 log = logging.getLogger("minireranker.serve")
 
@@ -53,6 +57,7 @@ class ServeConfig:
     max_cache_bytes: int | None = None
     int8_cache: bool = False
     drain_timeout_s: float = 30.0       # SIGTERM: how long in-flight requests may take to finish
+    max_document_tokens: int | None = None  # tokens of one document (413, or cut with truncate); None: the model's
     limits: ServeLimits = field(default_factory=ServeLimits)
 
     def __post_init__(self) -> None:
@@ -65,8 +70,11 @@ class ServeConfig:
                 raise MiniRerankerError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.batch_window_ms < 0:
             raise MiniRerankerError(f"--batch-window-ms must be >= 0, got {self.batch_window_ms}")
-        if self.api_key is not None and not self.api_key:
-            raise MiniRerankerError("--api-key is empty; give a key or leave it out")
+        if self.api_key is not None and not self.api_key.strip():
+            raise MiniRerankerError("the API key (--api-key / MINIRERANKER_API_KEY) is empty; give a key, or "
+                                    "unset it to serve without authentication")
+        if self.max_document_tokens is not None and self.max_document_tokens < 1:
+            raise MiniRerankerError(f"--max-document-tokens must be at least 1, got {self.max_document_tokens}")
 
     @property
     def model_name(self) -> str:
@@ -85,6 +93,7 @@ class RerankService:
         self.load_error: str | None = None
         self._index_slots = threading.Semaphore(config.index_workers)
         self._store_stats: tuple[float, dict] = (0.0, {})
+        self._template_overhead: int | None = None
         self._init_metrics()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -92,8 +101,11 @@ class RerankService:
         from ..reranker import Reranker
 
         c = self.config
+        extra = {}
+        if c.max_document_tokens is not None and "max_document_tokens" in inspect.signature(Reranker).parameters:
+            extra["max_document_tokens"] = c.max_document_tokens
         return Reranker(c.bundle, c.cache, providers=c.providers, max_cache_bytes=c.max_cache_bytes,
-                        batch_size=c.max_batch, int8_cache=c.int8_cache)
+                        batch_size=c.max_batch, int8_cache=c.int8_cache, **extra)
 
     def start_loading(self) -> threading.Thread:
         """Load the engines on a thread; ``ready`` is set when they are (``load_error`` if they fail)."""
@@ -127,32 +139,46 @@ class RerankService:
 
     # -- metrics ----------------------------------------------------------------------------------
     def _init_metrics(self) -> None:
-        r = self.registry = Registry()
-        self.m_requests = r.add(Counter("minireranker_requests_total", "HTTP requests by route and status code.",
-                                        ("route", "code")))
-        self.m_errors = r.add(Counter("minireranker_errors_total", "HTTP requests answered 4xx/5xx, by route.",
-                                      ("route", "code")))
-        self.m_latency = r.add(Histogram("minireranker_request_seconds", "HTTP request latency by route.",
-                                         ("route",)))
-        self.m_stage = r.add(Histogram("minireranker_stage_seconds", "Seconds per rerank stage (query_head, "
-                                       "kv_lookup, index, batch_wait, kv_read, band, tail).", ("stage",)))
-        self.m_candidates = r.add(Histogram("minireranker_candidates_per_request", "Documents per rerank request.",
-                                            buckets=COUNT_BUCKETS))
-        self.m_batch = r.add(Histogram("minireranker_batch_pairs", "Pairs per dynamic batch.", buckets=COUNT_BUCKETS))
-        self.m_batch_requests = r.add(Histogram("minireranker_batch_requests", "Requests per dynamic batch.",
-                                                buckets=COUNT_BUCKETS))
-        self.m_indexed = r.add(Counter("minireranker_documents_indexed_total", "Documents indexed by POST "
-                                       "/v1/documents.", ("result",)))
-        for name, what in (("hits", "K/V store hits."), ("misses", "K/V store misses."),
-                           ("evictions", "K/V store LRU evictions.")):
-            r.add(Gauge(f"minireranker_cache_{name}_total", what, lambda n=name: self._store_stat(n), kind="counter"))
-        r.add(Gauge("minireranker_cache_bytes", "Bytes of K/V entries on disk for this bundle.",
-                    lambda: self._store_stat("bytes")))
-        r.add(Gauge("minireranker_kv_bytes_read_total", "K/V bytes read into band batches.",
-                    lambda: self.reranker.stats["kv_bytes_read"] if self.reranker else 0, kind="counter"))
-        r.add(Gauge("minireranker_queue_depth", "Rerank requests waiting for a dynamic batch.",
-                    lambda: self.batcher.depth if self.batcher else 0))
-        r.add(Gauge("minireranker_ready", "1 once the engines are loaded.", lambda: float(self.ready.is_set())))
+        # prometheus_client (the serve extra) is imported here, not with the module: ServeConfig's defaults
+        # are read for `minireranker --help` on a base install
+        from .metrics import COUNT_BUCKETS, Counter, Histogram, ReadAtScrape, new_registry
+
+        r = self.registry = new_registry()
+        self.m_requests = Counter("minireranker_requests", "HTTP requests by route and status code.",
+                                  ("route", "code"), registry=r)
+        self.m_errors = Counter("minireranker_errors", "HTTP requests answered 4xx/5xx, by route.",
+                                ("route", "code"), registry=r)
+        self.m_latency = Histogram("minireranker_request_seconds", "HTTP request latency by route.", ("route",),
+                                   registry=r)
+        self.m_stage = Histogram("minireranker_stage_seconds", "Seconds per rerank stage (query_head, kv_lookup, "
+                                 "index, batch_wait, kv_read, band, tail).", ("stage",), registry=r)
+        self.m_candidates = Histogram("minireranker_candidates_per_request", "Documents per rerank request.",
+                                      buckets=COUNT_BUCKETS, registry=r)
+        self.m_batch = Histogram("minireranker_batch_pairs", "Pairs per dynamic batch.", buckets=COUNT_BUCKETS,
+                                 registry=r)
+        self.m_batch_requests = Histogram("minireranker_batch_requests", "Requests per dynamic batch.",
+                                          buckets=COUNT_BUCKETS, registry=r)
+        self.m_indexed = Counter("minireranker_documents_indexed", "Documents indexed by POST /v1/documents.",
+                                 ("result",), registry=r)
+        scraped = [(f"minireranker_cache_{name}", what, "counter", lambda n=name: self._store_stat(n))
+                   for name, what in (("hits", "K/V store hits."), ("misses", "K/V store misses."),
+                                      ("evictions", "K/V store LRU evictions."))]
+        scraped += [
+            ("minireranker_cache_bytes", "Bytes of K/V entries on disk for this bundle.", "gauge",
+             lambda: self._store_stat("bytes")),
+            ("minireranker_kv_bytes_read", "K/V bytes read into band batches.", "counter",
+             lambda: self.reranker.stats["kv_bytes_read"] if self.reranker else 0),
+            ("minireranker_queue_depth", "Rerank requests waiting for a dynamic batch.", "gauge",
+             lambda: self.batcher.depth if self.batcher else 0),
+            ("minireranker_ready", "1 once the engines are loaded.", "gauge", lambda: float(self.ready.is_set())),
+        ]
+        r.register(ReadAtScrape(scraped))
+
+    def render_metrics(self) -> str:
+        """The body of ``GET /metrics``."""
+        from .metrics import render
+
+        return render(self.registry)
 
     def _store_stat(self, name: str) -> float:
         if self.reranker is None:
@@ -172,14 +198,14 @@ class RerankService:
         scores = self.reranker.score_pairs(pairs, timings)
         for stage in ("kv_read", "band", "tail"):
             if stage in timings:
-                self.m_stage.observe(timings[stage], stage=stage)
+                self.m_stage.labels(stage=stage).observe(timings[stage])
         return scores
 
     def record(self, route: str, status: int, seconds: float) -> None:
-        self.m_requests.inc(route=route, code=str(status))
-        self.m_latency.observe(seconds, route=route)
+        self.m_requests.labels(route=route, code=str(status)).inc()
+        self.m_latency.labels(route=route).observe(seconds)
         if status >= 400:
-            self.m_errors.inc(route=route, code=str(status))
+            self.m_errors.labels(route=route, code=str(status)).inc()
 
     # -- operations -------------------------------------------------------------------------------
     def rerank(self, request: RerankRequest) -> Any:
@@ -188,7 +214,7 @@ class RerankService:
         limits = self.config.limits
         t0 = time.perf_counter()
         try:
-            n = len(reranker.encoder.tokenizer.encode(request.query, add_special_tokens=False).ids)
+            n = len(reranker.template.plain(request.query))  # as the query is encoded: plain text
             if n > limits.max_query_tokens:
                 raise RequestError(413, f"the query is {n} tokens long; the limit is {limits.max_query_tokens} "
                                    "(--max-query-tokens): shorten it")
@@ -196,17 +222,18 @@ class RerankService:
         except TokenizerError as exc:
             raise RequestError(413 if "tokens long" in str(exc) else 422, str(exc)) from None
         t1 = time.perf_counter()
-        self.m_stage.observe(t1 - t0, stage="query_head")
+        self.m_stage.labels(stage="query_head").observe(t1 - t0)
+        documents = self._fit_documents(request.documents, request.truncate)
         timings: dict[str, float] = {}
-        entries, failed = reranker.lookup(request.documents, timings)
+        entries, failed = reranker.lookup(documents, timings)
         for stage in ("kv_lookup", "index"):
-            self.m_stage.observe(timings.get(stage, 0.0), stage=stage)
+            self.m_stage.labels(stage=stage).observe(timings.get(stage, 0.0))
         if failed:
-            _raise_failures(failed, request.documents)
+            _raise_failures(failed, documents)
         self.m_candidates.observe(len(entries))
         t2 = time.perf_counter()
         scores = self.batcher.submit([(state, e) for _, e in entries]).result()
-        self.m_stage.observe(time.perf_counter() - t2, stage="batch_wait")
+        self.m_stage.labels(stage="batch_wait").observe(time.perf_counter() - t2)
         probability = [1.0 / (1.0 + _exp(-s)) for s in scores]
         order = sorted(range(len(entries)), key=lambda j: (-scores[j], entries[j][0]))
         if request.top_n is not None:
@@ -215,16 +242,89 @@ class RerankService:
         tokens = sum(len(state.ids) + int(e.k.shape[2]) for _, e in entries)
         return rerank_response(request, scored, self.config.model_name, tokens, uuid.uuid4().hex, int(time.time()))
 
-    def index(self, documents: Sequence[Document]) -> dict:
-        """``POST /v1/documents``: index (or re-index changed) documents; one index slot at a time."""
+    def _document_limit(self) -> int | None:
+        """The limit on a document's tokens: the Reranker's (the smaller of --max-document-tokens and the
+        model's own) where it has one, else --max-document-tokens."""
+        return getattr(self.reranker, "max_document_tokens", None) or self.config.max_document_tokens
+
+    def _fit_documents(self, documents: Sequence[Document], truncate: bool) -> list[Document]:
+        """Text documents within the limit: cut to it (``truncate``) or refused (413) before any engine runs.
+        (Documents with an image are measured by the Reranker, which refuses them per document.)"""
+        limit = self._document_limit()
+        if limit is None:
+            return list(documents)
+        out = []
+        for i, doc in enumerate(documents):
+            cut = self._fit_text(doc.text, limit) if doc.text and doc.image is None else None
+            if cut is not None:
+                if not truncate:
+                    raise RequestError(413, _too_long(i, cut[1], limit) + ", or send \"truncate\": true")
+                doc = Document(text=cut[0], id=doc.id)
+            out.append(doc)
+        return out
+
+    def _fit_text(self, text: str, limit: int) -> tuple[str, int] | None:
+        """(the longest prefix of ``text``, cut at a token boundary, whose document segment fits ``limit``;
+        the segment's token count) or None when the whole text fits."""
+        from .. import reranker as runtime
+
+        template = self.reranker.template
+
+        def size(t: str) -> int:
+            return len(template.document(None, t).ids)
+
+        if self._template_overhead is None:  # the template's tokens around a text: the same for every text
+            self._template_overhead = size("x") - len(template.plain("x"))
+        overhead = self._template_overhead
+        if len(text.encode("utf-8")) + overhead <= limit:  # byte-level BPE: a token covers at least one byte
+            return None
+        head = text[: limit * getattr(runtime, "MAX_CHARS_PER_TOKEN", 16)]  # never tokenize megabytes to cut
+        tokens = size(head)
+        if tokens <= limit and head == text:
+            return None
+        offsets = self.reranker.encoder.tokenizer.encode(head, add_special_tokens=False).offsets
+        keep = min(len(offsets), max(1, limit - overhead))
+        while keep > 0:
+            cut = head[: offsets[keep - 1][1]]
+            if size(cut) <= limit:
+                return cut, tokens
+            keep -= 1
+        raise RequestError(413, f"the document template alone is longer than the limit of {limit} tokens")
+
+    def index(self, documents: Sequence[tuple[int, Document]], refused: Sequence[DocumentRefusal] = ()) -> dict:
+        """``POST /v1/documents``: index (or re-index changed) documents; one index slot at a time.
+
+        ``documents`` are (index in the request, document); ``refused`` were refused by the parser. Every
+        document that fails is listed in ``failed`` with its status; the good ones are indexed. When none
+        of the batch could be indexed, the answer is that status (RequestError) with the same list.
+        """
         reranker = self._require_ready()
-        with self._index_slots:
-            report = reranker.index(documents)
-        self.m_indexed.inc(report.indexed, result="indexed")
-        self.m_indexed.inc(report.skipped, result="skipped")
-        self.m_indexed.inc(len(report.failed), result="failed")
-        return {"indexed": report.indexed, "skipped": report.skipped,
-                "failed": [{"index": f.index, "id": documents[f.index].id, "error": f.error} for f in report.failed]}
+        failed = [{"index": r.index, "id": r.id, "status": r.status, "error": r.error} for r in refused]
+        limit = self._document_limit()
+        todo = []
+        for i, doc in documents:
+            cut = self._fit_text(doc.text, limit) if limit is not None and doc.text and doc.image is None else None
+            if cut is not None:
+                failed.append({"index": i, "id": doc.id, "status": 413, "error": _too_long(i, cut[1], limit)})
+            else:
+                todo.append((i, doc))
+        indexed = skipped = 0
+        if todo:
+            with self._index_slots:
+                report = reranker.index([doc for _, doc in todo])
+            indexed, skipped = report.indexed, report.skipped
+            for f in report.failed:
+                i, doc = todo[f.index]
+                failed.append({"index": i, "id": doc.id, "status": _failure_status(f), "error": f.error})
+        failed.sort(key=lambda f: f["index"])
+        self.m_indexed.labels(result="indexed").inc(indexed)
+        self.m_indexed.labels(result="skipped").inc(skipped)
+        self.m_indexed.labels(result="failed").inc(len(failed))
+        if failed and not indexed and not skipped:
+            first = failed[0]
+            more = f" (and {len(failed) - 1} more; see 'failed')" if len(failed) > 1 else ""
+            raise RequestError(first["status"], first["error"] + more, indexed=0, skipped=0, failed=failed)
+        return {"indexed": indexed, "skipped": skipped, "failed": failed}
 
     def document_status(self, doc_id: str) -> dict:
         """``GET /v1/documents/{id}``: whether the id is cached (404 when it is not)."""
@@ -250,7 +350,17 @@ def _raise_failures(failed: list, documents: Sequence[Document]) -> None:
     if unknown:
         raise RequestError(404, f"documents[{first.index}]: id {doc.id!r} is not in the cache and has no "
                            f"content; index it with POST /v1/documents first{more}")
-    raise RequestError(422, f"documents[{first.index}] cannot be scored: {first.error}{more}")
+    raise RequestError(_failure_status(first), f"documents[{first.index}] cannot be scored: {first.error}{more}")
+
+
+def _too_long(index: int, tokens: int, limit: int) -> str:
+    return (f"documents[{index}] is {tokens} tokens long (template and text), over the limit of {limit} "
+            "(--max-document-tokens, at most the model's own): shorten it")
+
+
+def _failure_status(failure: Any) -> int:
+    """413 for a document over the token limit (the runtime's Failure carries what was raised), else 422."""
+    return 413 if isinstance(failure.exception, DocumentTooLongError) else 422
 
 
 def _exp(x: float) -> float:

@@ -31,8 +31,10 @@ TORCH_COMMANDS = {
     "calibrate": ["CKPT", "--data", "set.jsonl"],
 }
 
-# Runs main() with torch and transformers unimportable, as on the base (runtime-only) install.
+# Runs main() with torch and transformers unimportable, as on the base (runtime-only) install, which has
+# no 'serve' extra either.
 WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+                 "for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette', 'pydantic'): sys.modules[m] = None\n"
                  "from minireranker.tools.cli import main\n"
                  "sys.exit(main(sys.argv[1:]))")
 
@@ -126,6 +128,13 @@ def test_help_and_runtime_commands_work_without_torch(tmp_path):
         assert proc.returncode == 0 and proc.stderr == "", (name, proc.stderr)
     # a torch-free command is not refused: it fails on its own input, in one line
     assert_one_error_line(run_without_torch("inspect", tmp_path / "no-bundle", cwd=tmp_path), "no-bundle")
+
+
+def test_serve_without_the_serve_extra_names_it(tmp_path):
+    proc = run_without_torch("serve", "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    proc = run_without_torch("serve", tmp_path / "bundle", "--cache", tmp_path / "kv", cwd=tmp_path)
+    assert_one_error_line(proc, "minireranker serve needs the 'serve' extra", "pip install 'minireranker[serve]'")
 
 
 def use_parser_with(monkeypatch, command: str, func) -> None:
