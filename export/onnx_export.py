@@ -43,7 +43,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..engines import BaseRunner, open_runner
-from ..runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, load_bundle
+from ..runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, load_bundle, meta_checksum, sha256_file
 from ..runtime.documents import Document
 from ..runtime.graph_io import GRAPH_IO
 from ..runtime.spec import RerankSpec
@@ -379,8 +379,10 @@ def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildCon
         "guide": guide,
         "validation": validation,
     }
-    meta["files"] = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*"))
-                     if p.is_file()}
+    files = [p for p in sorted(staging.rglob("*")) if p.is_file()]
+    meta["files"] = {str(p.relative_to(staging)): p.stat().st_size for p in files}
+    meta["sha256"] = {str(p.relative_to(staging)): sha256_file(p) for p in files}
+    meta["meta_sha256"] = meta_checksum(meta)  # "validation" is left out: build_bundle adds to it afterwards
     return meta
 
 

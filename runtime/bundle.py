@@ -13,15 +13,15 @@ A bundle directory holds::
     embedder/            with an embedder guide: its tokenizer.json, embed_tokens.npy, system_k/v.npy,
                          onnx/vision.onnx, onnx/guide.onnx
 
-``bundle.json`` (schema version 3)::
+``bundle.json`` (schema version 4)::
 
-    schema_version    3 (1: before the graph I/O table; 2: the instruction segment ran per pair; the runtime
-                      refuses both: rebuild the bundle)
+    schema_version    4 (1: before the graph I/O table; 2: the instruction segment ran per pair; the runtime
+                      refuses both: rebuild the bundle. 3: before "sha256" and "meta_sha256": read with a
+                      warning, its files checked by size only; rebuild it to have them checked)
     fingerprint       sha256 of the checkpoint's files, the spec, the build settings that shape the K/V
-                      (precision, attention) and EXPORT_VERSION; the K/V store keys entries by it, so a new
-                      bundle never reads an old entry. "weights" is not in it: int8 weights change only the
-                      band and tail, so a float and an int8 bundle of one checkpoint and spec share their (equal)
-                      K/V entries
+                      (precision, attention) and EXPORT_VERSION: what the build made the bundle from. "weights"
+                      is not in it: int8 weights change only the band and tail. The K/V store's namespace is
+                      derived from it at load time (see "Integrity" below), never used alone
     minireranker_version, export_version, created (UTC ISO 8601)
     source            {"checkpoint": path, "model_type": "qwen3_vl"}
     spec              the resolved RerankSpec (runtime/spec.py), every field explicit
@@ -52,40 +52,93 @@ A bundle directory holds::
                       {"kind": "embedder", "layer": g, "dir": "embedder", "system_ids", "image_pad_id",
                        "model": {...as above...}, "graphs": {...}}
     validation        {graph: {"output": name, "max_abs_diff": x, "tolerance": t}} as measured at build
-    files             {relative path: size in bytes}
+    files             {relative path: size in bytes}: every file of the bundle but bundle.json
+    sha256            {relative path: hex sha256 of the file}: the same paths as "files"
+    meta_sha256       hex sha256 of this JSON less "meta_sha256" and "validation" (the build's report, which
+                      it writes last), as :func:`meta_checksum` serializes it (sorted keys, no spaces)
+
+Integrity (docs/security.md, "Bundle integrity"). A bundle that changed after its build is refused in one
+line (:class:`BundleIntegrityError`) naming the file and saying to rebuild it, before any engine opens:
+
+* bundle.json: ``meta_sha256`` must match its content, so an edited spec (``query_position``,
+  ``exit_layer``, ``band``), template or model is refused; the spec must also fit the model and the stored
+  arrays (checked for schema 3 bundles too, which have no ``meta_sha256``);
+* every file of ``files``: present, and of its recorded size, on every load (a stat each);
+* every file's sha256, whenever it may have changed since it was last verified. A stamp records, per file,
+  the (size, mtime_ns, ctime_ns, inode) it had when its checksum last matched; a file whose stat still
+  equals its stamp is not read again, so a warm start costs one stat per file. The stamp is
+  ``<bundle>/.minireranker-verified.json``; where the bundle folder cannot be written it is
+  ``$XDG_CACHE_HOME/minireranker/bundles/<sha256 of the bundle's absolute path>.json`` (``~/.cache`` without
+  XDG_CACHE_HOME); where neither can be written, every load hashes every file (logged once). A file
+  changed less than :data:`RACY_NS` before it was hashed is not stamped (file times can be coarser than the
+  write that follows the check), so it is hashed again next time. The stamp is a cache of checks, not a
+  seal: whoever can write the bundle folder can also rewrite bundle.json.
+
+The K/V store's namespace (:attr:`Bundle.namespace`) is the sha256 of the fingerprint, the spec as loaded,
+the template, model, preprocess, precision, attention and guide, and the verified checksums of every file
+the entries are computed from (all but the per-query graphs query_head, band and tail, so a float and an
+int8 bundle of one build share their equal entries). An edited or damaged bundle is refused; and were a
+bundle edited consistently (bundle.json rewritten to match), any change that shapes the K/V changes the
+namespace, so it cannot read entries written under the original. A schema 3 bundle has only sizes: its
+namespace uses them in place of checksums, and a same-size change to its files goes unseen (the warning
+says so).
 
 Weights of one graph above 2 GB go to ONNX external data beside the graph.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MiniRerankerError
+from .errors import MiniRerankerError, SpecError
 from .graph_io import GRAPH_IO
 from .preprocess import PreprocessConfig
 from .spec import RerankSpec
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: "sha256" and "meta_sha256"
+LEGACY_SCHEMA_VERSION = 3  # read with a warning: sizes only
 BUNDLE_FILE = "bundle.json"
 GRAPHS = tuple(GRAPH_IO)
+STAMP_FILE = ".minireranker-verified.json"
+STAMP_VERSION = 1
+RACY_NS = 2_000_000_000  # 2 s: above the coarsest file time step in use (FAT's); see "Integrity" above
+PER_QUERY_GRAPHS = ("query_head", "band", "tail")  # the K/V entries do not depend on them
+REBUILD = "rebuild the bundle with `minireranker build`"
+
+log = logging.getLogger("minireranker.runtime")
+_said_once: set[str] = set()
 
 
 class BundleError(MiniRerankerError):
     """A bundle directory is missing, incomplete, or from an unsupported schema version."""
 
 
+class BundleIntegrityError(BundleError):
+    """A bundle's file (or bundle.json itself) differs from what its build recorded: damaged or edited."""
+
+
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded, validated ``bundle.json`` with its directory."""
+    """A loaded, validated ``bundle.json`` with its directory.
+
+    ``namespace`` keys the K/V store (see the module docstring); ``integrity`` says what the load checked:
+    {"checked": "sha256" | "size", "files": n, "hashed": files hashed by this load, "stamp": path or None}.
+    """
 
     path: Path
     data: dict[str, Any]
     spec: RerankSpec
     preprocess: PreprocessConfig
+    namespace: str
+    integrity: dict[str, Any]
 
     @property
     def fingerprint(self) -> str:
@@ -118,7 +171,7 @@ class Bundle:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Read and validate ``bundle.json``; every file it names must exist."""
+    """Read and validate ``bundle.json``; check every file it names (see "Integrity" above)."""
     path = Path(path)
     meta = path / BUNDLE_FILE
     if not meta.is_file():
@@ -126,27 +179,106 @@ def load_bundle(path: str | Path) -> Bundle:
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{meta} is not valid JSON ({exc}); rebuild the bundle") from None
+        raise BundleError(f"{meta} is not valid JSON ({exc}); {REBUILD}") from None
+    version = _schema_version(meta, data)
+    required = ["fingerprint", "spec", "template", "model", "preprocess", "precision", "graphs", "files"]
+    for key in required + (["sha256", "meta_sha256"] if version >= 4 else []):
+        if key not in data:
+            raise BundleError(f"{meta} lacks '{key}'; {REBUILD}")
+    if version >= 4 and data["meta_sha256"] != meta_checksum(data):
+        raise BundleIntegrityError(f"{meta} was edited after the build: its content no longer matches its "
+                                   f"meta_sha256; {REBUILD}")
+    sizes = _file_records(meta, data)
+    missing = [name for name in sizes if not (path / name).is_file()]
+    if missing:
+        raise BundleError(f"bundle {path} is incomplete, missing: {missing[:5]}; copy the whole "
+                          f"directory, or {REBUILD}")
+    for name, size in sizes.items():
+        actual = (path / name).stat().st_size
+        if actual != size:
+            raise BundleIntegrityError(f"bundle file {path / name} is damaged: {actual} bytes, bundle.json records "
+                                       f"{size} (truncated or replaced); {REBUILD}")
+    _check_graph_entries(meta, data)
+    spec = _bundle_spec(meta, data)
+    if version >= 4:
+        checksums = data["sha256"]
+        integrity = {"checked": "sha256", "files": len(sizes), **verify_checksums(path, checksums)}
+    else:
+        checksums = {name: f"size:{size}" for name, size in sizes.items()}
+        integrity = {"checked": "size", "files": len(sizes), "hashed": 0, "stamp": None}
+        _say_once(f"legacy:{path.resolve()}", f"bundle {path} has schema version {version}, from before checksums: "
+                  f"its files are checked by size only, so a same-size change goes unseen; {REBUILD}")
+    _check_arrays(path, data, spec)  # after the checksums: a damaged header is then reported as damage
+    namespace = cache_namespace(data, spec, checksums)
+    return Bundle(path, data, spec, PreprocessConfig.from_dict(data["preprocess"]), namespace, integrity)
+
+
+def _schema_version(meta: Path, data: Any) -> int:
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if not isinstance(version, int):
-        raise BundleError(f"{meta} has no schema_version; rebuild the bundle")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{meta} has no schema_version; {REBUILD}")
     if version > SCHEMA_VERSION:
         raise BundleError(
             f"{meta} has schema version {version}, newer than this runtime reads ({SCHEMA_VERSION}); "
             "upgrade minireranker, or rebuild the bundle with this version"
         )
-    if version < SCHEMA_VERSION:
+    if version < LEGACY_SCHEMA_VERSION:
         raise BundleError(f"{meta} has old schema version {version} (this runtime reads {SCHEMA_VERSION}); "
                           "rebuild it with `minireranker build`")
-    for key in ("fingerprint", "spec", "template", "model", "preprocess", "precision", "graphs", "files"):
-        if key not in data:
-            raise BundleError(f"{meta} lacks '{key}'; rebuild the bundle")
-    missing = [name for name in data["files"] if not (path / name).is_file()]
-    if missing:
-        raise BundleError(f"bundle {path} is incomplete, missing: {missing[:5]}; copy the whole directory or rebuild")
-    _check_graph_entries(meta, data)
-    spec = RerankSpec.from_dict(data["spec"], source=str(meta))
-    return Bundle(path, data, spec, PreprocessConfig.from_dict(data["preprocess"]))
+    return version
+
+
+def _file_records(meta: Path, data: dict[str, Any]) -> dict[str, int]:
+    """``files`` ({path: size}), checked to be well formed, and (schema 4) to match ``sha256``'s paths."""
+    files = data["files"]
+    if not isinstance(files, dict) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                              for n in files.values()):
+        raise BundleError(f"{meta}: 'files' is not a map of paths to sizes; {REBUILD}")
+    for name in files:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{meta}: 'files' names {name!r}, outside the bundle; {REBUILD}")
+    checksums = data.get("sha256") if data["schema_version"] >= 4 else None
+    if checksums is not None and (not isinstance(checksums, dict) or set(checksums) != set(files)):
+        raise BundleError(f"{meta}: 'sha256' does not name the same files as 'files'; {REBUILD}")
+    return files
+
+
+def _bundle_spec(meta: Path, data: dict[str, Any]) -> RerankSpec:
+    """The bundle's spec, valid and within its model's layers."""
+    try:
+        spec = RerankSpec.from_dict(data["spec"], source=str(meta))
+        num_layers = data["model"]["num_layers"]
+        if not isinstance(num_layers, int) or spec.exit_layer is None or spec.band is None:
+            raise SpecError(f"{meta}: the spec is not resolved against the model (exit_layer, band, num_layers)")
+        spec.resolve(num_layers)
+    except SpecError as exc:
+        message = str(exc) if str(exc).startswith(str(meta)) else f"{meta}: {exc}"
+        raise BundleError(f"{message}; {REBUILD}") from None
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{meta}: 'model' is malformed ({exc!r}); {REBUILD}") from None
+    return spec
+
+
+def _check_arrays(path: Path, data: dict[str, Any], spec: RerankSpec) -> None:
+    """The stored segments have the spec's layers: system K/V E+1, the instruction's K/V A, and the
+    instruction's tokens the template's (what a spec edited in bundle.json would contradict)."""
+    import numpy as np
+
+    a, e = spec.band[0], spec.exit_layer
+    tokens = len(data["template"].get("instruction_ids") or [])
+    expected = {"system_k.npy": (0, e + 1), "system_v.npy": (0, e + 1), "instruction_k.npy": (0, a),
+                "instruction_v.npy": (0, a), "instruction_hidden.npy": (1, tokens)}
+    for name, (axis, size) in expected.items():
+        if name not in data["files"]:
+            continue
+        try:
+            shape = np.load(path / name, mmap_mode="r").shape
+        except (OSError, ValueError) as exc:
+            raise BundleIntegrityError(f"bundle file {path / name} is not a readable .npy ({exc}); {REBUILD}") from None
+        if len(shape) <= axis or shape[axis] != size:
+            raise BundleIntegrityError(
+                f"bundle file {path / name} has shape {list(shape)}, but the spec in bundle.json (exit layer {e}, "
+                f"band {list(spec.band)}) needs {size} along axis {axis}: bundle.json was edited; {REBUILD}")
 
 
 def _check_graph_entries(meta: Path, data: dict[str, Any]) -> None:
@@ -154,11 +286,117 @@ def _check_graph_entries(meta: Path, data: dict[str, Any]) -> None:
     entries = list(data["graphs"].items()) + list(((data.get("guide") or {}).get("graphs") or {}).items())
     unknown = sorted({name for name, _ in entries if name not in GRAPH_IO})
     if unknown:
-        raise BundleError(f"{meta} names graphs this runtime does not know ({unknown}); rebuild the bundle")
+        raise BundleError(f"{meta} names graphs this runtime does not know ({unknown}); {REBUILD}")
     unlisted = [g.get("file") for _, g in entries if g.get("file") not in data["files"]]
     if unlisted:
-        raise BundleError(f"{meta} names graph files it does not list under 'files' ({unlisted[:3]}); "
-                          "rebuild the bundle")
+        raise BundleError(f"{meta} names graph files it does not list under 'files' ({unlisted[:3]}); {REBUILD}")
+
+
+# -- checksums -------------------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def meta_checksum(data: dict[str, Any]) -> str:
+    """bundle.json's ``meta_sha256``: sha256 of its canonical JSON less ``meta_sha256`` and ``validation``."""
+    body = {k: v for k, v in data.items() if k not in ("meta_sha256", "validation")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def cache_namespace(data: dict[str, Any], spec: RerankSpec, checksums: dict[str, str]) -> str:
+    """The K/V store namespace of a loaded bundle: see the module docstring."""
+    per_query = {g["file"] for name, g in data["graphs"].items() if name in PER_QUERY_GRAPHS}
+    entry_files = {n: c for n, c in checksums.items()
+                   if n not in per_query and not any(n.startswith(f + ".data") for f in per_query)}
+    body = {"fingerprint": data["fingerprint"], "spec": spec.to_dict(), "template": data["template"],
+            "model": data["model"], "preprocess": data["preprocess"], "precision": data["precision"],
+            "attention": data.get("attention"), "guide": data.get("guide"), "files": entry_files}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def verify_checksums(path: Path, checksums: dict[str, str]) -> dict[str, Any]:
+    """Hash every file whose stat differs from its stamp; raise on a mismatch; update the stamp.
+
+    Returns {"hashed": files hashed, "stamp": where the stamp now is (None: nowhere writable)}."""
+    places = stamp_places(path)
+    stamps = [_read_stamp(place, path) for place in places]
+    verified: dict[str, dict] = {}
+    hashed = 0
+    for name in sorted(checksums):
+        st = os.stat(path / name)
+        record = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino,
+                  "sha256": checksums[name]}
+        if any(stamp.get(name) == record for stamp in stamps):
+            verified[name] = record
+            continue
+        started = time.time_ns()
+        hashed += 1
+        if sha256_file(path / name) != checksums[name]:
+            raise BundleIntegrityError(f"bundle file {path / name} is damaged: its sha256 differs from the one "
+                                       f"bundle.json records (it changed after the build); {REBUILD}")
+        if started - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_NS:
+            verified[name] = record
+    current = next((place for place, stamp in zip(places, stamps) if stamp == verified), None)
+    if hashed == 0 and current is not None:
+        return {"hashed": 0, "stamp": str(current)}
+    where = _write_stamp(places, path, verified)
+    if where is None:
+        _say_once(f"stamp:{path.resolve()}", f"cannot record the verified checksums of bundle {path} (none of "
+                  f"{', '.join(map(str, places))} can be written): every load hashes its files again")
+    return {"hashed": hashed, "stamp": None if where is None else str(where)}
+
+
+def stamp_places(path: Path) -> tuple[Path, ...]:
+    """Where a bundle's stamp may be: in its folder, else in the user's cache folder (by absolute path)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # unset, or relative (which the XDG spec says to ignore)
+        try:
+            base = os.path.join(Path.home(), ".cache")
+        except RuntimeError:  # no home directory: the bundle folder only
+            return (path / STAMP_FILE,)
+    if not os.path.isabs(base):
+        return (path / STAMP_FILE,)
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    return path / STAMP_FILE, Path(base) / "minireranker" / "bundles" / f"{key}.json"
+
+
+def _read_stamp(place: Path, path: Path) -> dict[str, dict]:
+    try:
+        stamp = json.loads(place.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    ok = (isinstance(stamp, dict) and stamp.get("stamp_version") == STAMP_VERSION
+          and stamp.get("bundle") == str(path.resolve()) and isinstance(stamp.get("files"), dict))
+    return stamp["files"] if ok else {}
+
+
+def _write_stamp(places: tuple[Path, ...], path: Path, verified: dict[str, dict]) -> Path | None:
+    """Write the stamp to the first place that takes it (atomically: temp file, then rename)."""
+    text = json.dumps({"stamp_version": STAMP_VERSION, "bundle": str(path.resolve()), "files": verified})
+    for place in places:
+        tmp = place.with_name(f".{place.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, place)
+            return place
+        except OSError:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    return None
+
+
+def _say_once(key: str, message: str) -> None:
+    if key not in _said_once:
+        _said_once.add(key)
+        log.warning("%s", message)
 
 
 def kv_bytes_per_token(bundle: Bundle) -> int:
@@ -199,5 +437,7 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
             "image_1024x1024_keep": {"tokens": int((1024 // side) ** 2 * bundle.spec.keep_ratio),
                                      "bytes": int((1024 // side) ** 2 * bundle.spec.keep_ratio) * per_token}},
         "validation": bundle.data.get("validation"),
+        "integrity": {"schema_version": bundle.data["schema_version"], **bundle.integrity},
+        "namespace": bundle.namespace,
         "files": bundle.data["files"],
     }

@@ -1,4 +1,4 @@
-"""The disk-backed K/V store: one memory-mapped file per (bundle fingerprint, document key).
+"""The disk-backed K/V store: one memory-mapped file per (bundle namespace, document key).
 
 An entry holds what a rerank reads for one document: the K and V of the band layers ``A..B`` for the
 document's kept tokens, their MRoPE positions, the query start position and a small JSON ``meta`` dict.
@@ -121,7 +121,9 @@ _MMAP_OPTIONS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where the store lives and how it behaves. ``fingerprint`` is the bundle's (hex, 8-128 digits)."""
+    """Where the store lives and how it behaves. ``fingerprint`` names the namespace (hex, 8-128 digits): the
+    runtime passes ``Bundle.namespace``, which derives from the bundle's fingerprint, its spec as loaded and
+    the checksums of the files the entries are computed from (runtime/bundle.py)."""
 
     directory: Path
     fingerprint: str

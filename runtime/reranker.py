@@ -137,7 +137,9 @@ class Reranker:
             + len(self.template.query_text(""))  # the rest of the model's positions is the document's
         self.document_limit = DocumentLimit.of(b.model.get("max_position_embeddings"), reserved, max_document_tokens)
         self.max_document_tokens, self.model_document_tokens = self.document_limit.tokens, self.document_limit.model
-        self.store = KVStore(StoreConfig(Path(cache_dir), b.fingerprint, max_bytes=max_cache_bytes,
+        # the namespace derives from the verified checksums and the spec as loaded (runtime/bundle.py), not
+        # the build's fingerprint alone: an edited bundle never reads entries written under the original
+        self.store = KVStore(StoreConfig(Path(cache_dir), b.namespace, max_bytes=max_cache_bytes,
                                          quantize_int8=int8_cache))
         self.stats: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()

@@ -9,7 +9,9 @@ import json
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``inspect`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     p = subparsers.add_parser("inspect", help="describe a bundle",
-                              description="Print a bundle's spec, graphs, parameters per query, K/V bytes and files.")
+                              description="Check a bundle's files against their recorded sizes and checksums "
+                              "(a damaged or edited bundle is an error), then print its spec, graphs, parameters "
+                              "per query, K/V bytes, integrity and files.")
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
@@ -38,7 +40,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     ex = info["kv_bytes_example"]["image_1024x1024_keep"]
     print(f"K/V bytes per kept document token: {info['kv_bytes_per_token']:,}; "
           f"a 1024x1024 image keeps {ex['tokens']} tokens = {ex['bytes'] / 1e6:.2f} MB")
+    print(integrity_line(info["integrity"]))
     print("files:")
     for name, size in info["files"].items():
         print(f"  {name:<32} {size:>14,} bytes")
     return 0
+
+
+def integrity_line(integrity: dict) -> str:
+    """One line on what loading the bundle checked (a damaged bundle never gets here: it fails to load)."""
+    if integrity["checked"] == "size":
+        return (f"integrity: schema {integrity['schema_version']} bundle without checksums: {integrity['files']} files "
+                "checked by size only; rebuild it with `minireranker build` to have them checked")
+    hashed = integrity["hashed"]
+    fresh = f"{hashed} hashed now" if hashed else "none changed since last verified, none hashed"
+    stamp = integrity["stamp"] or "none writable: every load hashes"
+    return f"integrity: sha256 of {integrity['files']} files verified ({fresh}; stamp {stamp})"

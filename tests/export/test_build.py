@@ -21,7 +21,7 @@ SPEC = RerankSpec(exit_layer=3, band=(1, 2), keep_ratio=0.5, query_position=64)
 def test_bundle_contents_and_schema(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     data = bundle.data
-    assert data["schema_version"] == SCHEMA_VERSION == 3 and len(data["fingerprint"]) == 64
+    assert data["schema_version"] == SCHEMA_VERSION == 4 and len(data["fingerprint"]) == 64
     assert set(data["graphs"]) == {"vision", "doc_prefix", "guide", "query_head", "band", "tail"}
     for name, graph in data["graphs"].items():
         assert (tiny_bundle / graph["file"]).is_file()

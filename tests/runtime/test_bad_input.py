@@ -227,7 +227,7 @@ def test_bundle_from_a_newer_schema_version(bundle_v99, tmp_path):
         with pytest.raises(BundleError) as info:
             load(bundle_v99)
         check_failure_message(str(info.value), str(bundle_v99 / "bundle.json"),
-                              ["schema version 99", "newer than this runtime reads (3)", "upgrade minireranker"])
+                              ["schema version 99", "newer than this runtime reads (4)", "upgrade minireranker"])
     assert not (tmp_path / "cache").exists()
 
 
