@@ -211,12 +211,12 @@ def _query_position(config: CalibrationConfig, loaded, base, data: LabelledSet) 
 
 
 def _dense(base, data: LabelledSet, progress: bool) -> list[np.ndarray]:
-    from tqdm import tqdm
+    from ..runtime.progress import progress as with_progress
 
     from .scoring import dense_scores
 
     return [dense_scores(base, q.query, q.candidates)
-            for q in tqdm(data.queries, desc="dense", unit="query", disable=not progress, leave=False)]
+            for q in with_progress(data.queries, "dense", "query", disable=not progress, leave=False)]
 
 
 def _variants(config: CalibrationConfig, bands, guide: str):
@@ -236,7 +236,7 @@ def _variants(config: CalibrationConfig, bands, guide: str):
 
 
 def _sweep(config, loaded, base, data: LabelledSet, exits, bands, position, guide, dense, cost_in) -> list[dict]:
-    from tqdm import tqdm
+    from ..runtime.progress import progress_bar
 
     from .cost import query_cost
     from .sweep import SpecSweep
@@ -244,8 +244,8 @@ def _sweep(config, loaded, base, data: LabelledSet, exits, bands, position, guid
     sweep = SpecSweep(base, position, config.batch_size)
     variants = _variants(config, bands, guide)
     points = []
-    bar = tqdm(total=len(variants) * len(data.queries), desc="sweep", unit="query", disable=not config.progress,
-               leave=False)
+    bar = progress_bar(len(variants) * len(data.queries), "sweep", "query", disable=not config.progress,
+                       leave=False)
     for variant, served in variants:
         last = max(b[1] for b in served)
         entries = {key: sweep.document_kv(doc, variant, last) for key, doc in data.documents.items()}

@@ -79,22 +79,22 @@ def spec_label(spec: RerankSpec) -> str:
 
 
 def _per_query(data: LabelledSet, name: str, progress: bool, score: Callable) -> tuple[list[np.ndarray], float]:
-    from tqdm import tqdm
+    from ..runtime.progress import progress as with_progress
 
     t0 = time.perf_counter()
     out = [np.asarray(score(q), dtype=np.float64)
-           for q in tqdm(data.queries, desc=name, unit="query", disable=not progress, leave=False)]
+           for q in with_progress(data.queries, name, "query", disable=not progress, leave=False)]
     return out, time.perf_counter() - t0
 
 
 def _reference_system(pipeline, data: LabelledSet, name: str, progress: bool) -> tuple[list[np.ndarray], float]:
     """Index every distinct document once, then score each query against the cached entries."""
-    from tqdm import tqdm
+    from ..runtime.progress import progress as with_progress
 
     t0 = time.perf_counter()
     docs = data.documents
     entries = {key: pipeline.index(doc) for key, doc in
-               tqdm(docs.items(), desc=f"{name}: index", unit="doc", disable=not progress, leave=False)}
+               with_progress(docs.items(), f"{name}: index", "doc", disable=not progress, leave=False)}
     scores, _ = _per_query(data, name, progress,
                            lambda q: pipeline.score(q.query, [entries[d.id] for d in q.candidates]))
     return scores, time.perf_counter() - t0

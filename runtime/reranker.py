@@ -54,6 +54,7 @@ from .kvstore import KVEntry, KVStore, StoreConfig
 from .limits import MAX_CHARS_PER_TOKEN, DocumentLimit
 from .preprocess import preprocess_image
 from .pruning import select_kept
+from .progress import progress_bar
 from .template import DocumentTokens, VisionFirstTemplate, document_positions, embedder_image_tail_ids, text_positions
 
 log = logging.getLogger("minireranker.runtime")
@@ -271,14 +272,10 @@ class Reranker:
         """Index documents not yet cached (resumable: cached ones are skipped)."""
         report = IndexReport()
         docs = list(documents)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(docs), unit="doc", desc="indexing")
         if self.store.read_only:
             raise CacheError(f"the K/V cache at {self.store.namespace} is read-only: indexing needs a writable "
                              "cache directory; fix its permissions or choose another --cache")
+        bar = progress_bar(len(docs), "indexing", "doc", disable=not progress)
         for i, doc in enumerate(docs):
             try:
                 if self._cached(doc) is not None:
@@ -293,10 +290,8 @@ class Reranker:
             except MiniRerankerError as exc:
                 report.failed.append(Failure(i, doc.label, str(exc), exc))
                 log.info("document %s failed: %s", doc.label, exc)  # the caller reports it
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+        bar.close()
         return report
 
     # -- queries ----------------------------------------------------------------------------------

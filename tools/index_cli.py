@@ -29,10 +29,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     report = index_documents(args.bundle, args.cache, docs, progress=not args.quiet, **reranker_options(args))
     seconds = time.perf_counter() - t0
-    rate = report.indexed / seconds if seconds > 0 else 0.0
+    # a rate only over documents actually encoded ("0.0 documents/s" when all were cached says nothing)
+    rate = f" ({report.indexed / seconds:.1f} documents/s)" if report.indexed and seconds > 0 else ""
     declined = f", not stored {len(report.declined)} (over the cache bound)" if report.declined else ""
     print(f"indexed {report.indexed}, skipped {report.skipped} (already cached), failed {len(report.failed)}"
-          f"{declined} in {seconds:.1f} s ({rate:.1f} documents/s)")
+          f"{declined} in {seconds:.1f} s{rate}")
     for f in report.failed:
         print(f"  failed [{f.index}] {short_label(f.document)}: {f.error}", file=sys.stderr)
     for f in report.declined:

@@ -260,7 +260,7 @@ def _progress_total(config: ProfileConfig, pool: Pool, chains: int) -> int:
 def profile_bundle(bundle: str | Path, cache_dir: str | Path, config: ProfileConfig | None = None,
                    documents: Sequence[Document] | None = None, progress: bool = True) -> dict[str, Any]:
     """Measure the runtime on ``bundle`` with the K/V store in ``cache_dir``; returns the profile JSON."""
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     from ..bundle import load_bundle
     from .estimate import workload_from_bundle
@@ -275,8 +275,8 @@ def profile_bundle(bundle: str | Path, cache_dir: str | Path, config: ProfileCon
         notes.append(f"the cache directory is on {fs}: page-cache eviction has no effect there")
     chains = list(config.providers) if config.providers else [None]
     w = workload_from_bundle(b)
-    with tqdm(total=_progress_total(config, pool, len(chains)), unit="call", desc="profiling",
-              disable=not progress) as bar:
+    with progress_bar(_progress_total(config, pool, len(chains)), "profiling", "call",
+                      disable=not progress) as bar:
         results = [_profile_chain(b, cache_dir, chain, config, pool, bar, notes) for chain in chains]
     cfg = dataclasses.asdict(config)
     return {"schema_version": SCHEMA_VERSION, "kind": "minireranker-profile", "time_unit": "ms",
