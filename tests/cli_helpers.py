@@ -22,3 +22,16 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, *parts: str) -> str
     missing = [p for p in parts if p not in lines[0]]
     assert not missing, f"{lines[0]!r} lacks {missing}"
     return lines[0]
+
+
+# `python -c DROP_DAC PROGRAM ARGS...` runs PROGRAM with CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped
+# (root then obeys file modes).
+DROP_DAC = """
+import ctypes, os, sys
+if os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP; exec then leaves them out of the effective set
+            sys.exit(f"cannot drop capability {cap}: errno {ctypes.get_errno()}")
+os.execv(sys.argv[1], sys.argv[1:])
+"""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_one_error_line, run_cli
+from cli_helpers import DROP_DAC, assert_one_error_line, run_cli
 from PIL import Image
 
 from minireranker.runtime.bundle import BundleError, load_bundle
@@ -56,18 +56,6 @@ BAD_FILES: dict[str, list[str]] = {
 }
 SCORING_FILES = ["one-pixel.png", "cmyk.jpg", "palette-alpha.png", "sixteen-bit.png"]
 GOOD_FILES = ["good-1.png", "good-2.jpg"]
-
-# Run a command with CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped (root then obeys file modes).
-DROP_DAC = """
-import ctypes, os, sys
-if os.geteuid() == 0:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP; exec then leaves them out of the effective set
-            sys.exit(f"cannot drop capability {cap}: errno {ctypes.get_errno()}")
-os.execv(sys.argv[1], sys.argv[1:])
-"""
-
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height RGB pixels, with one tiny compressed row of data."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import assert_one_error_line, run_cli
+from cli_helpers import DROP_DAC, assert_one_error_line, run_cli
 from minireranker.runtime import bundle as bundle_mod
 from minireranker.runtime.bundle import (
     BundleError,
@@ -241,16 +241,6 @@ def test_the_user_cache_place_follows_xdg_and_ignores_a_relative_value(tmp_path,
     assert bundle_mod.stamp_places(tmp_path / "a")[1] != bundle_mod.stamp_places(tmp_path / "b")[1]
 
 
-# Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (as tests/runtime/test_hostile_input.py does) so that root obeys modes.
-DROP_DAC = """
-import ctypes, os, sys
-if os.geteuid() == 0:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):
-        if libc.prctl(24, cap, 0, 0, 0) != 0:
-            sys.exit(f"cannot drop capability {cap}: errno {ctypes.get_errno()}")
-os.execv(sys.argv[1], sys.argv[1:])
-"""
 LOAD_TWICE = """
 import json, sys
 from minireranker.runtime import bundle

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import DROP_DAC
 
 from minireranker.runtime import template as template_module
 from minireranker.runtime.bundle import load_bundle
@@ -438,16 +439,6 @@ def test_finding11_read_only_store_is_read_and_new_documents_scored_uncached(pos
     assert caplog.text.count("is read-only") == 1
 
 
-# Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (as tests/runtime/test_bad_input.py does) so that root obeys modes.
-DROP_DAC = """
-import ctypes, os, sys
-if os.geteuid() == 0:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):
-        if libc.prctl(24, cap, 0, 0, 0) != 0:
-            sys.exit(f"cannot drop capability {cap}: errno {ctypes.get_errno()}")
-os.execv(sys.argv[1], sys.argv[1:])
-"""
 RERANK_READ_ONLY = """
 import json, sys
 from minireranker.runtime.documents import Document
