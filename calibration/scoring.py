@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..export.checkpoint import open_checkpoint, load_state_dict
+from ..export.checkpoint import inherit_format, load_state_dict, open_checkpoint
 from ..export.graphs import build_graphs, system_kv
+from ..export.heads import build_head
 from ..export.modeling import TorchModel, build_model
 from ..export.pruning import EmbedderGuide
 from ..export.reference import Counters, PreparedDocument, ReferencePipeline
@@ -32,7 +33,7 @@ from ..runtime.documents import Document
 from ..runtime.spec import RerankSpec
 from ..runtime.template import VisionFirstTemplate, text_positions
 
-TEMPLATE_FIELDS = ("system", "instruction", "yes_token", "no_token")
+TEMPLATE_FIELDS = ("template", "system", "instruction", "yes_token", "no_token", "head")
 
 
 @contextlib.contextmanager
@@ -123,9 +124,9 @@ class SharedReference(ReferencePipeline):
     def __init__(self, loaded: LoadedReranker, spec: RerankSpec, batch_size: int = 32) -> None:  # noqa: D107
         # deliberately not calling super().__init__: it would load the weights again
         self.loaded, self.ckpt, self.model = loaded, loaded.ckpt, loaded.model
-        self.spec = spec.resolve(loaded.num_layers)
+        self.spec = inherit_format(spec, loaded.spec).resolve(loaded.num_layers)
         self.template = VisionFirstTemplate(loaded.tokenizer, self.spec)
-        self.head_rows = self.model.exit_head(self.template.yes_id, self.template.no_id)
+        self.head = build_head(self.model, self.template, self.ckpt)
         self.batch_size = batch_size
         self.counters = Counters()
         pruning = self.spec.keep_ratio < 1.0
@@ -133,7 +134,7 @@ class SharedReference(ReferencePipeline):
         if pruning and self.spec.guide.startswith("embedder:"):
             self.guide = loaded.embedder_guide(self.spec.guide[len("embedder:"):], self.spec.guide_layer)
         self.guide_layer = self.spec.guide_layer_for(loaded.num_layers) if pruning and self.guide is None else None
-        self.graphs = build_graphs(self.model, self.band, self.exit_layer, self.head_rows, self.guide_layer)
+        self.graphs = build_graphs(self.model, self.band, self.exit_layer, self.head, self.guide_layer)
         self.graphs["vision"] = loaded.vision
         k, v = loaded.system_kv(self.template.system_ids)
         self.system_k, self.system_v = k[: self.exit_layer + 1], v[: self.exit_layer + 1]
@@ -188,5 +189,5 @@ def dense_scores(pipeline: SharedReference, query: str, documents: list[Document
             if len(prep.visual_rows):
                 deepstack[:, s + prep.visual_rows] = torch.stack(prep.deepstack)
         hidden = run_causal(model, x, positions, deepstack, pipeline.loaded.num_layers)
-        out.append(float(model.score_hidden(hidden[:, -1], pipeline.head_rows)[0]))
+        out.append(float(pipeline.head(hidden[:, -1])[0]))
     return np.asarray(out, dtype=np.float64)

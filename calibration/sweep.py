@@ -182,18 +182,18 @@ class SpecSweep:
                    exits: list[int]) -> dict[int, Tensor]:
         """Layers ``B+1..max(exits)`` over x [N, Q, D] (system + this band's instruction K/V, as TailGraph),
         scoring at each exit."""
-        head_rows = self.base.head_rows
+        head = self.base.head
         ik, iv = instruction
         scores = {}
         if band_end in exits:
-            scores[band_end] = self.model.score_hidden(x[:, -1], head_rows)
+            scores[band_end] = head(x[:, -1])
         last = max(exits, default=band_end)
         for i in range(band_end + 1, last + 1):
             layer = self.model.layers[i]
             prefix = [(self.system_k[i], self.system_v[i], None), (ik[:, i - a], iv[:, i - a], None)]
             if i in exits:  # as TailGraph's exit layer: the last row alone (the same products, the same digits)
                 exit_row, _, _ = layer(x, cos, sin, prefix, last_only=True)
-                scores[i] = self.model.score_hidden(exit_row[:, -1], head_rows)
+                scores[i] = head(exit_row[:, -1])
             if i < last:
                 x, _, _ = layer(x, cos, sin, prefix)
         return scores

@@ -7,6 +7,7 @@ branches on a model's name. The validation here holds for every architecture.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,10 @@ class TextConfig:
     rope_theta: float
     mrope_section: tuple[int, int, int]
     max_position_embeddings: int | None = None  # the model's positions (bundle.json: the document limit)
+    # The defaults are Qwen3-VL's; Qwen2-VL and Qwen2.5-VL set all three the other way.
+    attention_bias: bool = False      # q/k/v projections carry a bias (o_proj never does)
+    qk_norm: bool = True              # RMS norms over each head of q and k before the rotary
+    mrope_interleaved: bool = True    # MRoPE frequency j from axis j mod 3; False: in sections (t, then h, then w)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -40,8 +45,21 @@ class TextConfig:
             )
 
 
+VISION_MLPS = ("gelu_tanh", "quick_gelu", "silu_gated")
+VISION_NORMS = ("layer_norm", "rms_norm")
+
+
 @dataclass(frozen=True)
 class VisionConfig:
+    """The vision tower. The defaults of the trailing fields are Qwen3-VL's.
+
+    ``mlp``: "gelu_tanh" (fc1, tanh GELU, fc2: Qwen3-VL), "quick_gelu" (fc1, x*sigmoid(1.702x), fc2: Qwen2-VL)
+    or "silu_gated" (down(silu(gate) * up), every projection with a bias: Qwen2.5-VL). ``norm``: the
+    blocks' and the merger's norm. ``num_position_embeddings`` 0: no learned position table (the rotary is
+    the only position signal). ``window_size`` (pixels) > 0: the blocks not in ``fullatt_block_indexes``
+    attend only within windows of ``window_size`` pixels square (Qwen2.5-VL).
+    """
+
     depth: int
     hidden_size: int
     intermediate_size: int
@@ -54,6 +72,10 @@ class VisionConfig:
     deepstack_indexes: tuple[int, ...]
     rope_theta: float
     in_channels: int = 3
+    mlp: str = "gelu_tanh"
+    norm: str = "layer_norm"
+    window_size: int = 0
+    fullatt_block_indexes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
@@ -61,22 +83,48 @@ class VisionConfig:
                 f"config.json: vision hidden_size={self.hidden_size} / num_heads={self.num_heads} must be an "
                 "integer head size divisible by 4 (2-D rotary over height and width)"
             )
-        side = int(round(self.num_position_embeddings ** 0.5))
-        if side * side != self.num_position_embeddings:
+        side = self.position_side
+        if self.num_position_embeddings < 0 or side * side != self.num_position_embeddings:
             raise CheckpointError(
                 f"config.json: vision num_position_embeddings={self.num_position_embeddings} is not a square; it must "
-                "be side*side of the position-embedding grid: fix vision_config"
+                "be side*side of the position-embedding grid (or 0: no learned table): fix vision_config"
             )
-        bad = [i for i in self.deepstack_indexes if not 0 <= i < self.depth]
-        if bad:
+        for name, indexes in (("deepstack_visual_indexes", self.deepstack_indexes),
+                              ("fullatt_block_indexes", self.fullatt_block_indexes)):
+            bad = [i for i in indexes if not 0 <= i < self.depth]
+            if bad:
+                raise CheckpointError(
+                    f"config.json: {name} {bad} are outside the vision blocks 0..{self.depth - 1}; fix vision_config"
+                )
+        self._check_kinds_and_windows()
+
+    def _check_kinds_and_windows(self) -> None:
+        if self.mlp not in VISION_MLPS or self.norm not in VISION_NORMS:
+            raise CheckpointError(f"vision mlp {self.mlp!r} / norm {self.norm!r} unknown; the adapters write one of "
+                                  f"{VISION_MLPS} / {VISION_NORMS} (export/arch/)")
+        factor = self.patch_size * self.spatial_merge_size
+        if self.window_size < 0 or 0 < self.window_size < factor:
             raise CheckpointError(
-                f"config.json: deepstack_visual_indexes {bad} are outside the vision blocks 0..{self.depth - 1}; "
-                "fix vision_config"
+                f"config.json: vision window_size={self.window_size} is smaller than one merged patch "
+                f"(patch_size*spatial_merge_size = {factor} pixels); a window must hold at least one: fix vision_config"
             )
+        if self.fullatt_block_indexes and not self.window_size:
+            raise CheckpointError("config.json: vision fullatt_block_indexes are set but window_size is 0; "
+                                  "full-attention blocks only mean something beside windowed ones: fix vision_config")
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def position_side(self) -> int:
+        """Side of the learned position-embedding grid (0: the model has none)."""
+        return math.isqrt(max(self.num_position_embeddings, 0))
+
+    @property
+    def window_tokens(self) -> int:
+        """Side of an attention window in merged tokens, as transformers counts it (0: no windows)."""
+        return self.window_size // self.spatial_merge_size // self.patch_size
 
 
 @dataclass(frozen=True)
@@ -109,8 +157,12 @@ def config_field(d: dict[str, Any], key: str, where: str, default: Any = ...) ->
     return default
 
 
-def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
-    """Validate a ``config.json`` dict and return the architecture-neutral :class:`ModelConfig`."""
+def parse_model_config(raw: dict[str, Any], head_declared: bool = False) -> ModelConfig:
+    """Validate a ``config.json`` dict and return the architecture-neutral :class:`ModelConfig`.
+
+    A class ("architectures") the adapter does not list may wrap the model with a head of its own, so it
+    is refused unless the checkpoint's minireranker.json declares the head (``head_declared``).
+    """
     # imported here: the adapters import this module's dataclasses
     from .arch import ARCHITECTURES
 
@@ -121,11 +173,13 @@ def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
         )
     arch = ARCHITECTURES[model_type]
     for name in raw.get("architectures") or []:
-        if name not in arch.hf_architectures:
+        if name not in arch.hf_architectures and not head_declared:
             raise CheckpointError(
-                f"config.json: architecture {name!r} is not supported for {model_type}; "
-                f"expected one of {list(arch.hf_architectures)} (an embedding-only or generation checkpoint "
-                "of another head cannot score yes/no)"
+                f"config.json: architecture {name!r} is not one known for {model_type} "
+                f"({list(arch.hf_architectures)}), so its score head cannot be determined; if it keeps the LM "
+                "head, put {\"head\": \"yes_no\"} in minireranker.json; if a score head replaced it, put "
+                "{\"head\": {\"kind\": \"classifier\", \"linear1\": \"<tensor prefix>\", \"linear2\": "
+                "\"<tensor prefix>\"}} there (and its \"template\"); docs/architectures.md lists the forms"
             )
     try:
         return arch.parse_config(raw)

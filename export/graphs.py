@@ -8,7 +8,7 @@ the embedding table, shared by every graph), so no graph carries the vocabulary.
 
 ::
 
-    vision      pixels, grid bookkeeping ─▶ visual embeds [Nv, D], DeepStack [K, Nv, D]
+    vision      pixels, grid bookkeeping (+ windows) ─▶ visual embeds [Nv, D], DeepStack [K, Nv, D]
     guide       doc embeds ─layers 0..g-1─▶ attention of the last doc token at g  [S+Td]
     doc_prefix  doc embeds ─layers 0..B (sees system K/V; DeepStack added)─▶ K/V of layers A..B
                 instruction h_A ─layers A..B after the doc (sees it)─ layers B+1..E ─▶ its K/V of A..E
@@ -61,20 +61,25 @@ def _system(system_k: Tensor, system_v: Tensor) -> list[list[KeySegment]]:
 
 
 def vision_tensors(cfg: VisionConfig, grid_h: int, grid_w: int) -> tuple[Tensor, ...]:
-    """The vision graph's grid inputs (pos_index, pos_weight, rot_cos, rot_sin) as tensors."""
-    side = int(round(cfg.num_position_embeddings ** 0.5))
-    vi = vision_inputs(grid_h, grid_w, cfg.spatial_merge_size, side, cfg.head_dim, cfg.rope_theta)
-    return tuple(torch.from_numpy(a) for a in (vi.pos_index, vi.pos_weight, vi.rot_cos, vi.rot_sin))
+    """The vision graph's grid inputs as tensors: pos_index, pos_weight, rot_cos, rot_sin, and window_id
+    when the tower attends in windows (Qwen2.5-VL)."""
+    vi = vision_inputs(grid_h, grid_w, cfg.spatial_merge_size, cfg.position_side, cfg.head_dim, cfg.rope_theta,
+                       cfg.window_tokens)
+    arrays = (vi.pos_index, vi.pos_weight, vi.rot_cos, vi.rot_sin) + ((vi.window_id,) if cfg.window_tokens else ())
+    return tuple(torch.from_numpy(a) for a in arrays)
 
 
 class VisionGraph(nn.Module):
+    """The tower's ``encode``; ``window_id`` (the optional last input) only for a tower with windows."""
+
     def __init__(self, model: TorchModel) -> None:
         super().__init__()
         self.vision = model.vision
 
     def forward(self, pixel_values: Tensor, pos_index: Tensor, pos_weight: Tensor, rot_cos: Tensor,
-                rot_sin: Tensor) -> tuple[Tensor, Tensor]:
-        return self.vision.encode(pixel_values, pos_index, pos_weight, rot_cos, rot_sin)
+                rot_sin: Tensor, window_id: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        grid = (pos_index, pos_weight, rot_cos, rot_sin) + (() if window_id is None else (window_id,))
+        return self.vision.encode(pixel_values, *grid)
 
 
 class DocPrefixGraph(nn.Module):
@@ -172,12 +177,13 @@ class BandGraph(nn.Module):
 
 
 class TailGraph(nn.Module):
-    """Layers B+1..E (the query sees the system and its instruction's K/V), then logit(yes) - logit(no)."""
+    """Layers B+1..E (the query sees the system and its instruction's K/V), then the score head
+    (export/heads.py: the final norm, then the yes/no rows or a classifier)."""
 
-    def __init__(self, model: TorchModel, first: int, head_rows: Tensor) -> None:
+    def __init__(self, model: TorchModel, first: int, head: nn.Module) -> None:
         super().__init__()
         self.model, self.first = model, first
-        self.head_rows = nn.Parameter(head_rows.clone(), requires_grad=False)
+        self.head = head
 
     def forward(self, hidden: Tensor, positions: Tensor, instruction_k: Tensor, instruction_v: Tensor,
                 system_k: Tensor, system_v: Tensor) -> Tensor:
@@ -187,7 +193,7 @@ class TailGraph(nn.Module):
                     for j in range(system_k.shape[0])]
         # the exit layer computes the last row only: the score reads nothing else
         x, _, _ = _run_layers(self.model, self.first, hidden, positions, prefixes, last_only=True)
-        return self.model.score_hidden(x[:, -1], self.head_rows)
+        return self.head(x[:, -1])
 
 
 @torch.no_grad()
@@ -195,6 +201,10 @@ def system_kv(model: TorchModel, system_ids: list[int], num_layers: int) -> tupl
     """K/V of the system segment for layers 0..num_layers-1: [num_layers, 1, Hkv, S, d] each."""
     from ..runtime.template import text_positions
 
+    if not system_ids:  # a format without a system segment (jina-reranker-m0's): S = 0
+        t = model.config.text
+        empty = torch.zeros(num_layers, 1, t.num_kv_heads, 0, t.head_dim, dtype=model.embed.dtype)
+        return empty, empty.clone()
     x = model.embed_tokens(torch.tensor(system_ids))[None]
     cos, sin = model.rotary(torch.from_numpy(text_positions(0, len(system_ids)))[:, None], x.dtype)
     ks, vs = [], []
@@ -221,7 +231,7 @@ def instruction_head(model: TorchModel, ids: list[int], positions: Tensor, syste
     return x, k, v
 
 
-def build_graphs(model: TorchModel, band: tuple[int, int], exit_layer: int, head_rows: Tensor,
+def build_graphs(model: TorchModel, band: tuple[int, int], exit_layer: int, head: nn.Module,
                  guide_layer: int | None) -> dict[str, nn.Module]:
     """The segments one spec needs (``guide`` only with the self guide, ``query_head`` only if A > 0)."""
     has_ds = bool(model.config.vision.deepstack_indexes)
@@ -229,7 +239,7 @@ def build_graphs(model: TorchModel, band: tuple[int, int], exit_layer: int, head
         "vision": VisionGraph(model),
         "doc_prefix": DocPrefixGraph(model, band, exit_layer, has_ds),
         "band": BandGraph(model, band),
-        "tail": TailGraph(model, band[1] + 1, head_rows),
+        "tail": TailGraph(model, band[1] + 1, head),
     }
     if guide_layer is not None:
         graphs["guide"] = GuideGraph(model, guide_layer, has_ds)

@@ -21,7 +21,8 @@ from .config import ModelConfig
 
 
 class TorchModel(Protocol):
-    """The pieces the pipeline composes: vision tower, embeddings, decoder layers, final norm, exit head.
+    """The pieces the pipeline composes: vision tower, embeddings, decoder layers, final norm, LM head rows
+    (the score heads over the final norm are export/heads.py's).
 
     ``vision(pixels, grid_h, grid_w)`` -> (LM tokens [Nv, D], DeepStack features); ``vision.encode`` is the
     graph part. ``layers[i](x, cos, sin, prefix=[KeySegment, ...], last_only=False)`` -> (x, own K, own V),
@@ -39,8 +40,6 @@ class TorchModel(Protocol):
 
     def set_attention(self, mode: str) -> None: ...
     def embed_tokens(self, ids: Tensor) -> Tensor: ...
-    def exit_head(self, yes_id: int, no_id: int) -> Tensor: ...
-    def score_hidden(self, hidden: Tensor, head_rows: Tensor) -> Tensor: ...
 
 
 def build_model(config: ModelConfig, state_dict: dict[str, Tensor]) -> TorchModel:

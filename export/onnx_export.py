@@ -239,15 +239,18 @@ def _count_parameters(path: Path) -> int:
 
 
 def _model_info(pipeline_model, config) -> dict:
+    """bundle.json's "model" (runtime/bundle.py documents it). "window_size" is written only for a tower
+    with window attention, so a Qwen3-VL bundle reads as before; "side" 0 means no learned position table."""
     t, v = config.text, config.vision
+    vision = {"patch_size": v.patch_size, "merge_size": v.spatial_merge_size, "side": v.position_side,
+              "head_dim": v.head_dim, "rope_theta": v.rope_theta, "depth": v.depth, "hidden_size": v.hidden_size,
+              "num_heads": v.num_heads, "intermediate_size": v.intermediate_size}
+    if v.window_size:
+        vision["window_size"] = v.window_size
     return {"hidden_size": t.hidden_size, "num_layers": t.num_layers, "num_attention_heads": t.num_heads,
             "num_kv_heads": t.num_kv_heads, "head_dim": t.head_dim, "intermediate_size": t.intermediate_size,
             "vocab_size": t.vocab_size, "num_deepstack": len(v.deepstack_indexes),
-            "max_position_embeddings": t.max_position_embeddings,
-            "vision": {"patch_size": v.patch_size, "merge_size": v.spatial_merge_size,
-                       "side": int(round(v.num_position_embeddings ** 0.5)), "head_dim": v.head_dim,
-                       "rope_theta": v.rope_theta, "depth": v.depth, "hidden_size": v.hidden_size,
-                       "num_heads": v.num_heads, "intermediate_size": v.intermediate_size}}
+            "max_position_embeddings": t.max_position_embeddings, "vision": vision}
 
 
 def _save_array(path: Path, array: Tensor, precision: str) -> None:
@@ -267,8 +270,12 @@ def _prepare_output(output: Path) -> Path:
 
 
 def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | None = None,
-                 config: BuildConfig | None = None, log: Callable[[str], None] = print):
+                 config: BuildConfig | None = None, log: Callable[[str], None] = print,
+                 source: dict | None = None):
     """Export, validate and write a bundle; returns the loaded :class:`~minireranker.runtime.bundle.Bundle`.
+
+    ``source`` adds to bundle.json's "source" record (a merged PEFT adapter: {"adapter", "base"}, since
+    the merged checkpoint itself is a temporary directory).
 
     The bundle is assembled in a staging directory and moved into place only after every graph passed
     validation, so a failed build never leaves a half bundle behind.
@@ -300,7 +307,7 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
             graphs[key] = {"file": rel, **_describe(_cpu_runner(kind, staging / rel)),
                            "parameters": _count_parameters(staging / rel)}
         _write_arrays(pipeline, staging, config.precision)
-        meta = _bundle_json(ckpt, pipeline, config, graphs, validation, staging)
+        meta = _bundle_json(ckpt, pipeline, config, graphs, validation, staging, source)
         (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if config.validate:
             log("validating end to end: the runtime on the new engines vs the torch reference")
@@ -334,7 +341,7 @@ def _write_arrays(pipeline: ReferencePipeline, staging: Path, precision: str) ->
 
 
 def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildConfig, graphs: dict,
-                 validation: dict, staging: Path) -> dict:
+                 validation: dict, staging: Path, source: dict | None = None) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -364,9 +371,10 @@ def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildCon
         "minireranker_version": mr_version,
         "export_version": EXPORT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"checkpoint": str(ckpt.path), "model_type": ckpt.config.model_type},
+        "source": {"checkpoint": str(ckpt.path), "model_type": ckpt.config.model_type, **(source or {})},
         "spec": spec,
-        "template": {"system_ids": t.system_ids, "instruction_ids": t.instruction_ids, "yes_id": t.yes_id, "no_id": t.no_id,
+        "template": {"format": t.format.name, "system_ids": t.system_ids, "instruction_ids": t.instruction_ids,
+                     "score_ids": t.score_ids, "head": t.head.kind, "yes_id": t.yes_id, "no_id": t.no_id,
                      "image_pad_id": t.image_pad_id, "vision_start_id": t.vision_start_id,
                      "vision_end_id": t.vision_end_id},
         "model": _model_info(pipeline.model, ckpt.config),

@@ -10,7 +10,14 @@
   - pruned visual tokens dropped from the sequence (and from the DeepStack features), every remaining
     token keeping its position from transformers' rope index (the query's replaced by the spec's fixed
     ``query_position`` when there is one);
-  - the hidden state read at the output of layer ``E`` through the final norm and the yes/no rows.
+  - the hidden state read at the output of layer ``E`` through the final norm and the head.
+
+* The sequence is the spec's format (runtime/template.py ``FORMATS``), tokenized segment by segment
+  with transformers' tokenizer: the format's special tokens are control tokens, all other text plain
+  (``split_special_tokens=True``). Heads: ``yes_no`` reads transformers' own ``lm_head``; a classifier
+  (jina-reranker-m0's ``score`` MLP, which no transformers class holds) is Linear -> activation -> Linear
+  written here with torch's functional ops, on the tensors read straight from the safetensors files,
+  over transformers' normed last hidden state.
 
 Used by the tests (parity) and by nothing at run time.
 """
@@ -18,15 +25,19 @@ Used by the tests (parity) and by nothing at run time.
 from __future__ import annotations
 
 import contextlib
+import re
+import string
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..runtime.documents import Document
-from ..runtime.spec import RerankSpec
+from ..runtime.spec import HeadSpec, RerankSpec
+from ..runtime.template import FORMATS
 
 _BAND_ATTENTION = "minireranker_band"
+_SPECIAL = re.compile(r"(<\|[A-Za-z0-9_]+\|>)")
 _active_mask: dict[int, torch.Tensor] = {}
 
 
@@ -67,12 +78,21 @@ class TransformersOracle:
         self.dir = Path(checkpoint_dir)
         self.model = _transformers_model(self.dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.dir)
+        self.special = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())
         self.processor = Qwen2VLImageProcessorPil.from_pretrained(self.dir)
         num_layers = self.model.config.text_config.num_hidden_layers
-        self.spec = (spec or RerankSpec()).resolve(num_layers)
+        # the spec as the pipeline resolves it: unset format fields from minireranker.json, then the class
+        from .checkpoint import open_checkpoint
+
+        self.spec = open_checkpoint(self.dir, spec).spec
         self.exact = self.spec.is_exact(num_layers)
-        self.yes = self._one(self.spec.yes_token)
-        self.no = self._one(self.spec.no_token)
+        self.format = FORMATS[self.spec.template]
+        self.head = self.spec.head
+        if self.head.kind == "yes_no":
+            self.yes = self._one(self.spec.yes_token)
+            self.no = self._one(self.spec.no_token)
+        else:
+            self.head_weights = _safetensors_tensors(self.dir, _head_names(self.head))
 
     def _one(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -88,27 +108,41 @@ class TransformersOracle:
         in it stay plain text (runtime/template.py's rule, transformers' split_special_tokens)."""
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True) if text else []
 
+    def _segment(self, template: str, **fields: str) -> list[int]:
+        """One segment: ``template``'s own special-token strings are control tokens; the rest, the fields'
+        values included, is plain text, each run between special tokens encoded as one string."""
+        out: list[int] = []
+        run = ""
+        for literal, name, _, _ in string.Formatter().parse(template):
+            for piece in _SPECIAL.split(literal):
+                if _SPECIAL.fullmatch(piece) and piece in self.special:
+                    out += self._plain(run) + self._ids(piece)
+                    run = ""
+                else:
+                    run += piece
+            if name is not None:
+                run += str(fields[name])
+        return out + self._plain(run)
+
     def build(self, query: str, doc: Document) -> dict:
-        """Token ids (three segments), pixel values, grid, token types and segment lengths."""
-        spec = self.spec
-        system = self._ids("<|im_start|>") + self._plain(f"system\n{spec.system}") \
-            + self._ids("<|im_end|>\n<|im_start|>user\n")
+        """Token ids (segments of the spec's format), pixel values, grid, token types and segment lengths."""
+        spec, fmt = self.spec, self.format
+        system = self._segment(fmt.system, system=spec.system or "") if fmt.system else []
         inputs: dict = {}
-        doc_ids = []
         if doc.image is not None:
             from ..runtime.preprocess import load_image  # PIL loading only; the pixels are transformers'
 
             feats = self.processor(images=[load_image(doc.image)], return_tensors="pt")
             inputs["pixel_values"], inputs["image_grid_thw"] = feats["pixel_values"], feats["image_grid_thw"]
             n = int(feats["image_grid_thw"].prod()) // self.model.config.vision_config.spatial_merge_size**2
-            doc_ids += self._ids("<Document>:<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>")
-            doc_ids += self._plain(f"{doc.text or ''}\n")
+            doc_ids = self._segment(fmt.image_head + "<|image_pad|>" * n) \
+                + self._segment(fmt.image_tail, text=doc.text or "")
         else:
-            doc_ids += self._plain(f"<Document>:{doc.text or ''}\n")
+            doc_ids = self._segment(fmt.text_document, text=doc.text or "")
         # the instruction and the query are separate segments (runtime/template.py): tokenized apart, so a
-        # query starting with punctuation never merges with the instruction's closing ':'
-        query_ids = self._plain(f"<Instruct>: {spec.instruction}\n<Query>:")
-        query_ids += self._plain(query) + self._ids("<|im_end|>\n<|im_start|>assistant\n")
+        # query starting with punctuation never merges with the instruction's end
+        query_ids = self._segment(fmt.instruction, instruction=spec.instruction or "")
+        query_ids += self._segment(fmt.query, query=query) + list(fmt.score_ids)
         ids = torch.tensor([system + doc_ids + query_ids])
         inputs["input_ids"] = ids
         inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).int()
@@ -120,9 +154,19 @@ class TransformersOracle:
         inputs = self.build(query, doc)
         segments = inputs.pop("segments")
         if self.exact:
-            logits = self.model(**inputs).logits[0, -1]
-            return float(logits[self.yes] - logits[self.no])
+            if self.head.kind == "yes_no":
+                logits = self.model(**inputs).logits[0, -1]
+                return float(logits[self.yes] - logits[self.no])
+            return self._classify(self.model.model(**inputs).last_hidden_state[0, -1])
         return self._score_approximate(inputs, segments, kept_visual)
+
+    def _classify(self, normed: torch.Tensor) -> float:
+        """The classifier head on transformers' normed hidden state of the last token."""
+        w, h = self.head_weights, self.head
+        act = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "tanh": torch.tanh,
+               "silu": torch.nn.functional.silu, "identity": lambda x: x}[h.activation]
+        x = act(torch.nn.functional.linear(normed, w[h.linear1 + ".weight"], w.get(h.linear1 + ".bias")))
+        return float(torch.nn.functional.linear(x, w[h.linear2 + ".weight"], w.get(h.linear2 + ".bias"))[0])
 
     def _score_approximate(self, inputs: dict, segments: tuple[int, int, int], kept: np.ndarray | None) -> float:
         model, spec = self.model.model, self.spec
@@ -141,7 +185,8 @@ class TransformersOracle:
         if grid is not None:
             feats = model.get_image_features(inputs["pixel_values"], grid, return_dict=True)
             embeds[0, image_mask] = torch.cat(feats.pooler_output, dim=0)
-            deepstack = [torch.cat(f, dim=0) for f in feats.deepstack_features]
+            features = getattr(feats, "deepstack_features", None) or []  # Qwen2-VL, Qwen2.5-VL: none
+            deepstack = [torch.cat(f, dim=0) for f in features]
         keep = torch.ones(ids.shape[1], dtype=torch.bool)
         if kept is not None and grid is not None:
             visual = torch.nonzero(image_mask)[:, 0]
@@ -156,12 +201,11 @@ class TransformersOracle:
         isolated[s + d:, s: s + d] = False  # query rows cannot see document columns
         a, b = spec.band
         masks = {i: causal if a <= i <= b else isolated for i in range(spec.exit_layer + 1)}
+        extra = {"visual_pos_masks": image_mask[None], "deepstack_visual_embeds": deepstack} if deepstack else {}
         with self._text_layers(spec.exit_layer + 1, masks):
-            out = model.language_model(
-                inputs_embeds=embeds, position_ids=positions,
-                visual_pos_masks=image_mask[None] if deepstack else None,
-                deepstack_visual_embeds=deepstack or None,
-            )
+            out = model.language_model(inputs_embeds=embeds, position_ids=positions, **extra)
+        if self.head.kind != "yes_no":
+            return self._classify(out.last_hidden_state[0, -1])
         logits = self.model.lm_head(out.last_hidden_state[0, -1])
         return float(logits[self.yes] - logits[self.no])
 
@@ -197,6 +241,25 @@ class TransformersOracle:
             self.model.config.text_config._attn_implementation = impl
         probs = out.attentions[layer][0, :, -1].mean(0)
         return probs[ids[0] == self.model.config.image_token_id].double().numpy()
+
+
+def _head_names(head: HeadSpec) -> list[str]:
+    return [f"{p}.{kind}" for p in (head.linear1, head.linear2) for kind in ("weight", "bias")]
+
+
+def _safetensors_tensors(directory: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors, float32, read with safetensors alone (no code of ours between file and oracle)."""
+    from safetensors import safe_open
+
+    found: dict[str, torch.Tensor] = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if name in names:
+                    found[name] = f.get_tensor(name).float()
+    missing = [n for n in names if n not in found and not n.endswith(".bias")]
+    assert not missing, f"the checkpoint has no {missing}"
+    return found
 
 
 @torch.no_grad()

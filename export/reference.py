@@ -30,10 +30,11 @@ from torch import Tensor
 from ..runtime.documents import Document
 from ..runtime.errors import DocumentError
 from ..runtime.preprocess import preprocess_image
-from ..runtime.spec import RerankSpec
+from ..runtime.spec import RerankSpec, probability
 from ..runtime.template import VisionFirstTemplate, document_positions, text_positions
-from .checkpoint import Checkpoint, load_state_dict, open_checkpoint
+from .checkpoint import Checkpoint, inherit_format, load_state_dict, open_checkpoint
 from .graphs import GuideGraph, build_graphs, instruction_head, system_kv, vision_tensors
+from .heads import build_head
 from .modeling import build_model
 from .pruning import EmbedderGuide, select_kept
 
@@ -106,11 +107,13 @@ class ReferencePipeline:
                  batch_size: int = 32, attention: str = "portable") -> None:
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint, spec)
         config = self.ckpt.config
-        self.spec = (spec or self.ckpt.spec).resolve(config.text.num_layers)
+        # a given spec keeps the checkpoint's format where it leaves it unset (export/checkpoint.py)
+        self.spec = (self.ckpt.spec if spec is None else inherit_format(spec, self.ckpt.spec)).resolve(
+            config.text.num_layers)
         self.model = build_model(config, load_state_dict(self.ckpt)).eval()
         self.model.set_attention(attention)
         self.template = VisionFirstTemplate(self.ckpt.load_tokenizer(), self.spec)
-        self.head_rows = self.model.exit_head(self.template.yes_id, self.template.no_id)
+        self.head = build_head(self.model, self.template, self.ckpt)
         self.batch_size = batch_size
         self.counters = Counters()
         self.guide = None
@@ -119,7 +122,7 @@ class ReferencePipeline:
             self.guide = EmbedderGuide(self.spec.guide[len("embedder:"):], self.ckpt, self.spec.guide_layer)
         self.guide_layer = (self.spec.guide_layer_for(config.text.num_layers)
                             if pruning and self.guide is None else None)
-        self.graphs = build_graphs(self.model, self.band, self.exit_layer, self.head_rows, self.guide_layer)
+        self.graphs = build_graphs(self.model, self.band, self.exit_layer, self.head, self.guide_layer)
         self.system_k, self.system_v = system_kv(self.model, self.template.system_ids, self.exit_layer + 1)
         self.instruction_hidden, self.instruction_k, self.instruction_v = self.instruction_prefix()
 
@@ -290,7 +293,7 @@ def reference_scores(checkpoint: str | Path, query: str, documents: list[Documen
     order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))
     results = [
         {"index": i, "document": documents[i].label, "score": float(scores[i]),
-         "probability": float(1.0 / (1.0 + np.exp(-scores[i])))}
+         "probability": probability(float(scores[i]), pipeline.spec.head)}
         for i in order
     ]
     return {"query": query, "spec": pipeline.spec.to_dict(), "results": results}

@@ -1,14 +1,16 @@
-"""Tiny checkpoints built in code, in Hugging Face layout, for tests and demos (Qwen3-VL presets today).
+"""Tiny checkpoints built in code, in Hugging Face layout, for tests and demos (Qwen3-VL, Qwen2-VL, Qwen2.5-VL).
 
 A checkpoint directory written by :func:`write_tiny_checkpoint` holds
 
 ```
 config.json                     the architecture's config (its adapter writes it: rope in "rope_scaling"
-                                or "rope_parameters" form, see TinyPreset.rope_style)
+                                or "rope_parameters" form, see TinyPreset.rope_style; for Qwen2-VL and
+                                Qwen2.5-VL "rope_scaling" is the released flat layout, text fields at the top)
 model.safetensors               float32 weights, exactly the names and shapes of transformers' (the adapter's table)
   or model-0000i-of-0000n.safetensors + model.safetensors.index.json   (TinyPreset.shards > 1)
 tokenizer.json, tokenizer_config.json, special_tokens_map.json      (export/tokenizer_factory.py)
-preprocessor_config.json        Qwen2-VL image processor settings (64x64 images give 4 image tokens)
+preprocessor_config.json        Qwen2-VL image processor settings: the preset's patch size, the architecture's
+                                mean/std (0.5 for Qwen3-VL, CLIP's for Qwen2-VL/2.5-VL), a small pixel budget
 minireranker.json               only when a spec is given, written as is
 ```
 
@@ -74,21 +76,34 @@ class TinyPreset:
     vocab_size: int | None = None
     # the registered architecture (export/arch/) that writes config.json and names the weights
     model_type: str = "qwen3_vl"
+    # window attention (Qwen2.5-VL): window side in pixels (0: none) and the blocks that attend over everything
+    window_size: int = 0
+    fullatt_block_indexes: tuple[int, ...] = ()
+    # a published reranker's form: a classifier head (jina-reranker-m0's score.0 -> ReLU -> score.2, config.json
+    # class JinaVLForRanking), answer words the tokenizer must keep whole (MonoQwen2-VL's True/False: trained
+    # at line start into the corpus), and the format written as minireranker.json {"template": ...}
+    score_head: bool = False
+    answer_words: tuple[str, ...] = ()
+    template: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mrope_section", tuple(self.mrope_section))
         object.__setattr__(self, "deepstack_visual_indexes", tuple(self.deepstack_visual_indexes))
+        object.__setattr__(self, "fullatt_block_indexes", tuple(self.fullatt_block_indexes))
+        object.__setattr__(self, "answer_words", tuple(self.answer_words))
         problems = [text for bad, text in self._checks() if bad]
         if problems:
             raise CheckpointError("invalid TinyPreset: " + "; ".join(problems))
 
     def _checks(self) -> list[tuple[bool, str]]:
         sizes = {k: v for k, v in asdict(self).items() if isinstance(v, int) and not isinstance(v, bool)}
+        may_be_zero = {"num_position_embeddings", "window_size"}  # 0: no position table / no windows
         vision_head_dim = self.vision_hidden_size // max(self.vision_num_heads, 1)
         side = math.isqrt(self.num_position_embeddings) if self.num_position_embeddings > 0 else 0
-        deepstack = self.deepstack_visual_indexes
+        deepstack, full = self.deepstack_visual_indexes, self.fullatt_block_indexes
         return [
-            *[(value < 1, f"{name} must be >= 1, got {value}") for name, value in sizes.items()],
+            *[(value < (0 if name in may_be_zero else 1), f"{name} must be >= {int(name not in may_be_zero)}, "
+               f"got {value}") for name, value in sizes.items()],
             (self.head_dim % 2 != 0, f"head_dim {self.head_dim} must be even"),
             (len(self.mrope_section) != 3 or sum(self.mrope_section) != self.head_dim // 2,
              f"mrope_section {self.mrope_section} must be 3 numbers summing to head_dim/2"),
@@ -101,6 +116,8 @@ class TinyPreset:
             (list(deepstack) != sorted(set(deepstack)) or any(not 0 <= i < self.vision_depth for i in deepstack),
              f"deepstack_visual_indexes {deepstack} must be increasing vision block indexes"),
             (len(deepstack) > self.num_hidden_layers, "more deepstack features than text layers"),
+            (list(full) != sorted(set(full)) or any(not 0 <= i < self.vision_depth for i in full),
+             f"fullatt_block_indexes {full} must be increasing vision block indexes"),
             (self.rope_style not in ROPE_STYLES, f"rope_style must be one of {ROPE_STYLES}"),
             (self.max_pixels < self.min_pixels,
              f"max_pixels {self.max_pixels} must be >= min_pixels {self.min_pixels}"),
@@ -140,6 +157,41 @@ PRESETS: dict[str, TinyPreset] = {
         vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64, vision_num_heads=4,
         num_position_embeddings=16, deepstack_visual_indexes=(1,), rope_style="rope_parameters",
     ),
+    # Qwen2-VL: GQA 3:1, head dim 12, tied, the released flat config layout, no position table
+    "qwen2_vl_tiny": TinyPreset(
+        hidden_size=72, intermediate_size=160, num_hidden_layers=3, num_attention_heads=6,
+        num_key_value_heads=2, head_dim=12, mrope_section=(2, 2, 2),
+        vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64, vision_num_heads=2,
+        num_position_embeddings=0, deepstack_visual_indexes=(), patch_size=14, tie_word_embeddings=True,
+        rope_style="rope_scaling", rope_theta=1_000_000.0, model_type="qwen2_vl",
+    ),
+    # Qwen2.5-VL: GQA 3:1, head dim 20, untied, transformers 5's layout, sharded; windows of 56 pixels (2x2
+    # merged tokens) cut a 112x140 image (the 128x100 test photo) into 2x3 windows; block 1 attends fully
+    # jina-reranker-m0's form on qwen2_vl_tiny's shapes: JinaVLForRanking, the score MLP, its format by default
+    "jina_m0_tiny": TinyPreset(
+        hidden_size=72, intermediate_size=160, num_hidden_layers=3, num_attention_heads=6,
+        num_key_value_heads=2, head_dim=12, mrope_section=(2, 2, 2),
+        vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64, vision_num_heads=2,
+        num_position_embeddings=0, deepstack_visual_indexes=(), patch_size=14, tie_word_embeddings=True,
+        rope_style="rope_scaling", rope_theta=1_000_000.0, model_type="qwen2_vl", score_head=True,
+    ),
+    # MonoQwen2-VL's form: Qwen2-VL, True/False answers, its format named in minireranker.json (a merged LoRA
+    # adapter's checkpoint is a plain Qwen2VLForConditionalGeneration, so only the spec can say it)
+    "monoqwen2_vl_tiny": TinyPreset(
+        hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=12, mrope_section=(2, 2, 2),
+        vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64, vision_num_heads=2,
+        num_position_embeddings=0, deepstack_visual_indexes=(), patch_size=14,
+        rope_style="rope_parameters", rope_theta=1_000_000.0, model_type="qwen2_vl",
+        answer_words=("True", "False"), template="monoqwen2-vl",
+    ),
+    "qwen2_5_vl_tiny": TinyPreset(
+        hidden_size=60, intermediate_size=128, num_hidden_layers=4, num_attention_heads=3,
+        num_key_value_heads=1, head_dim=20, mrope_section=(4, 3, 3),
+        vision_depth=3, vision_hidden_size=40, vision_intermediate_size=72, vision_num_heads=2,
+        num_position_embeddings=0, deepstack_visual_indexes=(), patch_size=14, rope_style="rope_parameters",
+        rope_theta=1_000_000.0, shards=2, window_size=56, fullatt_block_indexes=(1,), model_type="qwen2_5_vl",
+    ),
 }
 
 
@@ -150,6 +202,11 @@ def resolve_preset(preset: str | TinyPreset) -> TinyPreset:
     if preset not in PRESETS:
         raise CheckpointError(f"unknown tiny preset {preset!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[preset]
+
+
+def preset_names(model_type: str | None = None) -> list[str]:
+    """The names in PRESETS, sorted; only those of one architecture when ``model_type`` is given."""
+    return sorted(name for name, p in PRESETS.items() if model_type is None or p.model_type == model_type)
 
 
 def padded_vocab_size(token_count: int) -> int:
@@ -169,7 +226,12 @@ def parameter_specs(preset: str | TinyPreset, vocab_size: int) -> dict[str, tupl
     p = resolve_preset(preset)
     config = parse_model_config(build_config(p, _SHAPE_ONLY_IDS, vocab_size))
     weights = architecture_for(p.model_type).weights(config)
-    return {name: (w.shape, w.init) for name, w in weights.items()}
+    specs = {name: (w.shape, w.init) for name, w in weights.items()}
+    if p.score_head:  # after the model's tensors, as a ranking class's state dict has them
+        d = p.hidden_size
+        specs.update({"score.0.weight": ((d, d), ("matrix", d)), "score.0.bias": ((d,), ("bias",)),
+                      "score.2.weight": ((1, d), ("matrix", d)), "score.2.bias": ((1,), ("bias",))})
+    return specs
 
 
 def _draw(rng: np.random.Generator, shape: tuple[int, ...], kind: tuple) -> np.ndarray:
@@ -203,16 +265,21 @@ def build_config(preset: str | TinyPreset, token_ids: dict[str, int], vocab_size
     """The `config.json` dict (written by the preset's architecture); `token_ids` maps Qwen's special token
     strings to ids."""
     p = resolve_preset(preset)
-    return architecture_for(p.model_type).tiny_config(p, token_ids, vocab_size)
+    config = architecture_for(p.model_type).tiny_config(p, token_ids, vocab_size)
+    if p.score_head:
+        config["architectures"] = ["JinaVLForRanking"]  # export/heads_registry.py: its format and head
+    return config
 
 
 def build_preprocessor_config(preset: str | TinyPreset) -> dict:
-    """The `preprocessor_config.json` dict (Qwen2-VL image processor, small pixel budget)."""
+    """The `preprocessor_config.json` dict (Qwen2-VL image processor with the architecture's mean/std, small
+    pixel budget)."""
     p = resolve_preset(preset)
+    arch = architecture_for(p.model_type)
     return {
         "image_processor_type": "Qwen2VLImageProcessor", "patch_size": p.patch_size,
         "temporal_patch_size": p.temporal_patch_size, "merge_size": p.spatial_merge_size,
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "image_mean": list(arch.image_mean), "image_std": list(arch.image_std),
         "size": {"shortest_edge": p.min_pixels, "longest_edge": p.max_pixels},
         "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
         "rescale_factor": 1 / 255, "resample": 3,
@@ -266,7 +333,7 @@ def write_tiny_checkpoint(directory: str | Path, preset: str | TinyPreset = DEFA
     p = resolve_preset(preset)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = write_tokenizer(directory, build_tokenizer())
+    tokenizer = write_tokenizer(directory, build_tokenizer(_answer_lines(p.answer_words)))
     vocab_size = p.vocab_size or padded_vocab_size(tokenizer.get_vocab_size(with_added_tokens=True))
     if vocab_size < tokenizer.get_vocab_size(with_added_tokens=True):
         raise CheckpointError(f"vocab_size {vocab_size} is smaller than the tokenizer's "
@@ -275,23 +342,44 @@ def write_tiny_checkpoint(directory: str | Path, preset: str | TinyPreset = DEFA
     _write_json(directory / "config.json", build_config(p, token_ids, vocab_size))
     _write_json(directory / "preprocessor_config.json", build_preprocessor_config(p))
     write_safetensors(directory, build_preset_state_dict(p, seed, vocab_size), p.shards)
+    if spec is None and p.template is not None:
+        spec = {"template": p.template}
     if spec is not None:
         _write_json(directory / "minireranker.json", spec)
     return directory
+
+
+def _answer_lines(words: tuple[str, ...]) -> tuple[str, ...]:
+    """Corpus lines that make each answer word one token where the model emits it (at line start)."""
+    if not words:
+        return ()
+    return tuple(f"{a}\n{b}" for a, b in zip(words * 20, (words[1:] + words[:1]) * 20))
 
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+def preset_listing() -> str:
+    """One line per preset: its name and its architecture (what ``--list`` prints)."""
+    width = max(map(len, PRESETS))
+    return "\n".join(f"{name:<{width}}  {PRESETS[name].model_type}" for name in preset_names())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m minireranker.export.tiny OUT_DIR [--preset NAME] [--seed N] [--spec FILE]`."""
+    """`python -m minireranker.export.tiny OUT_DIR [--preset NAME] [--seed N] [--spec FILE]` or `--list`."""
     parser = argparse.ArgumentParser(prog="python -m minireranker.export.tiny", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", type=Path, help="directory to write the checkpoint into")
+    parser.add_argument("out_dir", type=Path, nargs="?", help="directory to write the checkpoint into")
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weight seed")
     parser.add_argument("--spec", type=Path, help="JSON file copied into the checkpoint as minireranker.json")
+    parser.add_argument("--list", action="store_true", help="print the preset names and their architectures")
     args = parser.parse_args(argv)
+    if args.list:
+        print(preset_listing())
+        return 0
+    if args.out_dir is None:
+        parser.error("the output directory is required (or pass --list)")
     spec = json.loads(args.spec.read_text(encoding="utf-8")) if args.spec else None
     path = write_tiny_checkpoint(args.out_dir, args.preset, args.seed, spec)
     print(f"wrote tiny {resolve_preset(args.preset).model_type} checkpoint ({args.preset}, seed {args.seed}) to {path}")

@@ -25,15 +25,21 @@ A bundle directory holds::
     minireranker_version, export_version, created (UTC ISO 8601)
     source            {"checkpoint": path, "model_type": "qwen3_vl"}
     spec              the resolved RerankSpec (runtime/spec.py), every field explicit
-    template          {"system_ids", "instruction_ids", "yes_id", "no_id", "image_pad_id", "vision_start_id",
-                       "vision_end_id"}
-                      (the strings are in "spec"; the ids let anyone check the tokenizer)
+    template          {"format" (the spec's template), "system_ids", "instruction_ids", "score_ids" (appended
+                       after each query), "head" (its kind), "yes_id", "no_id" (null for a classifier head),
+                       "image_pad_id", "vision_start_id", "vision_end_id"}
+                      (the strings and the head's settings are in "spec"; the ids let anyone check the
+                      tokenizer; schema 4 bundles without "format"/"score_ids" are vision-first, none)
     model             {"hidden_size", "num_layers", "num_attention_heads", "num_kv_heads", "head_dim",
                        "intermediate_size", "vocab_size", "num_deepstack", "max_position_embeddings"
                        (int, or null where config.json has none: the document limit then falls back,
                        runtime/limits.py),
                        "vision": {"patch_size", "merge_size", "side", "head_dim", "rope_theta", "depth",
-                                  "hidden_size", "num_heads", "intermediate_size"}}
+                                  "hidden_size", "num_heads", "intermediate_size", and "window_size" only for a
+                                  tower with window attention}}
+                      ("side": of the learned position table, 0 when the tower has none (Qwen2-VL,
+                      Qwen2.5-VL); "window_size": the attention window in pixels (Qwen2.5-VL), from which
+                      the runtime computes the vision graph's window_id input; absent: no windows)
                       (the shapes the runtime needs, and those `profile --estimate` counts FLOPs with)
     preprocess        PreprocessConfig.to_dict() (runtime/preprocess.py)
     precision         "fp32" | "fp16": weights, embeddings, system and stored K/V

@@ -51,12 +51,14 @@ class Encoder:
         t0 = time.perf_counter()
         pixels, grid = prepared if prepared is not None else preprocess_image(image, preprocess)
         v = self.model["vision"]
-        vi = vision_inputs(grid[1], grid[2], v["merge_size"], v["side"], v["head_dim"], v["rope_theta"])
+        # window_size (pixels) is in bundle.json only for a tower with window attention (Qwen2.5-VL)
+        window = v.get("window_size", 0) // v["merge_size"] // v["patch_size"]
+        vi = vision_inputs(grid[1], grid[2], v["merge_size"], v["side"], v["head_dim"], v["rope_theta"], window)
         t1 = time.perf_counter()
         embeds, deepstack = self.run(
             VISION, pixel_values=pixels.astype(self.dtype), pos_index=vi.pos_index,
             pos_weight=vi.pos_weight.astype(self.dtype), rot_cos=vi.rot_cos.astype(self.dtype),
-            rot_sin=vi.rot_sin.astype(self.dtype))
+            rot_sin=vi.rot_sin.astype(self.dtype), window_id=vi.window_id)
         add_time(timings, "preprocess", t1 - t0)
         add_time(timings, "vision", time.perf_counter() - t1)
         m = v["merge_size"]

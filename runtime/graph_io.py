@@ -19,6 +19,7 @@ vision       pixel_values [patches, Pv] float                embeds [tokens, D] 
              pos_index [patches, 4] int64                    deepstack [K, tokens, D] float
              pos_weight [patches, 4] float
              rot_cos, rot_sin [patches, Rv] float
+             window_id [patches] int64  (optional)
 doc_prefix   embeds [1, doc_len, D] float                    doc_k, doc_v [Lb, Hkv, doc_len, d] float
              positions [3, 1, doc_len] int64                 instruction_k, instruction_v [Li, Hkv, I, d]
              system_k, system_v [L, 1, Hkv, S, d] float        float (layers A..E)
@@ -53,9 +54,16 @@ takes each candidate's slice A..B, the tail its slice B+1..E. ``query_len`` coun
 
 The band's ``hidden`` has its own batch axis (``hidden_batch``): 1 when one query is shared by every
 candidate, N when each candidate brings its query (the server batches pairs of several queries of one
-token length in a call). An input marked optional is absent when the model has no DeepStack layers;
-an exporter may also drop an input a graph does not use (an empty system or instruction K/V slice: the
-tail when E = B), which is allowed.
+token length in a call). An input marked optional is absent when the model has no DeepStack layers
+(``deepstack``) or no window attention (``window_id``); an exporter may also drop an input a graph does not
+use (an empty system or instruction K/V slice: the tail when E = B; ``pos_index``/``pos_weight`` of a tower
+without a learned position table, Qwen2-VL's and Qwen2.5-VL's), which is allowed.
+
+The vision inputs are grid bookkeeping computed in numpy (:mod:`minireranker.runtime.vision_inputs`): the
+learned position table's bilinear taps and weights, the 2-D rotary, and ``window_id``, the attention window
+of each patch (Qwen2.5-VL): the graph lets a patch attend to the patches of its own window, as
+``window_id[:, None] == window_id[None, :]``, in every block but the full-attention ones. Patches stay in
+their order (no window permutation); bundle.json's ``model.vision.window_size`` says a bundle needs it.
 """
 
 from __future__ import annotations
@@ -149,7 +157,8 @@ _DEEPSTACK = _t("deepstack", "K", "doc_len", "D")
 VISION = GraphIO("vision", (
     _t("pixel_values", "patches", "Pv"), _t("pos_index", "patches", 4, dtype="int64"),
     _t("pos_weight", "patches", 4), _t("rot_cos", "patches", "Rv"), _t("rot_sin", "patches", "Rv"),
-), (_t("embeds", "tokens", "D"), _t("deepstack", "K", "tokens", "D")))
+    _t("window_id", "patches", dtype="int64"),
+), (_t("embeds", "tokens", "D"), _t("deepstack", "K", "tokens", "D")), optional=("window_id",))
 DOC_PREFIX = GraphIO("doc_prefix", (
     *_DOCUMENT, _t("instruction_hidden", 1, "I", "D"), _t("instruction_positions", 3, 1, "I", dtype="int64"),
     _DEEPSTACK,

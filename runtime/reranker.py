@@ -34,7 +34,6 @@ benchmarks/kvstore_bench.py measures) and indexes the misses.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import defaultdict
@@ -55,6 +54,7 @@ from .limits import MAX_CHARS_PER_TOKEN, DocumentLimit
 from .preprocess import preprocess_image
 from .pruning import select_kept
 from .progress import progress_bar
+from .spec import probability
 from .template import DocumentTokens, VisionFirstTemplate, document_positions, embedder_image_tail_ids, text_positions
 
 log = logging.getLogger("minireranker.runtime")
@@ -66,8 +66,8 @@ class RerankResult:
     index: int            # position of the document in the request
     id: str | None
     document: str         # the document's label (its id, path or text)
-    score: float          # logit(yes) - logit(no)
-    probability: float    # sigmoid(score)
+    score: float          # the head's score: logit(yes) - logit(no), or a classifier's output
+    probability: float    # sigmoid(score + the head's offset)
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,8 @@ class Reranker:
         self.encoder = Encoder(b, b.path, b.model, b.graphs, self.providers)
         self.template = VisionFirstTemplate(self.encoder.tokenizer, self.spec)
         if self.template.system_ids != b.template["system_ids"] or self.template.yes_id != b.template["yes_id"] \
-                or self.template.instruction_ids != b.template["instruction_ids"]:
+                or self.template.instruction_ids != b.template["instruction_ids"] \
+                or self.template.score_ids != b.template.get("score_ids", []):
             raise BundleError(f"{b.path}: tokenizer.json does not reproduce the ids in bundle.json; rebuild the bundle")
         # the instruction segment entering layer A [1, I, D], and its K/V of layers 0..A-1 [A, 1, Hkv, I, d]
         self.instruction_hidden = np.load(b.path / "instruction_hidden.npy")
@@ -323,7 +324,7 @@ class Reranker:
         docs = [d if isinstance(d, Document) else Document(id=str(d)) for d in documents]
         entries, failed = self.lookup(docs, timings)
         scores = self.score_pairs([(state, e) for _, e in entries], timings)
-        results = [RerankResult(i, docs[i].id, docs[i].label, float(s), 1.0 / (1.0 + math.exp(-s)))
+        results = [RerankResult(i, docs[i].id, docs[i].label, float(s), probability(s, self.spec.head))
                    for (i, _), s in zip(entries, scores)]
         results.sort(key=lambda r: (-r.score, r.index))
         self._count("queries")

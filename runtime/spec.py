@@ -14,9 +14,18 @@ Schema of ``minireranker.json`` (version 1; every key optional, defaults in :cla
       "guide_layer": null,         # layer whose attention ranks visual tokens (default: see below)
       "query_position": null,      # null: the query continues after the document (Qwen3-VL rope index);
                                    # an integer P: query token i sits at position P + i whatever the document
-      "system": "...", "instruction": "...",   # template strings (defaults: Qwen3-VL-Reranker's)
-      "yes_token": "yes", "no_token": "no"     # score = logit(yes) - logit(no); each must be one token
+      "template": "vision-first",  # the token-level format (runtime/template.py FORMATS); null: the
+                                   # checkpoint's own (jina-reranker-m0's for its ranking class, else vision-first)
+      "system": "...", "instruction": "...",   # the format's strings (null: the format's defaults)
+      "yes_token": "yes", "no_token": "no",    # score = logit(yes) - logit(no); each must be one token
+      "head": {"kind": "yes_no"}   # or {"kind": "classifier", "linear1": "score.0", "linear2": "score.2",
+                                   #      "activation": "relu", "offset": -2.65} (see HeadSpec)
     }
+
+The template strings and the head left null take the format's defaults (:meth:`RerankSpec.filled`):
+Qwen3-VL-Reranker's system prompt and instruction and yes/no for ``vision-first``, True/False for
+``monoqwen2-vl``, the score MLP for ``jina-reranker-m0``. A format without a system segment or an
+instruction field refuses a string for it, rather than ignoring it.
 
 A relative ``embedder:<dir>`` in a spec *file* is relative to that file's directory, so a checkpoint can
 ship its embedder beside it (``"guide": "embedder:../embedder"``).
@@ -46,12 +55,61 @@ from typing import Any, Mapping
 from .errors import SpecError
 
 SCHEMA_VERSION = 1
+HEAD_KINDS = ("yes_no", "classifier")
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "identity")
 
 DEFAULT_SYSTEM = (
     'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
     'Note that the answer can only be "yes" or "no".'
 )
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """How the score is read from the exit layer's hidden state (after the final norm).
+
+    ``yes_no``: logit(yes) - logit(no) from the LM head's two rows (the spec's ``yes_token``/``no_token``).
+    ``classifier``: ``linear2(act(linear1(h)))[0]``, a Linear -> activation -> Linear on the hidden state
+    whose weights are the checkpoint tensors ``{linear1}.weight``/``.bias`` and ``{linear2}.weight``/``.bias``
+    (jina-reranker-m0: ``score.0`` and ``score.2``, ReLU). ``offset`` is added before the sigmoid that
+    turns a score into a probability (jina-reranker-m0: -2.65); the ranking never depends on it.
+    """
+
+    kind: str = "yes_no"
+    linear1: str | None = None
+    linear2: str | None = None
+    activation: str = "relu"
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise SpecError(f"head kind must be one of {list(HEAD_KINDS)}, got {self.kind!r}")
+        if self.kind == "classifier":
+            for name in ("linear1", "linear2"):
+                if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                    raise SpecError(f"a classifier head needs '{name}': the checkpoint tensor prefix of its Linear "
+                                    "(for example \"score.0\" for score.0.weight and score.0.bias)")
+        if self.activation not in ACTIVATIONS:
+            raise SpecError(f"head activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
+        if not isinstance(self.offset, (int, float)) or isinstance(self.offset, bool):
+            raise SpecError(f"head offset must be a number, got {self.offset!r}")
+        object.__setattr__(self, "offset", float(self.offset))
+
+    @classmethod
+    def from_value(cls, value: Any) -> "HeadSpec":
+        """A head as written in JSON: ``"yes_no"``, ``{"kind": ...}``, or a HeadSpec."""
+        if isinstance(value, HeadSpec):
+            return value
+        if isinstance(value, str):
+            return cls(kind=value)
+        if not isinstance(value, dict):
+            raise SpecError(f"head must be \"yes_no\" or an object with a 'kind', got {value!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise SpecError(f"head: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -64,12 +122,21 @@ class RerankSpec:
     guide: str = "self"
     guide_layer: int | None = None
     query_position: int | None = None
-    system: str = DEFAULT_SYSTEM
-    instruction: str = DEFAULT_INSTRUCTION
-    yes_token: str = "yes"
-    no_token: str = "no"
+    template: str | None = None
+    system: str | None = None
+    instruction: str | None = None
+    yes_token: str | None = None
+    no_token: str | None = None
+    head: HeadSpec | None = None
 
     def __post_init__(self) -> None:
+        if self.head is not None:
+            object.__setattr__(self, "head", HeadSpec.from_value(self.head))
+        if self.template is not None:
+            from .template import FORMATS  # the formats live with the template code
+
+            if self.template not in FORMATS:
+                raise SpecError(f"template {self.template!r} is not a known format; choose one of {sorted(FORMATS)}")
         if self.band is not None:
             band = tuple(self.band) if isinstance(self.band, (list, tuple)) else ()
             if len(band) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in band):
@@ -92,9 +159,9 @@ class RerankSpec:
                 self.guide != "self" and not (self.guide.startswith("embedder:") and len(self.guide) > 9)):
             raise SpecError(f"guide must be 'self' or 'embedder:<checkpoint dir>', got {self.guide!r}")
         for name in ("system", "instruction", "yes_token", "no_token"):
-            if not isinstance(getattr(self, name), str):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise SpecError(f"{name} must be a string, got {getattr(self, name)!r}")
-        if not self.yes_token or not self.no_token or self.yes_token == self.no_token:
+        if self.yes_token == "" or self.no_token == "" or (self.yes_token is not None and self.yes_token == self.no_token):
             raise SpecError("yes_token and no_token must be two different non-empty strings")
         if self.band is not None:
             a, b = self.band
@@ -112,9 +179,40 @@ class RerankSpec:
                 "(layers after the exit layer never run)"
             )
 
+    # -- the format's defaults --------------------------------------------------------------------
+    def filled(self, default_template: str = "vision-first") -> "RerankSpec":
+        """This spec with the template (``default_template`` when unset), its strings and its head filled
+        from the format's defaults (module docstring); a string the format has no field for is refused."""
+        from .template import FORMATS
+
+        name = self.template or default_template
+        fmt = FORMATS[name]
+        values: dict[str, Any] = {"template": name}
+        for field_name, default, where in (("system", fmt.default_system, fmt.system),
+                                           ("instruction", fmt.default_instruction, fmt.instruction)):
+            value = getattr(self, field_name)
+            if value is not None and "{" + field_name + "}" not in where:
+                if value == default:
+                    continue
+                raise SpecError(f"template {name!r} has no {field_name} string (its format fixes it); "
+                                f"remove '{field_name}' from the spec or choose another template")
+            values[field_name] = default if value is None else value
+        head = self.head or fmt.default_head
+        values["head"] = head
+        if head.kind == "yes_no":
+            values["yes_token"] = self.yes_token if self.yes_token is not None else fmt.answer[0]
+            values["no_token"] = self.no_token if self.no_token is not None else fmt.answer[1]
+            if values["yes_token"] == values["no_token"]:
+                raise SpecError("yes_token and no_token must be two different non-empty strings")
+        else:
+            values["yes_token"], values["no_token"] = self.yes_token, self.no_token
+        return dataclasses.replace(self, **values)
+
     # -- model-dependent resolution ---------------------------------------------------------------
-    def resolve(self, num_layers: int) -> "RerankSpec":
-        """Fill defaults for a model of ``num_layers`` decoder layers and check ``0<=A<=B<=E<L``."""
+    def resolve(self, num_layers: int, default_template: str = "vision-first") -> "RerankSpec":
+        """Fill defaults for a model of ``num_layers`` decoder layers and check ``0<=A<=B<=E<L``; the
+        format's strings and head are filled too (:meth:`filled`, ``default_template`` when unset)."""
+        self = self.filled(default_template)
         exit_layer = num_layers - 1 if self.exit_layer is None else self.exit_layer
         band = (0, exit_layer) if self.band is None else self.band
         if not 0 <= exit_layer < num_layers:
@@ -151,6 +249,7 @@ class RerankSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["band"] = list(self.band) if self.band is not None else None
+        d["head"] = dataclasses.asdict(self.head) if self.head is not None else None
         return {"schema_version": SCHEMA_VERSION, **d}
 
     @classmethod
@@ -197,6 +296,18 @@ class RerankSpec:
     def tiny(cls) -> "RerankSpec":
         """An approximate spec for 4-layer test models: exit at 2, band [1, 1], keep half."""
         return cls(exit_layer=2, band=(1, 1), keep_ratio=0.5, query_position=64)
+
+
+def probability(score: float, head: HeadSpec | None = None) -> float:
+    """A score as a probability: ``sigmoid(score + offset)`` (the head's offset; 0 for yes/no, where it is
+    p(yes) over the two answers). Overflow-safe for any float."""
+    import math
+
+    z = float(score) + (head.offset if head is not None else 0.0)
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 def _read_json_file(path: Path) -> Any:

@@ -59,7 +59,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import TokenizerError
-from .spec import RerankSpec
+from .spec import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, HeadSpec, RerankSpec
 
 IMAGE_PAD = "<|image_pad|>"
 VISION_START = "<|vision_start|>"
@@ -69,6 +69,68 @@ EMBEDDER_SYSTEM = "Represent the user's input."
 EMBEDDER_HEAD = f"<|im_start|>system\n{EMBEDDER_SYSTEM}<|im_end|>\n<|im_start|>user\n"
 EMBEDDER_CLOSE = "<|im_end|>\n<|im_start|>assistant\n"
 EMBEDDER_IMAGE_HEAD = EMBEDDER_HEAD + VISION_START  # everything before an image document's pads
+
+
+@dataclass(frozen=True)
+class TemplateFormat:
+    """One token-level format: the segments' template strings (``str.format`` with the named fields).
+
+    Every segment is tokenized on its own (:func:`encode_segment`): the document side is ``system`` +
+    the document + ``instruction``, the query side ``query`` and then ``score_ids`` (ids, appended as
+    they are). ``system`` may be empty (no system segment). A format that reproduces a published model
+    places its cache boundary where a BPE merge cannot cross it (see :data:`FORMATS`), so the ids equal
+    those of the published code's joined string; ``source`` cites that code.
+    """
+
+    name: str
+    system: str                      # with {system}, or "" (no system segment)
+    text_document: str               # a text-only document, with {text}
+    image_head: str                  # an image document up to and including <|vision_start|>
+    image_tail: str                  # from <|vision_end|> on, with {text} (the document's optional text)
+    instruction: str                 # the instruction segment (document side), may use {instruction}
+    query: str                       # the query segment, with {query}
+    score_ids: tuple[int, ...] = ()  # token ids appended after the query segment (jina-reranker-m0: 100)
+    default_system: str | None = None
+    default_instruction: str | None = None
+    answer: tuple[str, str] = ("yes", "no")     # the yes/no head's default tokens
+    default_head: HeadSpec = HeadSpec()
+    source: str = ""
+
+
+_IM_SYSTEM = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+_IM_CLOSE = "<|im_end|>\n<|im_start|>assistant\n"
+
+# The formats a spec's "template" names. Boundaries of the published formats, and why ids equal theirs
+# (Qwen2's pre-tokenizer, which every Qwen-VL tokenizer uses; BPE merges never cross a pre-token):
+# * jina-reranker-m0 joins "**Document**:\n{doc}\n**Query**:\n{query}" and appends id 100. We cut after
+#   the document's closing "\n" and after "**Query**:\n": a pre-token ending in a newline always ends
+#   at the last one, and "*" cannot extend it, so both cuts are pre-token boundaries (a query that
+#   starts with a newline is the one case that differs: jina's joined ":\n\n" is one piece).
+# * MonoQwen2-VL's chat turn is image, then "Assert ... The query is: {query}"; the cut is before the
+#   space, which stays with the query (" what" is one pre-token in both); ":" never takes a following
+#   space into its pre-token.
+FORMATS: dict[str, TemplateFormat] = {f.name: f for f in (
+    TemplateFormat(
+        "vision-first", _IM_SYSTEM, "<Document>:{text}\n", "<Document>:<|vision_start|>",
+        "<|vision_end|>{text}\n", "<Instruct>: {instruction}\n<Query>:", "{query}" + _IM_CLOSE,
+        default_system=DEFAULT_SYSTEM, default_instruction=DEFAULT_INSTRUCTION,
+        source="DESIGN.md section 3 (Qwen3-VL-Reranker's strings, the document first)"),
+    TemplateFormat(
+        "jina-reranker-m0", "", "**Document**:\n{text}\n", "**Document**:\n<|vision_start|>",
+        "<|vision_end|>{text}\n", "**Query**:\n", "{query}", score_ids=(100,),
+        default_head=HeadSpec("classifier", "score.0", "score.2", "relu", -2.65),
+        source="huggingface.co/jinaai/jina-reranker-m0 modeling.py (formatting_prompts_func, score_token_id "
+               "100, LOGIT_BIAS 2.65); vLLM's jina_vl.py (score.0 -> ReLU -> score.2)"),
+    TemplateFormat(
+        "monoqwen2-vl", _IM_SYSTEM, "{text}\n", "<|vision_start|>", "<|vision_end|>{text}",
+        "{instruction}", " {query}" + _IM_CLOSE,
+        default_system="You are a helpful assistant.",
+        default_instruction="Assert the relevance of the previous image document to the following query, "
+                            "answer True or False. The query is:",
+        answer=("True", "False"),
+        source="huggingface.co/lightonai/MonoQwen2-VL-v0.1 model card (the prompt, True/False logits) with "
+               "Qwen2-VL-2B-Instruct's chat template (its default system prompt)"),
+)}
 
 
 # A special-token string as the template writes one; encode_segment asks the tokenizer whether it is one.
@@ -157,19 +219,24 @@ class DocumentTokens:
 
 
 class VisionFirstTemplate:
-    """Builds the token ids of the three segments for one tokenizer and spec."""
+    """Builds the token ids of the segments for one tokenizer and spec, in the spec's format
+    (:data:`FORMATS`; an unset template is ``vision-first``: resolve the spec against its checkpoint first)."""
 
     def __init__(self, tokenizer: TokenizerLike, spec: RerankSpec) -> None:
         self.tokenizer = tokenizer
-        self.spec = spec
+        self.spec = spec = spec.filled()
+        self.format = fmt = FORMATS[spec.template]
         self.image_pad_id = self._special(IMAGE_PAD)
         self.vision_start_id = self._special(VISION_START)
         self.vision_end_id = self._special(VISION_END)
-        self.yes_id = self._single_token(spec.yes_token, "yes_token")
-        self.no_id = self._single_token(spec.no_token, "no_token")
-        self.system_ids = self.segment("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n",
-                                       system=spec.system)
-        self.instruction_ids = self.segment("<Instruct>: {instruction}\n<Query>:", instruction=spec.instruction)
+        self.head = spec.head
+        self.yes_id = self.no_id = None
+        if spec.head.kind == "yes_no":
+            self.yes_id = self._single_token(spec.yes_token, "yes_token")
+            self.no_id = self._single_token(spec.no_token, "no_token")
+        self.system_ids = self.segment(fmt.system, system=spec.system or "") if fmt.system else []
+        self.instruction_ids = self.segment(fmt.instruction, instruction=spec.instruction or "")
+        self.score_ids = list(fmt.score_ids)
 
     def encode(self, text: str) -> list[int]:
         """Ids of template text (its special-token strings are control tokens); never for user text."""
@@ -202,17 +269,19 @@ class VisionFirstTemplate:
         """Ids of a document: an image of merged grid ``grid_hw``, a text, or both (image first)."""
         if grid_hw is None and not text:
             raise TokenizerError("a document needs an image, a non-empty text, or both")
+        fmt = self.format
         if grid_hw is None:
-            return DocumentTokens(self.segment("<Document>:{text}\n", text=text), -1, 0, (0, 0))
+            return DocumentTokens(self.segment(fmt.text_document, text=text), -1, 0, (0, 0))
         gh, gw = (int(x) for x in grid_hw)
-        head = self.encode(f"<Document>:{VISION_START}")
-        tail = self.segment(VISION_END + "{text}\n", text=text or "")
+        head = self.segment(fmt.image_head)
+        tail = self.segment(fmt.image_tail, text=text or "")
         n = gh * gw
         return DocumentTokens(head + [self.image_pad_id] * n + tail, len(head), n, (gh, gw))
 
     def query_text(self, query: str) -> list[int]:
-        """Ids of the query segment alone (what runs per pair): the query text and the closing tokens."""
-        return self.segment("{query}<|im_end|>\n<|im_start|>assistant\n", query=query)
+        """Ids of the query segment alone (what runs per pair): the query text, the closing tokens and the
+        format's score ids."""
+        return self.segment(self.format.query, query=query) + self.score_ids
 
     def query(self, query: str) -> list[int]:
         """Ids of everything after the document: the instruction segment, then the query segment."""

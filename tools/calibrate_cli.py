@@ -52,7 +52,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     d = CalibrationConfig("", "")
     p = subparsers.add_parser("calibrate", help="sweep exit layer, band and keep ratio; write the cheapest faithful spec",
                               description=DESCRIPTION)
-    p.add_argument("checkpoint", help="Qwen3-VL reranker checkpoint directory (Hugging Face layout)")
+    p.add_argument("checkpoint", help="reranker checkpoint directory (Qwen3-VL, Qwen2-VL or Qwen2.5-VL; Hugging Face layout)")
     p.add_argument("--data", required=True, metavar="FILE.jsonl",
                    help="the calibration set (docs/eval.md); without relevance grades fidelity is rank agreement")
     p.add_argument("--embedder", default=None, metavar="DIR",

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``minireranker`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="minireranker",
-        description="Deploy Qwen3-VL point-wise rerankers fast: vision-first prefix caching, early exit, "
+        description="Deploy multimodal point-wise rerankers (Qwen3-VL, Qwen2-VL, Qwen2.5-VL) fast: vision-first prefix caching, early exit, "
         "interaction band and embedder-guided pruning.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")

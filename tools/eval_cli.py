@@ -25,7 +25,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     d = EvalConfig("", "")
     p = subparsers.add_parser("eval", help="measure ranking quality of dense, exact and specs on a labelled set",
                               description=DESCRIPTION)
-    p.add_argument("checkpoint", help="Qwen3-VL reranker checkpoint directory (Hugging Face layout)")
+    p.add_argument("checkpoint", help="reranker checkpoint directory (Qwen3-VL, Qwen2-VL or Qwen2.5-VL; Hugging Face layout)")
     p.add_argument("--data", required=True, metavar="FILE.jsonl", help="the labelled set (docs/eval.md)")
     p.add_argument("--embedder", default=None, metavar="DIR",
                    help="a Qwen3-VL-Embedding-style checkpoint: adds the 'first stage' system")

@@ -12,7 +12,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``reference`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     p = subparsers.add_parser("reference", help="score documents with the torch reference (the golden source)",
                               description="Score documents for a query with the torch reference pipeline.")
-    p.add_argument("checkpoint", help="Qwen3-VL reranker checkpoint directory (Hugging Face layout)")
+    p.add_argument("checkpoint", help="reranker checkpoint directory (Qwen3-VL, Qwen2-VL or Qwen2.5-VL; Hugging Face layout)")
     p.add_argument("--query", required=True, help="the query text")
     p.add_argument("documents", nargs="+", metavar="DOC", help=DOC_HELP)
     add_spec_arguments(p, "default: the checkpoint's minireranker.json, else exact")

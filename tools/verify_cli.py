@@ -15,9 +15,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     tolerance = keyword_defaults(verify_checkpoint)["tolerance"]
     p = subparsers.add_parser("verify", help="check the torch reference against transformers on a checkpoint",
                               description="Score sample pairs with the torch reference and with transformers' "
-                              "own Qwen3-VL (exact spec, and --spec if given); report the largest difference. "
+                              "own model of the architecture (exact spec, and --spec if given); report the largest difference. "
                               "Exit status 1 when it exceeds the tolerance.")
-    p.add_argument("checkpoint", help="Qwen3-VL reranker checkpoint directory")
+    p.add_argument("checkpoint", help="reranker checkpoint directory (Qwen3-VL, Qwen2-VL or Qwen2.5-VL)")
     p.add_argument("documents", nargs="*", metavar="DOC",
                    help="documents to use (default: built-in samples); " + DOC_HELP)
     p.add_argument("--query", action="append", default=None, help="a query (repeatable; default: built-in samples)")

@@ -8,11 +8,22 @@ written by :func:`minireranker.export.tiny.write_tiny_checkpoint`. Bench presets
 preset   text decoder (L, D, heads/KV, head_dim, MLP)             vision tower              page -> tokens
 =======  ======================================================  ========================  ==============
 tiny     4, 64, 4/2, 16, 128; DeepStack into 0-1                  3 x 32, MLP 64            96x128 -> 12
+tiny-    4, 60, 3/1, 20, 128; Qwen2.5-VL (tiny.PRESETS            3 x 40, windows of 56 px  96x128 -> 20
+qwen2.5-vl  "qwen2_5_vl_tiny")
 small    28, 128, 4/2, 32, 384; DeepStack into 0-2; tied          6 x 64 (2 heads), MLP 256 1240x1754 -> 962
 wide     28, 512, 8/4, 64, 1536; DeepStack into 0-2; tied         as small                  1240x1754 -> 962
 2b       28, 2048, 16/8, 128, 6144; DeepStack into 0-2; tied;     24 x 1024 (16 heads),     1240x1754 -> 962
          vocab 151936 (Qwen3-VL-2B's shapes)                      MLP 4096
+qwen2-   28, 1536, 12/2, 128, 8960; q/k/v biases; tied; vocab     32 x 1280 (16 heads),     1240x1754 -> 986
+vl-2b    151936 (Qwen2-VL-2B's shapes)                            MLP 5120, patch 14
+qwen2.5- 36, 2048, 16/2, 128, 11008; q/k/v biases; tied; vocab    32 x 1280 (16 heads),     1240x1754 -> 986
+vl-3b    151936 (Qwen2.5-VL-3B's shapes)                          gated MLP 3420, windows
+                                                                  of 112 px, full attention
+                                                                  in 7, 15, 23, 31
 =======  ======================================================  ========================  ==============
+
+The Qwen2 families' pages get the same budget in merged tokens (about 1,000: 784,000 pixels at patch 14,
+merge 2), so their timings compare with the Qwen3-VL presets'.
 
 A "page" is a drawn A4 document at 150 dpi (title, lines of words, a table box); with the 1024x1024 pixel
 budget, patch 16 and 2x2 merge it becomes a 26x37 grid of merged tokens (962 visual tokens). Queries are
@@ -91,12 +102,31 @@ _2B_MODEL = TinyPreset(
     deepstack_visual_indexes=(5, 11, 17), tie_word_embeddings=True, max_position_embeddings=262144,
     min_pixels=256 * 256, max_pixels=PAGE_PIXELS, vocab_size=151936, shards=4,
 )
+# Qwen2-VL-2B and Qwen2.5-VL-3B (their config.json files: text and vision shapes, tied embeddings)
+_QWEN2_PAGE_PIXELS = 1000 * 28 * 28
+_QWEN2_VL_2B_MODEL = TinyPreset(
+    hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+    head_dim=128, mrope_section=(16, 24, 24), vision_depth=32, vision_hidden_size=1280,
+    vision_intermediate_size=5120, vision_num_heads=16, num_position_embeddings=0, deepstack_visual_indexes=(),
+    patch_size=14, tie_word_embeddings=True, rope_theta=1_000_000.0, max_position_embeddings=32768,
+    min_pixels=56 * 56, max_pixels=_QWEN2_PAGE_PIXELS, vocab_size=151936, shards=4, model_type="qwen2_vl",
+)
+_QWEN2_5_VL_3B_MODEL = TinyPreset(
+    hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+    head_dim=128, mrope_section=(16, 24, 24), vision_depth=32, vision_hidden_size=1280,
+    vision_intermediate_size=3420, vision_num_heads=16, num_position_embeddings=0, deepstack_visual_indexes=(),
+    patch_size=14, tie_word_embeddings=True, rope_theta=1_000_000.0, max_position_embeddings=128000,
+    min_pixels=56 * 56, max_pixels=_QWEN2_PAGE_PIXELS, vocab_size=151936, shards=4, model_type="qwen2_5_vl",
+    window_size=112, fullatt_block_indexes=(7, 15, 23, 31), rope_style="rope_parameters",
+)
 # Paper-like: exit after 16 of 28 layers (57% of the decoder), a 4-layer band, a quarter of the visual tokens.
 _PAPER_SPEC = RerankSpec(exit_layer=15, band=(8, 11), keep_ratio=0.25, query_position=256)
 
 BENCH_PRESETS: dict[str, BenchPreset] = {
     "tiny": BenchPreset(PRESETS["tiny"], (96, 128), RerankSpec.tiny(),
                         "the 4-layer test model; runs end to end in seconds (CI)"),
+    "tiny-qwen2.5-vl": BenchPreset(PRESETS["qwen2_5_vl_tiny"], (96, 128), RerankSpec.tiny(),
+                                   "the tiny Qwen2.5-VL test model (window attention, biases); seconds (CI)"),
     "small": BenchPreset(_SMALL_MODEL, (1240, 1754), _PAPER_SPEC,
                          "Qwen3-VL-2B's depth and layout at a narrow width; a CPU run takes minutes"),
     "wide": BenchPreset(_WIDE_MODEL, (1240, 1754), _PAPER_SPEC,
@@ -104,6 +134,13 @@ BENCH_PRESETS: dict[str, BenchPreset] = {
                         "small's per-operator overhead"),
     "2b": BenchPreset(_2B_MODEL, (1240, 1754), _PAPER_SPEC,
                       "Qwen3-VL-2B's real shapes (random weights); for long runs and GPUs"),
+    "qwen2-vl-2b": BenchPreset(_QWEN2_VL_2B_MODEL, (1240, 1754), _PAPER_SPEC,
+                               "Qwen2-VL-2B's real shapes (jina-reranker-m0's and MonoQwen2-VL's base; random "
+                               "weights); for long runs and GPUs"),
+    "qwen2.5-vl-3b": BenchPreset(_QWEN2_5_VL_3B_MODEL, (1240, 1754),
+                                 RerankSpec(exit_layer=20, band=(10, 14), keep_ratio=0.25, query_position=256),
+                                 "Qwen2.5-VL-3B's real shapes (lychee-rerank-mm's family; random weights), the "
+                                 "paper-like spec at 21 of 36 layers; for long runs and GPUs"),
 }
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 
+from ...export.arch import architecture_for
 from ...runtime.spec import RerankSpec
 from .presets import BenchError
 
@@ -41,13 +42,18 @@ class _DenseTransformers:
 
     def __init__(self, checkpoint: str, pages: list[str], pairs: int, warmup: str) -> None:
         import torch
-        from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+        import transformers
+        from transformers import AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        self.torch, self.spec = torch, RerankSpec.exact()
-        self.model = Qwen3VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        from ...export.checkpoint import open_checkpoint
+
+        ckpt = open_checkpoint(checkpoint, RerankSpec.exact())  # the checkpoint's strings, the exact layers
+        self.torch, self.spec = torch, ckpt.spec
+        model_class = getattr(transformers, architecture_for(ckpt.config.model_type).transformers_class)
+        self.model = model_class.from_pretrained(checkpoint, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.processor = Qwen2VLImageProcessorPil.from_pretrained(checkpoint)
         self.yes, self.no = (self.tokenizer.convert_tokens_to_ids(t) for t in (self.spec.yes_token, self.spec.no_token))

@@ -1,6 +1,7 @@
 """Architectures as registered adapters: config.json's ``model_type`` -> the one module that knows the model.
 
-An adapter (one module per architecture, e.g. :mod:`.qwen3_vl`) is the single source of that model's
+An adapter (one module per architecture: :mod:`.qwen3_vl`, :mod:`.qwen2_vl`, :mod:`.qwen2_5_vl`; what they
+share is in :mod:`.common` and, for the torch side, :mod:`.decoder_torch`) is the single source of that model's
 
 * config.json mapping, both ways: :meth:`Architecture.parse_config` (config.json -> :class:`ModelConfig`)
   and :meth:`Architecture.tiny_config` (a tiny preset -> the config.json transformers reads);
@@ -50,6 +51,12 @@ class Architecture:
     transformers_class: str = ""           # the transformers class the oracle loads the checkpoint with
     tiny_preset: str = ""                  # the name in tiny.PRESETS of this architecture's tiny fixture
     tied: tuple[tuple[str, str], ...] = ()  # with tie_word_embeddings: (tensor, the tensor it shares)
+    # the image normalization of the architecture's published preprocessor_config.json (tiny checkpoints' too)
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # (transformers 5 name prefix, the prefix the released safetensors store it under), where they differ:
+    # transformers renames them when it loads; a loader reading the released files must do the same
+    legacy_prefixes: tuple[tuple[str, str], ...] = ()
 
     def parse_config(self, raw: dict[str, Any]) -> "ModelConfig":
         """config.json (already known to be this model_type) -> the architecture-neutral config."""
@@ -70,9 +77,11 @@ class Architecture:
 
 def _registered() -> dict[str, Architecture]:
     # imported here, once Architecture and Weight exist: the adapters subclass and use them
+    from .qwen2_5_vl import Qwen2_5_VL
+    from .qwen2_vl import Qwen2VL
     from .qwen3_vl import Qwen3VL
 
-    adapters = (Qwen3VL(),)  # Qwen2-VL and Qwen2.5-VL join this tuple when they are supported
+    adapters = (Qwen3VL(), Qwen2VL(), Qwen2_5_VL())
     return {arch.model_type: arch for arch in adapters}
 
 

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from ...runtime.errors import CheckpointError
 from ..config import ModelConfig, TextConfig, VisionConfig, config_field
 from . import Architecture, Weight
+from .common import EMBED, LM_HEAD, VISUAL, check_rope_type, layer_norm, linear, mrope_section, \
+    patch_kernel, text_weights
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -30,22 +32,12 @@ if TYPE_CHECKING:
     from ..modeling import TorchModel
     from ..tiny import TinyPreset
 
-VISUAL = "model.visual."
-TEXT = "model.language_model."
-EMBED = TEXT + "embed_tokens.weight"
-LM_HEAD = "lm_head.weight"
-
 
 def _text_rope(tc: dict[str, Any]) -> tuple[float, tuple[int, int, int]]:
     rope = tc.get("rope_parameters") or tc.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "mrope"):
-        raise CheckpointError(f"config.json: text rope_type {rope_type!r} is not supported (only default MRoPE)")
+    check_rope_type(rope, "text")
     theta = rope.get("rope_theta", tc.get("rope_theta", 500000.0))
-    section = tuple(int(x) for x in rope.get("mrope_section", (24, 20, 20)))
-    if len(section) != 3:
-        raise CheckpointError(f"config.json: mrope_section must have 3 entries (t, h, w), got {list(section)}")
-    return float(theta), section  # type: ignore[return-value]
+    return float(theta), mrope_section(rope, (24, 20, 20))
 
 
 def _text_config(tc: dict[str, Any]) -> TextConfig:
@@ -75,6 +67,9 @@ def _vision_config(vc: dict[str, Any]) -> VisionConfig:
     if vc.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
         raise CheckpointError(f"config.json: vision hidden_act={vc['hidden_act']!r} is not supported")
     vrope = vc.get("rope_parameters") or {}
+    if int(config_field(vc, "num_position_embeddings", "vision_config")) < 1:
+        raise CheckpointError("config.json: Qwen3-VL's vision_config num_position_embeddings must be a positive "
+                              "square (its learned position table); restore the model's config.json")
     return VisionConfig(
         depth=int(config_field(vc, "depth", "vision_config")),
         hidden_size=int(config_field(vc, "hidden_size", "vision_config")),
@@ -91,62 +86,26 @@ def _vision_config(vc: dict[str, Any]) -> VisionConfig:
     )
 
 
-def _linear(table: dict[str, Weight], name: str, out_dim: int, in_dim: int, bias: bool) -> None:
-    table[f"{name}.weight"] = Weight((out_dim, in_dim), ("matrix", in_dim))
-    if bias:
-        table[f"{name}.bias"] = Weight((out_dim,), ("bias",))
-
-
-def _layer_norm(table: dict[str, Weight], name: str, dim: int) -> None:
-    table[f"{name}.weight"] = Weight((dim,), ("norm",))
-    table[f"{name}.bias"] = Weight((dim,), ("bias",))
-
-
 def _vision_weights(v: VisionConfig) -> dict[str, Weight]:
     table: dict[str, Weight] = {}
     vh, merged = v.hidden_size, v.hidden_size * v.spatial_merge_size**2  # merge x merge patches -> one token
-    patch_in = v.in_channels * v.temporal_patch_size * v.patch_size**2
-    kernel = (vh, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-    table[VISUAL + "patch_embed.proj.weight"] = Weight(kernel, ("matrix", patch_in))
+    patch_kernel(table, v)
     table[VISUAL + "patch_embed.proj.bias"] = Weight((vh,), ("bias",))
     table[VISUAL + "pos_embed.weight"] = Weight((v.num_position_embeddings, vh), ("embed", 0.5))
     for i in range(v.depth):
         block = f"{VISUAL}blocks.{i}"
-        _layer_norm(table, f"{block}.norm1", vh)
-        _layer_norm(table, f"{block}.norm2", vh)
-        _linear(table, f"{block}.attn.qkv", 3 * vh, vh, bias=True)
-        _linear(table, f"{block}.attn.proj", vh, vh, bias=True)
-        _linear(table, f"{block}.mlp.linear_fc1", v.intermediate_size, vh, bias=True)
-        _linear(table, f"{block}.mlp.linear_fc2", vh, v.intermediate_size, bias=True)
+        layer_norm(table, f"{block}.norm1", vh)
+        layer_norm(table, f"{block}.norm2", vh)
+        linear(table, f"{block}.attn.qkv", 3 * vh, vh, bias=True)
+        linear(table, f"{block}.attn.proj", vh, vh, bias=True)
+        linear(table, f"{block}.mlp.linear_fc1", v.intermediate_size, vh, bias=True)
+        linear(table, f"{block}.mlp.linear_fc2", vh, v.intermediate_size, bias=True)
     # the main merger normalizes each patch before the shuffle; DeepStack mergers normalize the concatenation
     mergers = [("merger", vh)] + [(f"deepstack_merger_list.{j}", merged) for j in range(len(v.deepstack_indexes))]
     for merger, norm_dim in mergers:
-        _layer_norm(table, f"{VISUAL}{merger}.norm", norm_dim)
-        _linear(table, f"{VISUAL}{merger}.linear_fc1", merged, merged, bias=True)
-        _linear(table, f"{VISUAL}{merger}.linear_fc2", v.out_hidden_size, merged, bias=True)
-    return table
-
-
-def _text_weights(t: TextConfig, tied: bool) -> dict[str, Weight]:
-    table: dict[str, Weight] = {}
-    h, q_dim, kv_dim = t.hidden_size, t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim
-    # tied: the same rows are read as logits weights, so a tiny checkpoint keeps them at the lm_head scale
-    table[EMBED] = Weight((t.vocab_size, h), ("embed", h**-0.5))
-    for i in range(t.num_layers):
-        layer = f"{TEXT}layers.{i}"
-        for name, out_dim in (("q_proj", q_dim), ("k_proj", kv_dim), ("v_proj", kv_dim)):
-            _linear(table, f"{layer}.self_attn.{name}", out_dim, h, bias=False)
-        _linear(table, f"{layer}.self_attn.o_proj", h, q_dim, bias=False)
-        table[f"{layer}.self_attn.q_norm.weight"] = Weight((t.head_dim,), ("norm",))
-        table[f"{layer}.self_attn.k_norm.weight"] = Weight((t.head_dim,), ("norm",))
-        _linear(table, f"{layer}.mlp.gate_proj", t.intermediate_size, h, bias=False)
-        _linear(table, f"{layer}.mlp.up_proj", t.intermediate_size, h, bias=False)
-        _linear(table, f"{layer}.mlp.down_proj", h, t.intermediate_size, bias=False)
-        table[f"{layer}.input_layernorm.weight"] = Weight((h,), ("norm",))
-        table[f"{layer}.post_attention_layernorm.weight"] = Weight((h,), ("norm",))
-    table[TEXT + "norm.weight"] = Weight((h,), ("norm",))
-    if not tied:
-        table[LM_HEAD] = Weight((t.vocab_size, h), ("matrix", h))
+        layer_norm(table, f"{VISUAL}{merger}.norm", norm_dim)
+        linear(table, f"{VISUAL}{merger}.linear_fc1", merged, merged, bias=True)
+        linear(table, f"{VISUAL}{merger}.linear_fc2", v.out_hidden_size, merged, bias=True)
     return table
 
 
@@ -190,7 +149,7 @@ class Qwen3VL(Architecture):
 
     def weights(self, config: ModelConfig) -> dict[str, Weight]:
         """Name -> :class:`Weight` of every tensor, in transformers' state-dict order (module docstring)."""
-        return {**_vision_weights(config.vision), **_text_weights(config.text, config.tie_word_embeddings)}
+        return {**_vision_weights(config.vision), **text_weights(config.text, config.tie_word_embeddings)}
 
     def tiny_config(self, preset: "TinyPreset", token_ids: dict[str, int], vocab_size: int) -> dict[str, Any]:
         """A ``Qwen3VLForConditionalGeneration`` config.json for a tiny preset."""

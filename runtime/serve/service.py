@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 from .batcher import DynamicBatcher
 from ..documents import Document
 from ..errors import DocumentTooLongError, MiniRerankerError, TokenizerError
+from ..spec import probability as score_probability
 from .api import DocumentRefusal, RequestError, RerankRequest, ServeLimits, rerank_response
 
 log = logging.getLogger("minireranker.serve")
@@ -234,7 +235,7 @@ class RerankService:
         t2 = time.perf_counter()
         scores = self.batcher.submit([(state, e) for _, e in entries]).result()
         self.m_stage.labels(stage="batch_wait").observe(time.perf_counter() - t2)
-        probability = [1.0 / (1.0 + _exp(-s)) for s in scores]
+        probability = [score_probability(s, reranker.spec.head) for s in scores]
         order = sorted(range(len(entries)), key=lambda j: (-scores[j], entries[j][0]))
         if request.top_n is not None:
             order = order[: request.top_n]
@@ -362,8 +363,3 @@ def _failure_status(failure: Any) -> int:
     """413 for a document over the token limit (the runtime's Failure carries what was raised), else 422."""
     return 413 if isinstance(failure.exception, DocumentTooLongError) else 422
 
-
-def _exp(x: float) -> float:
-    import math
-
-    return math.exp(x) if x < 700 else math.inf

@@ -18,9 +18,11 @@ from minireranker.runtime.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("tools", "calibration", "export", "runtime", "engines")
-# pieces of Qwen3-VL's checkpoint tensor names; a string literal holding one belongs in export/arch/
+# pieces of the checkpoints' tensor names (Qwen3-VL's, Qwen2-VL's, Qwen2.5-VL's); a string literal holding one
+# belongs in export/arch/
 WEIGHT_NAME_PIECES = ("model.language_model.", "model.visual.", "lm_head.weight", "embed_tokens.weight",
-                      "deepstack_merger_list", "patch_embed.proj", "post_attention_layernorm")
+                      "deepstack_merger_list", "patch_embed.proj", "post_attention_layernorm", "merger.ln_q",
+                      "merger.mlp.")
 
 
 def test_every_registered_architecture_has_a_tiny_preset(checkpoint_factory):

@@ -23,6 +23,7 @@ from minireranker.export.checkpoint import (  # noqa: E402
     load_state_dict,
     open_checkpoint,
 )
+from minireranker.export.arch import architecture_for  # noqa: E402
 from minireranker.export.config import parse_model_config  # noqa: E402
 from minireranker.export.tiny import PRESETS, write_tiny_checkpoint  # noqa: E402
 from minireranker.runtime.errors import CheckpointError, SpecError  # noqa: E402
@@ -309,7 +310,9 @@ def test_spec_written_by_tiny_is_read(tmp_path):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_opens_and_loads_exactly_the_expected_tensors(pristine, preset):
     checkpoint = open_checkpoint(pristine[preset])
-    assert checkpoint.spec == RerankSpec().resolve(PRESETS[preset].num_hidden_layers)
+    p = PRESETS[preset]  # the format: minireranker.json's, else the class's (JinaVLForRanking), else vision-first
+    template = p.template or ("jina-reranker-m0" if p.score_head else "vision-first")
+    assert checkpoint.spec == RerankSpec(template=template).resolve(p.num_hidden_layers)
     tensors = load_state_dict(checkpoint)
     wanted = expected_shapes(checkpoint.config)
     assert set(tensors) == set(wanted) | {"lm_head.weight"}
@@ -410,11 +413,12 @@ def test_unsupported_rope_type(ckpt):
 def test_expected_shapes_match_transformers(pristine, preset):
     transformers = pytest.importorskip("transformers")
     directory = pristine[preset]
-    hf_config = transformers.Qwen3VLConfig.from_pretrained(directory)
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = transformers.Qwen3VLForConditionalGeneration(hf_config)
-    hf_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     config = open_checkpoint(directory).config
+    model_class = getattr(transformers, architecture_for(config.model_type).transformers_class)
+    hf_config = model_class.config_class.from_pretrained(directory)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = model_class(hf_config)
+    hf_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if config.tie_word_embeddings:
         assert hf_shapes.pop("lm_head.weight") == hf_shapes[EMBED]
     assert expected_shapes(config) == hf_shapes

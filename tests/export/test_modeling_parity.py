@@ -1,6 +1,8 @@
-"""Our torch modules vs transformers' Qwen3-VL, fp32, atol 1e-5: vision features, DeepStack, every layer.
+"""Our torch modules vs transformers' own model of each architecture, fp32, atol 1e-5: vision features,
+DeepStack (where the architecture has it), every decoder layer, the last token's logits, the rope index.
 
-Parametrized over every tiny preset, so a new preset is covered without editing this file.
+Parametrized over every tiny preset, so a new preset (of any registered architecture) is covered without
+editing this file; the transformers class is the one the preset's adapter names.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from minireranker.export.arch import architecture_for  # noqa: E402
 from minireranker.export.checkpoint import load_state_dict, open_checkpoint  # noqa: E402
 from minireranker.export.modeling import build_model  # noqa: E402
 from minireranker.export.tiny import PRESETS  # noqa: E402
@@ -27,7 +30,8 @@ def pair(request, checkpoint_factory):
     path = checkpoint_factory(request.param)
     ckpt = open_checkpoint(path)
     ours = build_model(ckpt.config, load_state_dict(ckpt)).eval()
-    theirs = transformers.Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    model_class = getattr(transformers, architecture_for(ckpt.config.model_type).transformers_class)
+    theirs = model_class.from_pretrained(path, dtype=torch.float32).eval()
     return ours, theirs, ckpt
 
 
@@ -39,50 +43,63 @@ def test_vision_tower_and_deepstack_match(pair, images, name):
     embeds, deepstack = ours.vision(torch.from_numpy(pixels), grid[1], grid[2])
     out = theirs.model.visual(torch.from_numpy(pixels), grid_thw=torch.tensor([grid]))
     torch.testing.assert_close(embeds, out.pooler_output, atol=ATOL, rtol=0)
-    assert len(deepstack) == len(out.deepstack_features) == len(ckpt.config.vision.deepstack_indexes)
-    for mine, ref in zip(deepstack, out.deepstack_features):
+    theirs_deepstack = getattr(out, "deepstack_features", None) or []  # Qwen2-VL, Qwen2.5-VL: none
+    assert len(deepstack) == len(theirs_deepstack) == len(ckpt.config.vision.deepstack_indexes)
+    for mine, ref in zip(deepstack, theirs_deepstack):
         torch.testing.assert_close(mine, ref, atol=ATOL, rtol=0)
 
 
-@torch.no_grad()
-def test_every_decoder_layer_matches(pair, images):
-    """Feed one vision-first sequence (image + text document, query) through both; compare each layer."""
-    ours, theirs, ckpt = pair
+def vision_first_inputs(ours, ckpt, image) -> dict:
+    """One vision-first sequence (image + text document, query): ids, pixels, grid, positions, image rows."""
     template = VisionFirstTemplate(ckpt.load_tokenizer(), RerankSpec())
-    pixels, grid = preprocess_image(images["chelsea_128x100"], ckpt.preprocess)
+    pixels, grid = preprocess_image(image, ckpt.preprocess)
     merge = ckpt.config.vision.spatial_merge_size
     doc = template.document((grid[1] // merge, grid[2] // merge), "a cat")
     query = template.query("is there a cat?")
     s = len(template.system_ids)
-    ids = template.system_ids + doc.ids + query
     doc_pos, query_start = document_positions(s, doc)
     positions = np.concatenate([text_positions(0, s), doc_pos, text_positions(query_start, len(query))], axis=1)
+    rows = torch.arange(s + doc.image_start, s + doc.image_start + doc.num_image)
+    return {"ids": torch.tensor([template.system_ids + doc.ids + query]), "pixels": torch.from_numpy(pixels),
+            "grid": grid, "positions": torch.from_numpy(positions)[:, None], "rows": rows}
 
+
+def run_ours(ours, seq: dict) -> list[torch.Tensor]:
+    """Our side, uncached, layer by layer (DeepStack added after the layer output): each layer's output."""
+    embeds, deepstack = ours.vision(seq["pixels"], seq["grid"][1], seq["grid"][2])
+    x = ours.embed_tokens(seq["ids"][0]).clone()
+    x[seq["rows"]] = embeds
+    x = x[None]
+    cos, sin = ours.rotary(seq["positions"])
+    outputs = []
+    for i, layer in enumerate(ours.layers):
+        x, _, _ = layer(x, cos, sin)
+        outputs.append(x[0].clone())
+        if i < len(deepstack):
+            x[0, seq["rows"]] += deepstack[i]
+    return outputs
+
+
+@torch.no_grad()
+def test_every_decoder_layer_and_the_last_logits_match(pair, images):
+    """Feed one vision-first sequence through both; compare each layer's output and the last token's logits."""
+    ours, theirs, ckpt = pair
+    seq = vision_first_inputs(ours, ckpt, images["chelsea_128x100"])
     captured: list[torch.Tensor] = []
     hooks = [layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
              for layer in theirs.model.language_model.layers]
-    ids_t = torch.tensor([ids])
     try:
-        theirs(input_ids=ids_t, pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.tensor([grid]),
-               mm_token_type_ids=(ids_t == ckpt.config.image_token_id).int())
+        out = theirs(input_ids=seq["ids"], pixel_values=seq["pixels"], image_grid_thw=torch.tensor([seq["grid"]]),
+                     mm_token_type_ids=(seq["ids"] == ckpt.config.image_token_id).int())
     finally:
         for h in hooks:
             h.remove()
-
-    # Our side: the same sequence, uncached, layer by layer (DeepStack added after the layer output).
-    embeds, deepstack = ours.vision(torch.from_numpy(pixels), grid[1], grid[2])
-    x = ours.embed_tokens(ids_t[0]).clone()
-    rows = torch.arange(s + doc.image_start, s + doc.image_start + doc.num_image)
-    x[rows] = embeds
-    x = x[None]
-    cos, sin = ours.rotary(torch.from_numpy(positions)[:, None])
-    assert len(captured) == ckpt.config.text.num_layers
-    for i, layer in enumerate(ours.layers):
-        x, _, _ = layer(x, cos, sin)
-        torch.testing.assert_close(x[0], captured[i].reshape(x[0].shape), atol=ATOL, rtol=0,
-                                   msg=lambda m: f"layer {i}: {m}")
-        if i < len(deepstack):
-            x[0, rows] += deepstack[i]
+    mine = run_ours(ours, seq)
+    assert len(captured) == len(mine) == ckpt.config.text.num_layers
+    for i, (x, ref) in enumerate(zip(mine, captured)):
+        torch.testing.assert_close(x, ref.reshape(x.shape), atol=ATOL, rtol=0, msg=lambda m: f"layer {i}: {m}")
+    logits = ours.norm(mine[-1][-1]) @ ours.lm_head.T  # [vocab]: the last token through the final norm and head
+    torch.testing.assert_close(logits, out.logits[0, -1], atol=ATOL, rtol=0)
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Tiny Qwen3-VL checkpoints: transformers loads every preset exactly and runs it; the tokenizer is Qwen-like."""
+"""Tiny checkpoints of every registered architecture: transformers loads every preset exactly (with the class
+its adapter names) and runs it; the tokenizer is Qwen-like."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from minireranker.export.arch import ARCHITECTURES, architecture_for  # noqa: E402
 from minireranker.export.tiny import (  # noqa: E402
     PRESETS,
     TinyPreset,
+    build_preprocessor_config,
     main,
     parameter_specs,
+    preset_names,
     write_tiny_checkpoint,
 )
 from minireranker.export.tokenizer_factory import (  # noqa: E402
@@ -38,10 +42,9 @@ QUERIES = ("a red bus", "the price of milk")
 @pytest.fixture(scope="module", params=sorted(PRESETS))
 def loaded(request, tmp_path_factory):
     """(preset name, checkpoint dir, model, loading info) for each preset, built once per module."""
-    from transformers import Qwen3VLForConditionalGeneration
-
+    model_class = getattr(transformers, architecture_for(PRESETS[request.param].model_type).transformers_class)
     directory = write_tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param, seed=0)
-    model, info = Qwen3VLForConditionalGeneration.from_pretrained(directory, output_loading_info=True)
+    model, info = model_class.from_pretrained(directory, output_loading_info=True)
     return request.param, directory, model.eval(), info
 
 
@@ -105,13 +108,17 @@ def test_preset_sizes_stay_tiny():
 
 def test_transformers_loads_with_no_missing_or_unexpected_keys(loaded):
     name, directory, model, info = loaded
-    assert {key: list(value) for key, value in info.items() if value} == {}
+    # a ranking checkpoint's score head is no part of transformers' class (jina's is remote code): those
+    # four tensors, and nothing else, are unexpected
+    head = {"score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"} if PRESETS[name].score_head else set()
+    found = {key: sorted(value) for key, value in info.items() if value}
+    assert found == ({"unexpected_keys": sorted(head)} if head else {})
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if PRESETS[name].tie_word_embeddings:
         assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
         del expected["lm_head.weight"]
-    assert file_tensors(directory) == expected
-    specs = parameter_specs(name, model.config.text_config.vocab_size)
+    assert {k: v for k, v in file_tensors(directory).items() if k not in head} == expected
+    specs = {k: v for k, v in parameter_specs(name, model.config.text_config.vocab_size).items() if k not in head}
     assert list(specs) == [k for k in model.state_dict() if k in expected]  # same order as transformers
 
 
@@ -123,12 +130,25 @@ def test_config_matches_tokenizer_and_preset(loaded):
     assert config["video_token_id"] == tokenizer.token_to_id("<|video_pad|>")
     assert config["vision_start_token_id"] == tokenizer.token_to_id("<|vision_start|>")
     assert config["vision_end_token_id"] == tokenizer.token_to_id("<|vision_end|>")
-    assert config["text_config"]["vocab_size"] >= tokenizer.get_vocab_size(with_added_tokens=True)
+    # Qwen2-VL/2.5-VL with rope_style "rope_scaling": the released flat layout, the text fields at the top
+    text = config.get("text_config", config)
+    assert ("text_config" in config) != (preset.model_type != "qwen3_vl" and preset.rope_style == "rope_scaling")
+    assert text["vocab_size"] >= tokenizer.get_vocab_size(with_added_tokens=True)
     rope_key = "rope_scaling" if preset.rope_style == "rope_scaling" else "rope_parameters"
-    assert rope_key in config["text_config"]
+    assert rope_key in text
     assert model.config.text_config.rope_parameters["mrope_section"] == list(preset.mrope_section)
     assert model.config.text_config.rope_parameters["rope_theta"] == preset.rope_theta
-    assert model.config.vision_config.deepstack_visual_indexes == list(preset.deepstack_visual_indexes)
+    assert model.config.text_config.hidden_size == preset.hidden_size
+    assert model.config.tie_word_embeddings == preset.tie_word_embeddings
+    vision = model.config.vision_config
+    assert list(getattr(vision, "deepstack_visual_indexes", ())) == list(preset.deepstack_visual_indexes)
+    if preset.window_size:  # Qwen2.5-VL
+        assert (vision.window_size, list(vision.fullatt_block_indexes)) == (
+            preset.window_size, list(preset.fullatt_block_indexes))
+    processor = json.loads((directory / "preprocessor_config.json").read_text())
+    arch = ARCHITECTURES[preset.model_type]
+    assert (processor["image_mean"], processor["image_std"]) == (list(arch.image_mean), list(arch.image_std))
+    assert processor["patch_size"] == preset.patch_size == vision.patch_size
 
 
 def test_forward_with_image_gives_finite_order_one_logits(loaded):
@@ -206,6 +226,9 @@ def test_same_seed_same_bytes_other_seed_other_weights(name, tmp_path):
         {"deepstack_visual_indexes": (0, 3)},  # the vision tower has 3 blocks
         {"rope_style": "yarn"},
         {"shards": 0},
+        {"window_size": -1},
+        {"fullatt_block_indexes": (3,)},  # the vision tower has 3 blocks
+        {"fullatt_block_indexes": (1, 0)},  # not increasing
     ],
 )
 def test_invalid_preset_is_refused(change):
@@ -231,6 +254,40 @@ def test_command_line_writes_a_checkpoint(tmp_path, capsys):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["text_config"]["num_attention_heads"] == 8
     assert "gqa4" in capsys.readouterr().out
+    assert main([str(tmp_path / "q2"), "--preset", "qwen2_5_vl_tiny"]) == 0
+    assert json.loads((tmp_path / "q2" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+
+
+def test_command_line_lists_the_presets_with_their_architectures(capsys):
+    assert main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [[name, PRESETS[name].model_type] for name in preset_names()]
+    assert {PRESETS[n].model_type for n in preset_names()} == set(ARCHITECTURES)
+    assert preset_names("qwen2_vl") == ["jina_m0_tiny", "monoqwen2_vl_tiny", "qwen2_vl_tiny"]
+    assert "tiny" in preset_names("qwen3_vl")
+    with pytest.raises(SystemExit):
+        main([])  # no output directory and no --list
+
+
+def test_minireranker_tiny_lists_the_presets(capsys, tmp_path):
+    from minireranker.tools.cli import main as cli_main
+
+    assert cli_main(["tiny", "--list"]) == 0
+    assert capsys.readouterr().out.split() == [w for n in preset_names() for w in (n, PRESETS[n].model_type)]
+    assert cli_main(["tiny", str(tmp_path / "q2"), "--preset", "qwen2_vl_tiny"]) == 0
+    assert json.loads((tmp_path / "q2" / "config.json").read_text())["model_type"] == "qwen2_vl"
+    assert cli_main(["tiny"]) != 0  # neither a directory nor --list: one error line, no traceback
+    assert "--list" in capsys.readouterr().err
+
+
+def test_preprocessor_config_follows_the_architecture():
+    """Qwen2-VL and Qwen2.5-VL normalize with CLIP's mean/std, Qwen3-VL with 0.5; patch 14 vs 16."""
+    for name in ("qwen2_vl_tiny", "qwen2_5_vl_tiny", "tiny"):
+        config = build_preprocessor_config(name)
+        clip = PRESETS[name].model_type != "qwen3_vl"
+        assert config["image_mean"] == ([0.48145466, 0.4578275, 0.40821073] if clip else [0.5] * 3)
+        assert config["image_std"] == ([0.26862954, 0.26130258, 0.27577711] if clip else [0.5] * 3)
+        assert config["patch_size"] == (14 if clip else 16)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -71,10 +71,25 @@ def test_exact_spec_fp32(bundle_factory, images, tmp_path, preset):
     compare(bundle_factory(preset), images, tmp_path, 1e-4)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "mha_deep_stack3"])
+# every architecture, and jina-reranker-m0's form (its format, no system segment, the classifier head)
+@pytest.mark.parametrize("preset", ["tiny", "mha_deep_stack3", "qwen2_5_vl_tiny", "jina_m0_tiny"])
 def test_approximate_spec_fp32(bundle_factory, images, tmp_path, preset):
-    report = compare(bundle_factory(preset, APPROX), images, tmp_path, 1e-4)
+    report = compare(bundle_factory(preset, approx_for(preset)), images, tmp_path, 1e-4)
     assert report["kept_identical"] == 1.0  # in fp32 the guide picks the very same tokens
+
+
+def approx_for(preset: str) -> RerankSpec:
+    """APPROX, or its 3-layer form for the presets with 3 decoder layers."""
+    return APPROX if PRESETS[preset].num_hidden_layers > 3 else RerankSpec(exit_layer=2, band=(1, 2), keep_ratio=0.5,
+                                                                          query_position=64)
+
+
+@pytest.mark.parametrize("preset", ["qwen2_5_vl_tiny", "jina_m0_tiny"])
+def test_approximate_spec_fp16_and_fused_other_architectures(bundle_factory, images, tmp_path, preset):
+    fp16 = bundle_factory(preset, approx_for(preset), precision="fp16")
+    compare(fp16, images, tmp_path / "fp16", FP16_TOLERANCE, near_tie=FP16_TOLERANCE)
+    fused = bundle_factory(preset, approx_for(preset), attention="fused")
+    compare(fused, images, tmp_path / "fused", 1e-4)
 
 
 def test_approximate_spec_fp16(bundle_factory, images, tmp_path):

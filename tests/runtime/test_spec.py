@@ -47,7 +47,7 @@ NUM_LAYERS = 4
         ({"yes_token": ""}, "yes_token"),
         ({"no_token": ""}, "no_token"),
         ({"yes_token": 1}, "yes_token"),
-        ({"system": None}, "system"),
+        ({"system": ["a list"]}, "system"),  # null is valid: the format's default
         ({"instruction": 3}, "instruction"),
     ],
 )

@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -316,3 +317,35 @@ def test_cli_help_and_flags(capsys, tmp_path):
     assert (args.marginal, args.dense_batch_sizes) == (12, (2, 8))
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--out", str(tmp_path), "--preset", "huge"])
+
+
+def test_qwen2_presets_have_the_published_shapes():
+    """qwen2-vl-2b and qwen2.5-vl-3b as their config.json files give them (Qwen/Qwen2-VL-2B-Instruct,
+    Qwen/Qwen2.5-VL-3B-Instruct), parsed by their adapters, with the parameter counts the Hub reports."""
+    from minireranker.export.config import parse_model_config
+    from minireranker.export.tiny import build_config, parameter_specs, _SHAPE_ONLY_IDS
+
+    expected = {  # layers, hidden, MLP, heads, KV heads, vision depth/width, billions of parameters (tied)
+        "qwen2-vl-2b": ("qwen2_vl", 28, 1536, 8960, 12, 2, 32, 1280, 2.21),
+        "qwen2.5-vl-3b": ("qwen2_5_vl", 36, 2048, 11008, 16, 2, 32, 1280, 3.75),
+    }
+    for name, (model_type, layers, hidden, mlp, heads, kv, depth, width, billions) in expected.items():
+        p = BENCH_PRESETS[name].model
+        assert p not in PRESETS.values()
+        config = parse_model_config(build_config(p, _SHAPE_ONLY_IDS, 151936))
+        t, v = config.text, config.vision
+        assert (config.model_type, t.num_layers, t.hidden_size, t.intermediate_size, t.num_heads, t.num_kv_heads) \
+            == (model_type, layers, hidden, mlp, heads, kv)
+        assert (v.depth, v.hidden_size, v.out_hidden_size, config.tie_word_embeddings) == (depth, width, hidden, True)
+        count = sum(int(np.prod(shape)) for shape, _ in parameter_specs(p, 151936).values())
+        assert round(count / 1e9, 2) == billions
+        BENCH_PRESETS[name].spec.resolve(layers)  # the preset's spec fits the model
+
+
+def test_bench_runs_on_qwen2_5_vl(tmp_path):
+    """Every system on the tiny Qwen2.5-VL model: the baselines use its own transformers class."""
+    result = run_bench(BenchConfig(out=tmp_path, preset="tiny-qwen2.5-vl", candidates=3, repeats=1, marginal=0),
+                       log=lambda _: None)
+    assert result["preset"]["name"] == "tiny-qwen2.5-vl"
+    for name, s in result["systems"].items():
+        assert s["total_s"]["median"] > 0, name
