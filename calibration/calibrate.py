@@ -1,11 +1,16 @@
 """``minireranker calibrate``: sweep exit layer, band and keep ratio; keep the cheapest spec that is faithful.
 
-1. The dense model scores every (query, candidate) pair of the calibration set (:func:`.scoring.dense_scores`).
+1. The reference dense model scores every (query, candidate) pair of the calibration set: ``--reference
+   trained`` (default) in the order the checkpoint was trained in (:func:`.scoring.trained_dense_scores`:
+   query-first for Qwen3-VL-Reranker, the run order for a checkpoint trained as it runs), ``vision-first``
+   in the order miniReranker runs (:func:`.scoring.dense_scores`). When the two differ, the other one is
+   scored too, and its fidelity is reported as ``format_change`` (what the order alone costs or gains).
 2. Every point ``(E, [A, B], keep)`` of the grid (``B <= E``) is scored through :class:`.sweep.SpecSweep`
    (equal to ``ReferencePipeline`` with that spec; K/V computed once per pruning variant, exits in one walk).
-3. **Fidelity** of a point: with relevance grades, ``metric(spec) / metric(dense)`` (``--metric``, default
-   nDCG@10); without grades, the mean over queries of Spearman's rho between the spec's and the dense
-   scores (rank agreement). Agreement is reported for every point either way.
+3. **Fidelity** of a point: with relevance grades, ``metric(spec) / metric(reference)`` (``--metric``, default
+   nDCG@10); without grades, the mean over queries of Spearman's rho between the spec's and the reference's
+   scores (rank agreement). Agreement is reported for every point either way. ("dense" in the keys below
+   is the reference dense system.)
 4. **Cost** per query for ``--candidates`` N: FLOPs and K/V bytes read (:mod:`.cost`).
 5. **Choice**: among points with fidelity >= ``--target``, the fewest FLOPs, then the fewest K/V bytes,
    then the highest fidelity. That point is on the Pareto frontier (no point has at most its FLOPs and
@@ -18,16 +23,22 @@ rounded up to a multiple of 16. Specs with ``A = 0`` keep Qwen3-VL's own query p
 Outputs in ``--out``: ``minireranker.json`` (the chosen :class:`RerankSpec`, with the checkpoint's
 template strings), ``calibration.json`` (schema below), ``report.md`` and ``pareto.png``.
 
-``calibration.json`` (version 1)::
+``calibration.json`` (version 2; version 1 had no ``reference``/``trained``/``reference_system``/
+``format_change``, and its reference was always vision-first dense)::
 
-    {"schema_version": 1, "checkpoint", "data", "embedder", "labelled", "metric", "target",
+    {"schema_version": 2, "checkpoint", "data", "embedder", "labelled", "metric", "target",
+     "reference": "trained" | "vision-first", "trained": "query-first" | template name (spec.trained),
+     "reference_system": "dense, trained format" | "dense" (eval's name of the reference dense system),
+     "format_change": {"system": the other dense system's name, "fidelity", "agreement_spearman",
+                       "metrics" | null} | null (null: the checkpoint was trained as it runs, one dense system),
      "fidelity": {"kind": "metric_fraction" | "rank_agreement", "short", "description"},
      "queries", "query_position", "cost": {"candidates", "precision", "system_tokens", "query_tokens",
      "instruction_tokens"},
-     "grid": {"exit_layers", "bands", "keep_ratios", "guide"}, "dense_metrics": {...} | null,
+     "grid": {"exit_layers", "bands", "keep_ratios", "guide"}, "dense_metrics": {...} (the reference's) | null,
      "exact_cost": {"flops_per_query", "kv_bytes_per_query"},
      "points": [{"label", "spec": {...}, "exit_layer", "band", "keep_ratio", "guide", "metrics" | null,
-                 "fraction_of_dense" | null, "agreement_spearman", "agreement_kendall", "fidelity",
+                 "fraction_of_dense" (of the reference) | null, "agreement_spearman", "agreement_kendall"
+                 (with the reference's scores), "fidelity",
                  "flops_per_query", "kv_bytes_per_query", "doc_tokens", "meets_target", "on_frontier"}],
      "chosen": index into points | null, "chosen_check_max_abs_diff": float | null, "wall_s"}
 """
@@ -45,9 +56,10 @@ import numpy as np
 from ..runtime.spec import RerankSpec
 from .data import LabelledSet, load_labelled_set
 from .errors import CalibrationError, require_torch
+from .evaluate import DENSE, DENSE_TRAINED, check_reference, format_changed, reference_system_name
 from .metrics import METRICS, kendall, spearman, summarize
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 POSITION_MULTIPLE = 16
 
 
@@ -72,15 +84,18 @@ class CalibrationConfig:
     out: str = "calibration-out"
     batch_size: int = 32
     threads: int | None = 1           # torch intra-op threads (None: torch's default); see scoring.torch_threads
+    reference: str = "trained"        # evaluate.REFERENCES: the dense system fidelity is measured against
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_reference(self.reference, CalibrationError)
         if self.threads is not None and self.threads < 1:
             raise CalibrationError(f"--threads must be at least 1, got {self.threads}")
         if self.batch_size < 1:
             raise CalibrationError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not (isinstance(self.target, (int, float)) and 0 < self.target <= 2):
-            raise CalibrationError(f"--target must be a fraction of dense in (0, 2], e.g. 0.96; got {self.target!r}")
+            raise CalibrationError(f"--target must be a fraction of the reference dense system in (0, 2], e.g. 0.96; "
+                                   f"got {self.target!r}")
         if self.metric not in METRICS:
             raise CalibrationError(f"--metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
         if self.candidates < 1:
@@ -118,12 +133,13 @@ def default_grid(num_layers: int) -> tuple[tuple[int, ...], tuple[tuple[int, int
     return exits, tuple(sorted(bands))
 
 
-def _fidelity(labelled: bool, metric: str) -> dict:
+def _fidelity(labelled: bool, metric: str, reference: str) -> dict:
+    """How fidelity is measured; ``reference`` is the reference dense system's name."""
     if labelled:
-        return {"kind": "metric_fraction", "short": f"{metric} / dense",
-                "description": f"{metric} of the spec as a fraction of dense {metric}"}
-    return {"kind": "rank_agreement", "short": "Spearman vs dense",
-            "description": "mean over queries of Spearman's rho between the spec's and the dense scores "
+        return {"kind": "metric_fraction", "short": f"{metric} / {reference}",
+                "description": f"{metric} of the spec as a fraction of {metric} of {reference}"}
+    return {"kind": "rank_agreement", "short": f"Spearman vs {reference}",
+            "description": f"mean over queries of Spearman's rho between the spec's scores and those of {reference} "
                            "(label-free set)"}
 
 
@@ -176,9 +192,10 @@ def _run_calibration(config: CalibrationConfig, log: Callable[[str], None]) -> d
     cost_in = CostInputs(len(base.template.system_ids),
                          float(np.mean([len(base.template.query_text(q.query)) for q in data.queries])),
                          config.candidates, config.precision, len(base.template.instruction_ids))
-    dense = _dense(base, data, config.progress)
+    dense = _dense(base, data, config.progress, trained=config.reference == "trained")
     points = _sweep(config, loaded, base, data, exits, bands, position, guide, dense, cost_in)
     result = _result(config, loaded, base, data, points, dense, exits, bands, position, guide, cost_in)
+    result["format_change"] = _format_change(config, base, data, dense)
     if result["chosen"] is not None:
         result["chosen_check_max_abs_diff"] = _check_chosen(loaded, data, points[result["chosen"]], config)
     result["wall_s"] = time.perf_counter() - t0
@@ -210,13 +227,28 @@ def _query_position(config: CalibrationConfig, loaded, base, data: LabelledSet) 
     return -(-longest // POSITION_MULTIPLE) * POSITION_MULTIPLE
 
 
-def _dense(base, data: LabelledSet, progress: bool) -> list[np.ndarray]:
+def _dense(base, data: LabelledSet, progress: bool, trained: bool) -> list[np.ndarray]:
+    """Dense scores of every query: in the trained format (``trained``; the run order for a checkpoint
+    trained as it runs) or vision-first."""
     from ..runtime.progress import progress as with_progress
 
-    from .scoring import dense_scores
+    from .scoring import dense_scores, trained_dense_scores
 
-    return [dense_scores(base, q.query, q.candidates)
-            for q in with_progress(data.queries, "dense", "query", disable=not progress, leave=False)]
+    score = trained_dense_scores if trained else dense_scores
+    name = DENSE_TRAINED if trained and format_changed(base.spec) else DENSE
+    return [score(base, q.query, q.candidates)
+            for q in with_progress(data.queries, name, "query", disable=not progress, leave=False)]
+
+
+def _format_change(config, base, data: LabelledSet, reference: list[np.ndarray]) -> dict | None:
+    """The other dense system's fidelity against the reference: the price (or gain) of the order change alone;
+    None when the checkpoint was trained as it runs (one dense system)."""
+    if not format_changed(base.spec):
+        return None
+    other = _dense(base, data, config.progress, trained=config.reference != "trained")
+    f = _fidelity_of(other, reference, data, config)
+    return {"system": DENSE if config.reference == "trained" else DENSE_TRAINED, "fidelity": f["fidelity"],
+            "agreement_spearman": f["agreement_spearman"], "metrics": f["metrics"]}
 
 
 def _variants(config: CalibrationConfig, bands, guide: str):
@@ -294,8 +326,9 @@ def _fidelity_of(scores: list[np.ndarray], dense: list[np.ndarray], data: Labell
         out["fraction_of_dense"] = {m: mine[m] / ref[m] if ref[m] else None for m in METRICS}
         out["fidelity"] = out["fraction_of_dense"][config.metric]
         if out["fidelity"] is None:
-            raise CalibrationError(f"the dense model's {config.metric} is 0 on {data.path}: no fraction of it "
-                                   "can be measured; check the labels or the checkpoint")
+            raise CalibrationError(f"the reference dense model's {config.metric} is 0 on {data.path}: no fraction "
+                                   "of it can be measured; check the labels or the checkpoint, or try the other "
+                                   "--reference")
     return out
 
 
@@ -312,7 +345,10 @@ def _result(config, loaded, base, data, points, dense, exits, bands, position, g
     return {
         "schema_version": SCHEMA_VERSION, "checkpoint": str(config.checkpoint), "data": str(data.path),
         "embedder": config.embedder, "labelled": data.labelled, "metric": config.metric, "target": config.target,
-        "fidelity": _fidelity(data.labelled, config.metric), "queries": len(data.queries),
+        "reference": config.reference, "trained": base.spec.trained,
+        "reference_system": reference_system_name(config.reference, base.spec),
+        "fidelity": _fidelity(data.labelled, config.metric, reference_system_name(config.reference, base.spec)),
+        "queries": len(data.queries),
         "query_position": position,
         "cost": {"candidates": config.candidates, "precision": config.precision,
                  "system_tokens": cost_in.system_tokens, "query_tokens": cost_in.query_tokens,

@@ -26,25 +26,45 @@ def _seconds(s: float) -> str:
     return f"{s:.1f} s" if s >= 1 else f"{1e3 * s:.0f} ms"
 
 
+def _reference_note(result: dict) -> str:
+    """Which dense system the fractions and differences are of, and what the other dense row is."""
+    ref, trained = result.get("reference_system", "dense"), result.get("trained")
+    names = {s["name"] for s in result["systems"]}
+    if trained is None:  # an eval.json of schema 1: always vision-first dense
+        return "Reference: `dense`."
+    if trained != "query-first":
+        return (f"Reference: `dense` (--reference {result['reference']}). The checkpoint was trained in the "
+                f"order it runs ({trained}), so `dense` is also dense in its trained format: there is no "
+                "separate `dense, trained format` row.")
+    other = "dense" if ref != "dense" else "dense, trained format"
+    what = {"dense": "dense in the order miniReranker runs (vision-first: the document before the query)",
+            "dense, trained format": "dense in the order the checkpoint was trained in (query-first: system, "
+                                     "instruction, query, then the document)"}
+    note = f"Reference: `{ref}`, {what[ref]} (--reference {result['reference']})."
+    return note + (f" `{other}` is {what[other]}." if other in names else "")
+
+
 def eval_markdown(result: dict) -> str:
-    """Metrics per system, then each system's fraction of dense, then the consistency check."""
+    """Metrics per system, then each system's fraction of the reference dense system, then the consistency check."""
     systems = result["systems"]
+    ref = result.get("reference_system", "dense")
     m0 = systems[0]["metrics"]
     excluded = f", {m0['excluded']} excluded (no relevant candidate)" if m0["excluded"] else ""
     out = [f"`{result['data']}`: {m0['queries']} queries scored{excluded}, "
            f"{result['consistency']['pairs']} pairs; checkpoint `{result['checkpoint']}`.", "",
+           _reference_note(result), "",
            "| system | " + " | ".join(LABELS[m] for m in METRICS) + " | time |", "|---|" + "---:|" * (len(METRICS) + 1)]
     for s in systems:
         out.append(f"| {s['name']} | " + " | ".join(_f(s["metrics"][m]) for m in METRICS)
                    + f" | {_seconds(s['wall_s'])} |")
-    out += ["", "Fraction of dense (metric of the system / metric of dense):", "",
+    out += ["", f"Fraction of the reference, `{ref}` (metric of the system / metric of `{ref}`):", "",
             "| system | " + " | ".join(LABELS[m] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for s in systems:
         out.append(f"| {s['name']} | " + " | ".join(_pct(s["fraction_of_dense"][m]) for m in METRICS) + " |")
     paired = [s for s in systems if s.get("vs_dense")]
     if paired:
-        out += ["", "nDCG@10 minus dense's, query by query (mean, 95% paired-bootstrap interval; wins / losses "
-                "are queries above / below dense). An interval that excludes 0 is a clear difference:", "",
+        out += ["", f"nDCG@10 minus `{ref}`'s, query by query (mean, 95% paired-bootstrap interval; wins / losses "
+                f"are queries above / below `{ref}`). An interval that excludes 0 is a clear difference:", "",
                 "| system | difference | 95% interval | wins / losses |", "|---|---:|---:|---:|"]
         for s in paired:
             v = s["vs_dense"]
@@ -52,7 +72,8 @@ def eval_markdown(result: dict) -> str:
                        f"{v['wins']} / {v['losses']} |")
     c = result["consistency"]
     out += ["", f"Consistency: max |{c['exact_system']} - dense| = {c['max_abs_exact_minus_dense']:.2e} over "
-            f"{c['pairs']} pairs (score = logit yes - logit no)."]
+            f"{c['pairs']} pairs (score = logit yes - logit no; `dense` is the vision-first sequence the exact "
+            "spec caches, whatever the reference)."]
     return "\n".join(out) + "\n"
 
 
@@ -83,6 +104,24 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
+def _calibration_reference(result: dict) -> str:
+    """The reference dense system, its metrics, and the other dense system's fidelity against it."""
+    ref = result.get("reference_system", "dense")
+    metrics = result["dense_metrics"]
+    line = f"Reference: `{ref}` (--reference {result.get('reference', 'vision-first')}): " + (
+        ", ".join(f"{LABELS[m]} {_f(v)}" for m, v in metrics.items() if m in LABELS) if metrics
+        else "label-free set, no metrics") + "."
+    change = result.get("format_change")
+    if change is not None:
+        order = ("vision-first, the order miniReranker runs" if change["system"] == "dense"
+                 else "query-first, the order the checkpoint was trained in")
+        line += (f" `{change['system']}` ({order}) has fidelity {change['fidelity']:.4f} against it: the order "
+                 "change alone.")
+    elif result.get("trained"):
+        line += f" The checkpoint was trained in the order it runs ({result['trained']}): one dense system."
+    return line
+
+
 def calibration_markdown(result: dict) -> str:
     """Settings, the choice (or why none), and the frontier and every point sorted by cost."""
     fid = result["fidelity"]
@@ -90,8 +129,7 @@ def calibration_markdown(result: dict) -> str:
            f"{len(result['points'])} specs swept; fidelity = {fid['description']}; target {result['target']:g}.",
            f"Cost per query for {result['cost']['candidates']} candidates ({result['cost']['precision']} K/V), "
            f"warm (documents indexed beforehand). Query position P = {result['query_position']} for specs with A > 0.",
-           f"Dense: {', '.join(f'{LABELS[m]} {_f(v)}' for m, v in result['dense_metrics'].items() if m in LABELS)}"
-           if result["dense_metrics"] else "Dense: (label-free set: no metrics)", ""]
+           _calibration_reference(result), ""]
     chosen = result["chosen"]
     if chosen is None:
         best = max(result["points"], key=lambda p: p["fidelity"])

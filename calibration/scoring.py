@@ -31,9 +31,9 @@ from ..export.pruning import EmbedderGuide
 from ..export.reference import Counters, PreparedDocument, ReferencePipeline
 from ..runtime.documents import Document
 from ..runtime.spec import RerankSpec
-from ..runtime.template import VisionFirstTemplate, text_positions
+from ..runtime.template import VisionFirstTemplate, document_positions, text_positions
 
-TEMPLATE_FIELDS = ("template", "system", "instruction", "yes_token", "no_token", "head")
+TEMPLATE_FIELDS = ("template", "system", "instruction", "yes_token", "no_token", "head", "trained")
 
 
 @contextlib.contextmanager
@@ -189,5 +189,37 @@ def dense_scores(pipeline: SharedReference, query: str, documents: list[Document
             if len(prep.visual_rows):
                 deepstack[:, s + prep.visual_rows] = torch.stack(prep.deepstack)
         hidden = run_causal(model, x, positions, deepstack, pipeline.loaded.num_layers)
+        out.append(float(pipeline.head(hidden[:, -1])[0]))
+    return np.asarray(out, dtype=np.float64)
+
+
+@torch.no_grad()
+def trained_dense_scores(pipeline: SharedReference, query: str, documents: list[Document]) -> np.ndarray:
+    """The plain model's scores in the order the checkpoint was trained in (``spec.trained``): float64 [N].
+
+    ``query-first`` (Qwen3-VL-Reranker's own order, :meth:`VisionFirstTemplate.query_first`): each pair is
+    one sequence system + instruction + query + document through all L layers, positions from 0 as
+    Qwen3-VL's rope index gives them (the image after the query's text), then the head. A checkpoint
+    trained in the format it runs in (document first) has :func:`dense_scores` as its trained-format
+    reference, and that is what this returns for it.
+    """
+    if pipeline.spec.trained != "query-first":
+        return dense_scores(pipeline, query, documents)
+    model, template = pipeline.model, pipeline.template
+    num_ds, out = pipeline.num_deepstack, []
+    for doc in documents:
+        prep = pipeline.prepare(doc)  # the vision tower's output, memoised per document
+        tokens = template.query_first(query, prep.grid_hw, doc.text)
+        x = model.embed_tokens(torch.tensor(tokens.ids)).clone()
+        rows = torch.arange(tokens.image_start, tokens.image_start + tokens.num_image)
+        if tokens.num_image:
+            x[rows] = prep.embeds[prep.visual_rows]
+        positions, _ = document_positions(0, tokens)
+        deepstack = None
+        if num_ds:
+            deepstack = x.new_zeros((num_ds, *x.shape))
+            if tokens.num_image:
+                deepstack[:, rows] = torch.stack(prep.deepstack)
+        hidden = run_causal(model, x[None], positions, deepstack, pipeline.loaded.num_layers)
         out.append(float(pipeline.head(hidden[:, -1])[0]))
     return np.asarray(out, dtype=np.float64)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # torch is only needed once weights are loaded
 
 SPEC_FILE = "minireranker.json"
 # the spec fields that describe the model's format rather than a deployment's trade-offs
-FORMAT_FIELDS = ("template", "system", "instruction", "yes_token", "no_token", "head")
+FORMAT_FIELDS = ("template", "system", "instruction", "yes_token", "no_token", "head", "trained")
 INDEX_FILE = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

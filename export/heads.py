@@ -52,10 +52,13 @@ class ClassifierHead(nn.Module):
         self.norm = norm
         self.act = _ACTIVATIONS[spec.activation]
         self.linear1 = _linear(weights, spec.linear1)
-        self.linear2 = _linear(weights, spec.linear2)
+        self.linear2 = _linear(weights, spec.linear2) if spec.kind == "classifier" else None
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.linear2(self.act(self.linear1(self.norm(hidden))))[:, 0]
+        x = self.linear1(self.norm(hidden))
+        if self.linear2 is None:  # the "linear" kind: one Linear, no activation
+            return x[:, 0]
+        return self.linear2(self.act(x))[:, 0]
 
 
 def _linear(weights: dict[str, Tensor], prefix: str) -> nn.Linear:
@@ -68,8 +71,9 @@ def _linear(weights: dict[str, Tensor], prefix: str) -> nn.Linear:
 
 
 def classifier_tensor_names(spec: HeadSpec) -> list[str]:
-    """The checkpoint tensors a classifier head reads (biases included: jina's Linears have them)."""
-    return [f"{p}.{kind}" for p in (spec.linear1, spec.linear2) for kind in ("weight", "bias")]
+    """The checkpoint tensors a classifier or linear head reads (biases included: jina's Linears have them)."""
+    prefixes = (spec.linear1, spec.linear2) if spec.kind == "classifier" else (spec.linear1,)
+    return [f"{p}.{kind}" for p in prefixes for kind in ("weight", "bias")]
 
 
 def build_head(model: "TorchModel", template: "VisionFirstTemplate", ckpt: "Checkpoint") -> nn.Module:
@@ -87,7 +91,13 @@ def build_head(model: "TorchModel", template: "VisionFirstTemplate", ckpt: "Chec
 
     weights = read_tensors(ckpt, classifier_tensor_names(spec))
     d = model.config.text.hidden_size
-    w1, w2 = weights[spec.linear1 + ".weight"], weights[spec.linear2 + ".weight"]
+    w1 = weights[spec.linear1 + ".weight"]
+    if spec.kind == "linear":
+        if tuple(w1.shape) != (1, d):
+            raise CheckpointError(f"{ckpt.path}: linear head {spec.linear1} has shape {tuple(w1.shape)}, need "
+                                  f"(1, {d}); check 'head' in minireranker.json")
+        return ClassifierHead(model.norm, weights, spec)
+    w2 = weights[spec.linear2 + ".weight"]
     if w1.dim() != 2 or w1.shape[1] != d or w2.dim() != 2 or w2.shape[1] != w1.shape[0] or w2.shape[0] != 1:
         raise CheckpointError(
             f"{ckpt.path}: classifier head {spec.linear1} {tuple(w1.shape)} -> {spec.linear2} {tuple(w2.shape)} "

@@ -150,6 +150,32 @@ class TransformersOracle:
         return inputs
 
     @torch.no_grad()
+    def score_query_first(self, query: str, doc: Document) -> float:
+        """The dense score in Qwen3-VL-Reranker's own order (system, instruction, query, then the document),
+        the whole prompt joined as its published code builds it; the model's own rope index and attention."""
+        spec = self.spec
+        system = self._segment(self.format.system, system=spec.system or "")
+        head = f"<Instruct>: {spec.instruction}\n<Query>: {query}\n<Document>: "
+        inputs: dict = {}
+        if doc.image is not None:
+            from ..runtime.preprocess import load_image
+
+            feats = self.processor(images=[load_image(doc.image)], return_tensors="pt")
+            inputs["pixel_values"], inputs["image_grid_thw"] = feats["pixel_values"], feats["image_grid_thw"]
+            n = int(feats["image_grid_thw"].prod()) // self.model.config.vision_config.spatial_merge_size**2
+            ids = system + self._plain(head) + self._ids("<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>") \
+                + self._plain(doc.text or "")
+        else:
+            ids = system + self._plain(head + (doc.text or ""))
+        ids = torch.tensor([ids + self._ids("<|im_end|>\n<|im_start|>assistant\n")])
+        inputs["input_ids"] = ids
+        inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).int()
+        if self.head.kind == "yes_no":
+            logits = self.model(**inputs).logits[0, -1]
+            return float(logits[self.yes] - logits[self.no])
+        return self._classify(self.model.model(**inputs).last_hidden_state[0, -1])
+
+    @torch.no_grad()
     def score(self, query: str, doc: Document, kept_visual: np.ndarray | None = None) -> float:
         inputs = self.build(query, doc)
         segments = inputs.pop("segments")
@@ -165,8 +191,10 @@ class TransformersOracle:
         w, h = self.head_weights, self.head
         act = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "tanh": torch.tanh,
                "silu": torch.nn.functional.silu, "identity": lambda x: x}[h.activation]
-        x = act(torch.nn.functional.linear(normed, w[h.linear1 + ".weight"], w.get(h.linear1 + ".bias")))
-        return float(torch.nn.functional.linear(x, w[h.linear2 + ".weight"], w.get(h.linear2 + ".bias"))[0])
+        x = torch.nn.functional.linear(normed, w[h.linear1 + ".weight"], w.get(h.linear1 + ".bias"))
+        if h.kind == "linear":
+            return float(x[0])
+        return float(torch.nn.functional.linear(act(x), w[h.linear2 + ".weight"], w.get(h.linear2 + ".bias"))[0])
 
     def _score_approximate(self, inputs: dict, segments: tuple[int, int, int], kept: np.ndarray | None) -> float:
         model, spec = self.model.model, self.spec
@@ -244,7 +272,8 @@ class TransformersOracle:
 
 
 def _head_names(head: HeadSpec) -> list[str]:
-    return [f"{p}.{kind}" for p in (head.linear1, head.linear2) for kind in ("weight", "bias")]
+    prefixes = (head.linear1, head.linear2) if head.kind == "classifier" else (head.linear1,)
+    return [f"{p}.{kind}" for p in prefixes for kind in ("weight", "bias")]
 
 
 def _safetensors_tensors(directory: Path, names: list[str]) -> dict[str, torch.Tensor]:

@@ -18,8 +18,12 @@ Schema of ``minireranker.json`` (version 1; every key optional, defaults in :cla
                                    # checkpoint's own (jina-reranker-m0's for its ranking class, else vision-first)
       "system": "...", "instruction": "...",   # the format's strings (null: the format's defaults)
       "yes_token": "yes", "no_token": "no",    # score = logit(yes) - logit(no); each must be one token
-      "head": {"kind": "yes_no"}   # or {"kind": "classifier", "linear1": "score.0", "linear2": "score.2",
+      "head": {"kind": "yes_no"},  # or {"kind": "classifier", "linear1": "score.0", "linear2": "score.2",
                                    #      "activation": "relu", "offset": -2.65} (see HeadSpec)
+      "trained": "query-first"     # the order the checkpoint was trained in: "query-first" (Qwen3-VL-Reranker's
+                                   # own: system, instruction, query, then the document) or the spec's template
+                                   # (document first as it runs); null: query-first for vision-first, else the
+                                   # template. Fidelity is measured against dense scoring in this format.
     }
 
 The template strings and the head left null take the format's defaults (:meth:`RerankSpec.filled`):
@@ -55,7 +59,7 @@ from typing import Any, Mapping
 from .errors import SpecError
 
 SCHEMA_VERSION = 1
-HEAD_KINDS = ("yes_no", "classifier")
+HEAD_KINDS = ("yes_no", "classifier", "linear")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "identity")
 
 DEFAULT_SYSTEM = (
@@ -74,6 +78,8 @@ class HeadSpec:
     whose weights are the checkpoint tensors ``{linear1}.weight``/``.bias`` and ``{linear2}.weight``/``.bias``
     (jina-reranker-m0: ``score.0`` and ``score.2``, ReLU). ``offset`` is added before the sigmoid that
     turns a score into a probability (jina-reranker-m0: -2.65); the ranking never depends on it.
+    ``linear``: ``linear1(h)[0]``, one Linear on the normed hidden state: the calibrated exit head that
+    ``minireranker adapt --exit-head`` fits to the teacher's scores (tensors ``minireranker.exit_head.*``).
     """
 
     kind: str = "yes_no"
@@ -85,8 +91,8 @@ class HeadSpec:
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
             raise SpecError(f"head kind must be one of {list(HEAD_KINDS)}, got {self.kind!r}")
-        if self.kind == "classifier":
-            for name in ("linear1", "linear2"):
+        if self.kind in ("classifier", "linear"):
+            for name in ("linear1", "linear2") if self.kind == "classifier" else ("linear1",):
                 if not isinstance(getattr(self, name), str) or not getattr(self, name):
                     raise SpecError(f"a classifier head needs '{name}': the checkpoint tensor prefix of its Linear "
                                     "(for example \"score.0\" for score.0.weight and score.0.bias)")
@@ -128,8 +134,11 @@ class RerankSpec:
     yes_token: str | None = None
     no_token: str | None = None
     head: HeadSpec | None = None
+    trained: str | None = None
 
     def __post_init__(self) -> None:
+        if self.trained is not None and not isinstance(self.trained, str):
+            raise SpecError(f"trained must be \"query-first\" or a template name, got {self.trained!r}")
         if self.head is not None:
             object.__setattr__(self, "head", HeadSpec.from_value(self.head))
         if self.template is not None:
@@ -199,6 +208,14 @@ class RerankSpec:
             values[field_name] = default if value is None else value
         head = self.head or fmt.default_head
         values["head"] = head
+        trained = self.trained or ("query-first" if name == "vision-first" else name)
+        if trained not in ("query-first", name):
+            raise SpecError(f"trained={trained!r}: a checkpoint is trained query-first or in the format it runs "
+                            f"in ({name!r}); set \"trained\" to one of those")
+        if trained == "query-first" and name != "vision-first":
+            raise SpecError(f"trained=\"query-first\" is Qwen3-VL-Reranker's order, read with the vision-first "
+                            f"template's strings; template {name!r} has its own order: remove \"trained\"")
+        values["trained"] = trained
         if head.kind == "yes_no":
             values["yes_token"] = self.yes_token if self.yes_token is not None else fmt.answer[0]
             values["no_token"] = self.no_token if self.no_token is not None else fmt.answer[1]

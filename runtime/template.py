@@ -283,6 +283,31 @@ class VisionFirstTemplate:
         format's score ids."""
         return self.segment(self.format.query, query=query) + self.score_ids
 
+    def query_first(self, query: str, grid_hw: tuple[int, int] | None = None, text: str | None = None
+                    ) -> DocumentTokens:
+        """The whole sequence in Qwen3-VL-Reranker's own (trained) order, one pair: system, instruction,
+        query, then the document, as its published code joins them (the strings are the spec's)::
+
+            <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<Instruct>: {instruction}\n<Query>: {query}
+            \n<Document>: [<|vision_start|><|image_pad|>*n<|vision_end|>]{text}<|im_end|>\n<|im_start|>assistant\n
+
+        Nothing of it can be cached per document (the document comes last): it is the dense reference of
+        a query-first checkpoint. Positions: :func:`document_positions` with ``system_len`` 0.
+        """
+        if self.format.name != "vision-first":
+            raise TokenizerError(f"the query-first order uses the vision-first template's strings; template "
+                                 f"{self.format.name!r} has its own order")
+        if grid_hw is None:  # a text document joins the query's run, as the published code encodes it
+            return DocumentTokens(self.system_ids + self.segment(
+                "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {text}<|im_end|>\n<|im_start|>assistant\n",
+                instruction=self.spec.instruction or "", query=query, text=text or ""), -1, 0, (0, 0))
+        head = self.system_ids + self.segment("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: ",
+                                              instruction=self.spec.instruction or "", query=query)
+        gh, gw = (int(x) for x in grid_hw)
+        start = head + [self.vision_start_id]
+        tail = self.segment(VISION_END + "{text}<|im_end|>\n<|im_start|>assistant\n", text=text or "")
+        return DocumentTokens(start + [self.image_pad_id] * (gh * gw) + tail, len(start), gh * gw, (gh, gw))
+
     def query(self, query: str) -> list[int]:
         """Ids of everything after the document: the instruction segment, then the query segment."""
         return self.instruction_ids + self.query_text(query)

@@ -24,7 +24,7 @@ SPEC_FORMS = "a minireranker.json file, an inline JSON object such as '{\"exit_l
 
 # What the build path imports (the 'export' extra); a command marked with needs_export() checks the first
 # before it starts, and a missing one found later is reported the same way (see missing_extra_message).
-EXPORT_MODULES = ("torch", "transformers", "onnx", "onnxscript", "polygraphy")
+EXPORT_MODULES = ("torch", "transformers", "onnx", "onnxscript", "polygraphy", "peft")
 EXPORT_INSTALL = 'pip install "minireranker[export]"'
 
 

@@ -8,13 +8,15 @@ import sys
 from ..runtime.errors import SpecError
 from ..runtime.spec import parse_band
 from .args import needs_export
-from .eval_cli import add_run_flags
+from .eval_cli import add_reference_flag, add_run_flags
 
 DESCRIPTION = """\
 Sweep exit layer E, band [A, B] (A <= B <= E) and keep ratio on a calibration set (the JSONL of
 docs/eval.md; relevance grades optional), and write the cheapest spec that keeps --target of the dense
-model's quality as minireranker.json. Fidelity of a spec = its --metric as a fraction of dense when the set
-is graded, else its rank agreement with the dense scores (mean Spearman over queries). Cost = FLOPs and
+model's quality as minireranker.json. The dense model is the --reference: by default dense scoring in the
+order the checkpoint was trained in (query-first for Qwen3-VL-Reranker), else in the order miniReranker
+runs. Fidelity of a spec = its --metric as a fraction of the reference's when the set is graded, else its
+rank agreement with the reference's scores (mean Spearman over queries). Cost = FLOPs and
 K/V bytes read per query for --candidates cached candidates (docs/calibration.md has the formula).
 Choice: fewest FLOPs among specs meeting the target, then fewest K/V bytes, then highest fidelity.
 Pruning is guided by --embedder when given, else by the reranker itself (attention at layer A). Specs with
@@ -58,9 +60,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--embedder", default=None, metavar="DIR",
                    help="pruning guide: a Qwen3-VL-Embedding-style checkpoint (default: the reranker itself)")
     p.add_argument("--target", type=float, default=d.target,
-                   help=f"fidelity the chosen spec must reach, as a fraction of dense (default {d.target})")
+                   help=f"fidelity the chosen spec must reach, as a fraction of the --reference dense system "
+                   f"(default {d.target})")
     p.add_argument("--metric", default=d.metric, choices=["hit@1", "mrr", "ndcg@5", "ndcg@10"],
-                   help=f"metric whose fraction of dense is the fidelity on a graded set (default {d.metric})")
+                   help=f"metric whose fraction of the --reference is the fidelity on a graded set (default {d.metric})")
     p.add_argument("--exit-layers", type=_ints, default=None, metavar="E,E,...",
                    help="exit layers to sweep (default: about L/4, L/2, 3L/4 and L-1)")
     p.add_argument("--bands", type=_bands, default=None, metavar="A:B,...",
@@ -76,6 +79,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help=f"K/V precision in the cost model (default {d.precision})")
     p.add_argument("--out", default=d.out,
                    help=f"folder for minireranker.json, calibration.json, report.md, pareto.png (default {d.out})")
+    add_reference_flag(p, d, "the fidelity and --target")
     add_run_flags(p, d)
     needs_export(p)
     p.set_defaults(func=cmd_calibrate)
@@ -89,7 +93,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, embedder=args.embedder, target=args.target, metric=args.metric,
         exit_layers=args.exit_layers, bands=args.bands, keep_ratios=args.keep_ratios,
         query_position=args.query_position, candidates=args.candidates, precision=args.precision, out=args.out,
-        batch_size=args.batch_size, threads=args.threads, progress=not args.quiet)
+        batch_size=args.batch_size, threads=args.threads, reference=args.reference, progress=not args.quiet)
     result = run_calibration(config)
     if result["chosen"] is None:
         best = max(result["points"], key=lambda p: p["fidelity"])

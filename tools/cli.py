@@ -12,13 +12,13 @@ import os
 import sys
 
 from ..runtime.errors import MiniRerankerError
-from . import (bench_cli, build_cli, calibrate_cli, demo_cli, eval_cli, index_cli, inspect_cli, profile_cli,
-               reference_cli, rerank_cli, serve_cli, tiny_cli, verify_cli)
+from . import (adapt_cli, bench_cli, build_cli, calibrate_cli, demo_cli, eval_cli, index_cli, inspect_cli,
+               profile_cli, reference_cli, rerank_cli, serve_cli, tiny_cli, verify_cli)
 from .args import check_needs, is_export_module, missing_extra_message
 
 # In the order --help lists them: the build path, the runtime, measuring, serving, then the helpers.
 COMMANDS = (reference_cli, build_cli, index_cli, rerank_cli, inspect_cli, bench_cli, eval_cli, calibrate_cli,
-            profile_cli, serve_cli, tiny_cli, verify_cli, demo_cli)
+            adapt_cli, profile_cli, serve_cli, tiny_cli, verify_cli, demo_cli)
 
 
 def package_version() -> str:
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``minireranker`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="minireranker",
-        description="Deploy multimodal point-wise rerankers (Qwen3-VL, Qwen2-VL, Qwen2.5-VL) fast: vision-first prefix caching, early exit, "
-        "interaction band and embedder-guided pruning.",
+        description="Deploy multimodal point-wise rerankers (Qwen3-VL, Qwen2-VL, Qwen2.5-VL) fast: vision-first "
+        "prefix caching, early exit, interaction band and embedder-guided pruning.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

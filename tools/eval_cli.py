@@ -9,13 +9,16 @@ from .args import SPEC_FORMS, needs_export
 DESCRIPTION = """\
 Run a labelled set (JSONL: one query per line with its candidates and their relevance grades, images by
 path; see docs/eval.md) through: the first stage alone (the embedder's cosine order, with --embedder);
-dense (the checkpoint's plain model, every pair from scratch through every layer); exact (miniReranker's
-exact spec, document K/V computed once and cached; the ONNX Runtime engines when --bundle holds an exact
-bundle); and each --spec (the torch reference with that spec). Reports Hit@1, MRR, nDCG@5 and nDCG@10 per
-system (relevant = grade > 0, gains 2^grade - 1; queries without a relevant candidate are excluded and
-counted), each system's fraction of dense (metric / dense metric), and max |exact - dense| as a
-consistency check. Writes eval.json, eval.md and eval.png to --out and prints the table. Needs torch
-(the 'export' extra)."""
+dense (the checkpoint's plain model in the order miniReranker runs it, the document before the query, every
+pair from scratch through every layer); 'dense, trained format' (the same in the order the checkpoint was
+trained in, when that is another: query-first for Qwen3-VL-Reranker; a checkpoint trained as it runs has
+the dense row only); exact (miniReranker's exact spec, document K/V computed once and cached; the ONNX
+Runtime engines when --bundle holds an exact bundle); and each --spec (the torch reference with that
+spec). Reports Hit@1, MRR, nDCG@5 and nDCG@10 per system (relevant = grade > 0, gains 2^grade - 1;
+queries without a relevant candidate are excluded and counted), each system's fraction of the --reference
+dense system (metric / its metric) and paired nDCG@10 difference from it, and max |exact - dense| as a
+consistency check (always the vision-first dense). Writes eval.json, eval.md and eval.png to --out and
+prints the table. Needs torch (the 'export' extra)."""
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -36,10 +39,23 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="a bundle built from this checkpoint: if its spec is exact it computes 'exact' with ONNX "
                    "Runtime, otherwise it is one more system ('bundle')")
     p.add_argument("--out", default=d.out, help=f"folder for eval.json, eval.md and eval.png (default {d.out})")
+    add_reference_flag(p, d, "fractions and differences")
     add_run_flags(p, d)
     needs_export(p)
     p.set_defaults(func=cmd_eval)
     return p
+
+
+def add_reference_flag(p: argparse.ArgumentParser, d, what: str) -> None:
+    """--reference: the dense system that ``what`` (eval's fractions, calibrate's fidelity) is measured against."""
+    from ..calibration.evaluate import REFERENCES
+
+    p.add_argument("--reference", choices=REFERENCES, default=d.reference,
+                   help=f"the dense system {what} are measured against: 'trained' is dense scoring in the order "
+                   "the checkpoint was trained in (its spec's \"trained\": query-first, Qwen3-VL-Reranker's order, "
+                   "unless its minireranker.json says it was trained in the order it runs, and then both choices "
+                   "are the same); 'vision-first' is dense scoring in the order miniReranker runs, the document "
+                   f"before the query (default {d.reference})")
 
 
 def add_run_flags(p: argparse.ArgumentParser, d) -> None:
@@ -56,5 +72,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..calibration.evaluate import EvalConfig, run_eval
 
     run_eval(EvalConfig(args.checkpoint, args.data, embedder=args.embedder, specs=tuple(args.specs or ()),
-                        bundle=args.bundle, out=args.out, batch_size=args.batch_size, threads=args.threads, progress=not args.quiet))
+                        bundle=args.bundle, out=args.out, batch_size=args.batch_size, threads=args.threads,
+                        reference=args.reference, progress=not args.quiet))
     return 0

@@ -38,7 +38,8 @@ def test_written_spec_loads_meets_target_and_is_on_frontier(graded):
     result, out = graded
     on_disk = json.loads((out / "calibration.json").read_text())
     points, chosen = on_disk["points"], on_disk["chosen"]
-    assert chosen is not None
+    assert on_disk["schema_version"] == 2 and chosen is not None
+    assert (on_disk["reference"], on_disk["reference_system"]) == ("trained", "dense, trained format")
     spec = RerankSpec.from_file(out / "minireranker.json")
     assert spec.to_dict() == points[chosen]["spec"]
     p = points[chosen]
@@ -58,7 +59,10 @@ def test_grid_covers_exact_and_band_rules(graded):
     assert all(b <= e for e, (a, b), _ in bands)
     assert (3, (0, 3), 1.0) in bands and (2, (1, 1), 0.5) in bands
     exact = next(p for p in result["points"] if p["exit_layer"] == 3 and p["band"] == [0, 3] and p["keep_ratio"] == 1)
-    assert exact["fidelity"] == pytest.approx(1.0, abs=1e-6)  # the exact spec is dense up to fp32 rounding
+    # the exact spec is vision-first dense up to fp32 rounding: its fidelity against the trained format (the
+    # default reference) is the order change's own
+    assert result["format_change"]["system"] == "dense"
+    assert exact["fidelity"] == pytest.approx(result["format_change"]["fidelity"], abs=1e-6)
     assert exact["flops_per_query"] == pytest.approx(result["exact_cost"]["flops_per_query"], rel=1e-12)
     with_a = [p for p in result["points"] if p["band"][0] > 0]
     assert with_a and all(p["spec"]["query_position"] == result["query_position"] for p in with_a)
@@ -67,7 +71,7 @@ def test_grid_covers_exact_and_band_rules(graded):
 
 def test_chosen_fidelity_recomputed_with_a_fresh_reference(graded, tiny_checkpoint, labelled_set):
     from minireranker.calibration.data import load_labelled_set
-    from minireranker.calibration.scoring import LoadedReranker, dense_scores
+    from minireranker.calibration.scoring import LoadedReranker, trained_dense_scores
     from minireranker.export.reference import ReferencePipeline
 
     result, out = graded
@@ -78,7 +82,8 @@ def test_chosen_fidelity_recomputed_with_a_fresh_reference(graded, tiny_checkpoi
     base = loaded.pipeline(loaded.exact_spec())
     grades = [q.grades for q in data.queries]
     mine = summarize([pipeline.rerank(q.query, q.candidates) for q in data.queries], grades).means["ndcg@10"]
-    dense = summarize([dense_scores(base, q.query, q.candidates) for q in data.queries], grades).means["ndcg@10"]
+    dense = summarize([trained_dense_scores(base, q.query, q.candidates) for q in data.queries],
+                      grades).means["ndcg@10"]  # the default reference: the format the checkpoint was trained in
     assert mine / dense == pytest.approx(result["points"][result["chosen"]]["fidelity"], abs=1e-9)
 
 
@@ -112,7 +117,9 @@ def test_label_free_calibration_uses_rank_agreement(tmp_path, tiny_checkpoint, u
     pruned = [p for p in result["points"] if p["keep_ratio"] < 1]
     assert pruned and all(p["guide"] == f"embedder:{embedder}" for p in pruned)
     exact = next(p for p in result["points"] if p["band"] == [0, 3] and p["keep_ratio"] == 1 and p["exit_layer"] == 3)
-    assert exact["fidelity"] == pytest.approx(1.0, abs=1e-9)
+    change = result["format_change"]  # vision-first dense against the trained format, the default reference
+    assert change["metrics"] is None and change["fidelity"] == change["agreement_spearman"]
+    assert exact["fidelity"] == pytest.approx(change["fidelity"], abs=1e-9)
     assert result["chosen"] is not None and result["chosen_check_max_abs_diff"] <= 1e-5
 
 

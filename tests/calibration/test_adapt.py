@@ -1,0 +1,150 @@
+"""``minireranker adapt``: LoRA self-distillation lowers its loss, merges exactly, resumes after a kill,
+writes a plain checkpoint that stays exact, and refuses bad input in one line.
+
+The teacher is the tiny Qwen3-VL checkpoint dense in its trained (query-first) order; the student runs the
+approximate spec below. Tolerances: merged weights == base + alpha/r * B A within 1e-5; resumed training
+== uninterrupted within 1e-6 (float32, one thread: the same operations in the same order); the adapted
+checkpoint's exact scores == transformers within 1e-4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from minireranker.calibration.adapt import STATE_FILE, AdaptConfig, run_adapt  # noqa: E402
+from minireranker.calibration.errors import CalibrationError, EvalDataError  # noqa: E402
+from minireranker.runtime.spec import RerankSpec  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+APPROX = RerankSpec(exit_layer=2, band=(1, 2), keep_ratio=0.5, query_position=64)
+
+
+class Killed(Exception):
+    """Raised by the test hook where a kill -9 would land."""
+
+
+def config_for(checkpoint, data, out, **overrides) -> AdaptConfig:
+    base = AdaptConfig(str(checkpoint), str(data), str(out), spec=json.dumps(APPROX.to_dict()), steps=12, lr=5e-3,
+                       rank=4, alpha=8.0, queries_per_step=2, save_every=4, seed=1, progress=False)
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory, tiny_checkpoint, labelled_set):
+    out = tmp_path_factory.mktemp("adapted")
+    report = run_adapt(config_for(tiny_checkpoint, labelled_set, out), log=lambda _: None)
+    return report, out
+
+
+def test_a_short_run_lowers_the_distillation_loss(adapted):
+    report, out = adapted
+    losses = report["losses"]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
+    card = (out / "README.md").read_text()
+    assert "| mean abs score difference to the teacher |" in card and "query-first" in card
+
+
+def test_merged_weights_are_base_plus_lora(adapted, tiny_checkpoint):
+    import torch
+    from safetensors.torch import load_file
+
+    from minireranker.export.checkpoint import load_state_dict, open_checkpoint
+    from minireranker.export.modeling import build_model
+
+    _, out = adapted
+    ckpt = open_checkpoint(tiny_checkpoint)
+    names = build_model(ckpt.config, load_state_dict(ckpt)).transformers_names
+    base, merged = load_state_dict(ckpt), load_file(str(out / "model.safetensors"))
+    lora = torch.load(out / STATE_FILE, weights_only=False)["lora"]
+    targets = sorted({n.split(".lora_")[0] for n in lora})
+    assert len(targets) == 3 * 7  # layers 0..E=2, seven projections each
+    for module in targets:
+        a, b = lora[f"{module}.lora_A.default.weight"], lora[f"{module}.lora_B.default.weight"]
+        name = names[f"{module}.weight"]
+        expected = base[name] + (8.0 / 4) * (b @ a)
+        torch.testing.assert_close(merged[name], expected, atol=1e-5, rtol=0)
+    changed = [n for n in merged if not torch.equal(merged[n], base.get(n, merged[n]))]
+    assert changed and all(".layers.3." not in n for n in changed)  # nothing past the exit layer moved
+
+
+def test_resume_after_a_kill_continues_from_the_last_state(adapted, tiny_checkpoint, labelled_set, tmp_path):
+    import torch
+
+    config = config_for(tiny_checkpoint, labelled_set, tmp_path)
+
+    def kill_at_six(step):
+        if step == 6:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_adapt(config, log=lambda _: None, after_step=kill_at_six)
+    assert torch.load(tmp_path / STATE_FILE, weights_only=False)["step"] == 4  # saved at 4, killed at 6
+    lines: list[str] = []
+    report = run_adapt(config, log=lines.append)
+    assert report["resumed_from_step"] == 4 and any("resuming from step 4" in line for line in lines)
+    uninterrupted, _ = adapted
+    np.testing.assert_allclose(report["losses"], uninterrupted["losses"], rtol=0, atol=1e-6)
+    mine = torch.load(tmp_path / STATE_FILE, weights_only=False)["lora"]
+    theirs = torch.load(adapted[1] / STATE_FILE, weights_only=False)["lora"]
+    for name in theirs:
+        torch.testing.assert_close(mine[name], theirs[name], atol=1e-6, rtol=0)
+
+
+def test_the_adapted_checkpoint_is_plain_and_exact(adapted, images):
+    from minireranker.export.oracle import TransformersOracle
+    from minireranker.export.reference import ReferencePipeline
+    from minireranker.runtime.documents import Document
+
+    _, out = adapted
+    spec = RerankSpec.from_file(out / "minireranker.json")
+    assert spec.trained == "vision-first" and spec.exit_layer == 2 and spec.keep_ratio == 0.5
+    docs = [Document(image=images["chelsea_128x100"], text="a cat"), Document(text="seven")]
+    ours = ReferencePipeline(out, RerankSpec.exact()).rerank("a cat", docs)
+    oracle = TransformersOracle(out, RerankSpec.exact())
+    assert np.abs(ours - np.array([oracle.score("a cat", d) for d in docs])).max() <= 1e-4
+
+
+def test_bad_input_is_one_clear_error(tiny_checkpoint, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"qid": "q", "query": "x", "candidates": [{"id": "a", "image": "missing.png"}]}) + "\n")
+    with pytest.raises(EvalDataError, match="missing.png"):
+        run_adapt(config_for(tiny_checkpoint, bad, tmp_path / "o"), log=lambda _: None)
+    with pytest.raises(CalibrationError, match="steps"):
+        config_for(tiny_checkpoint, bad, tmp_path / "o", steps=0)
+    exact = json.dumps({"trained": "vision-first"})
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"qid": "q", "query": "x", "candidates": [{"id": "a", "text": "y"}]}) + "\n")
+    with pytest.raises(CalibrationError, match="nothing to adapt"):
+        run_adapt(config_for(tiny_checkpoint, good, tmp_path / "o", spec=exact), log=lambda _: None)
+
+
+def test_exit_head_is_fitted_stored_and_carried_by_the_engines(tiny_checkpoint, labelled_set, tmp_path, images):
+    from minireranker.export.onnx_export import BuildConfig, build_bundle
+    from minireranker.export.oracle import TransformersOracle
+    from minireranker.export.reference import ReferencePipeline
+    from minireranker.runtime.documents import Document
+
+    out = tmp_path / "adapted"
+    report = run_adapt(config_for(tiny_checkpoint, labelled_set, out, steps=4, exit_head=True), log=lambda _: None)
+    spec = RerankSpec.from_file(out / "minireranker.json")
+    assert spec.head.kind == "linear" and spec.head.linear1 == "minireranker.exit_head"
+    # least squares on these very pairs: never worse than the yes/no rows of the same body (RMSE)
+    assert report["after"]["rmse"] <= report["after_yes_no"]["rmse"] * (1 + 1e-3)
+    docs = [Document(image=images["chelsea_128x100"], text="a cat"), Document(text="seven")]
+    pipeline = ReferencePipeline(out)
+    entries = [pipeline.index(d) for d in docs]
+    ours = pipeline.score("a cat", entries)
+    oracle = TransformersOracle(out)
+    theirs = np.array([oracle.score("a cat", d, e.kept_visual) for d, e in zip(docs, entries)])
+    assert np.abs(ours - theirs).max() <= 1e-4
+    meta = build_bundle(out, tmp_path / "bundle", None, BuildConfig(), log=lambda _: None).data
+    assert meta["spec"]["head"]["kind"] == "linear"
+    assert meta["validation"]["end_to_end"]["scores"]["max_abs_diff"] <= 1e-4
