@@ -1,10 +1,12 @@
 """Parity of the runtime (ONNX Runtime + K/V store) with the torch reference, per tiny preset and precision.
 
-    python benchmarks/parity_report.py --out bench-out/parity
+    python benchmarks/parity_report.py --out bench-out/parity [--presets NAME ...]
 
 Builds a bundle for every tiny preset x {exact, approximate} x {fp32, fp16} (+ int8 K/V on fp32), scores
 real photographs and texts with both, and writes results.json and results.md (max |score difference|,
-kept-token agreement, K/V bytes per document). The reference itself equals transformers (tests/export).
+kept-token agreement, K/V bytes per document). Each (preset, spec) also has the torch reference against
+transformers' own model (the oracle, export/oracle.py: the masked model for the approximate spec, given
+the reference's kept tokens) on the same pairs; each preset names its architecture, format and head.
 """
 
 from __future__ import annotations
@@ -46,16 +48,33 @@ def specs(num_layers: int) -> dict[str, RerankSpec]:
                                  query_position=64)}
 
 
-def run(out: Path) -> list[dict]:
+def oracle_diff(reference: ReferencePipeline, ckpt: Path, docs: list[Document]) -> float:
+    """max |reference - transformers| over the pairs (the oracle gets the reference's kept tokens)."""
+    from minireranker.export.oracle import TransformersOracle
+
+    oracle = TransformersOracle(ckpt, reference.spec)
+    entries = [reference.index(d) for d in docs]
+    worst = 0.0
+    for query in QUERIES:
+        ours = reference.score(query, entries)
+        theirs = [oracle.score(query, d, e.kept_visual) for d, e in zip(docs, entries)]
+        worst = max(worst, float(np.max(np.abs(ours - np.asarray(theirs)))))
+    return worst
+
+
+def run(out: Path, presets: list[str] | None = None) -> list[dict]:
     rows = []
     docs = documents()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for preset in sorted(PRESETS):
+        for preset in presets or sorted(PRESETS):
             ckpt = write_tiny_checkpoint(tmp / preset, preset)
             layers = ReferencePipeline(ckpt).ckpt.config.text.num_layers
             for spec_name, spec in specs(layers).items():
                 reference = ReferencePipeline(ckpt, spec)
+                vs_hf = oracle_diff(reference, ckpt, docs)
+                form = {"architecture": reference.ckpt.config.model_type, "format": reference.spec.template,
+                        "head": reference.spec.head.kind, "vs_transformers": vs_hf}
                 for precision, int8 in (("fp32", False), ("fp32", True), ("fp16", False)):
                     path = tmp / f"{preset}-{spec_name}-{precision}"
                     if not path.exists():
@@ -63,17 +82,20 @@ def run(out: Path) -> list[dict]:
                     with Reranker(path, tmp / f"cache-{path.name}-{int8}", int8_cache=int8) as runtime:
                         report = compare_runtime(reference, runtime, docs, QUERIES)
                         sizes = [runtime.store.get(runtime.key(d)).nbytes for d in docs]
-                    rows.append({"preset": preset, "spec": spec_name, "precision": precision + ("+int8 K/V" if int8 else ""),
+                    rows.append({"preset": preset, **form, "spec": spec_name,
+                                 "precision": precision + ("+int8 K/V" if int8 else ""),
                                  **report, "kv_bytes_per_doc_mean": float(np.mean(sizes)),
                                  "kv_bytes_per_doc_max": int(max(sizes))})
                     print(rows[-1])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| preset | spec | precision | max abs score diff | kept identical | K/V bytes/doc (mean, max) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| preset | architecture, format, head | spec | reference vs transformers (fp32) | precision | "
+             "max abs score diff (runtime vs reference) | kept identical | K/V bytes/doc (mean, max) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         kept = "-" if r["kept_identical"] is None else f"{r['kept_identical']:.2f}"
-        lines.append(f"| {r['preset']} | {r['spec']} | {r['precision']} | {r['max_abs_diff']:.2e} | {kept} | "
+        lines.append(f"| {r['preset']} | {r['architecture']}, {r['format']}, {r['head']} | {r['spec']} | "
+                     f"{r['vs_transformers']:.2e} | {r['precision']} | {r['max_abs_diff']:.2e} | {kept} | "
                      f"{r['kv_bytes_per_doc_mean']:,.0f}, {r['kv_bytes_per_doc_max']:,} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -83,7 +105,9 @@ def run(out: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-out/parity", help="output folder for results.json / results.md")
-    run(Path(parser.parse_args().out))
+    parser.add_argument("--presets", nargs="*", default=None, help="tiny presets to run (default: all)")
+    args = parser.parse_args()
+    run(Path(args.out), args.presets)
 
 
 if __name__ == "__main__":

@@ -371,8 +371,11 @@ def _write_checkpoint(loaded, model, spec: RerankSpec, out: Path, head: dict | N
     if head is not None:
         state.update(head)
         spec = dataclasses.replace(spec, head=HeadSpec("linear", EXIT_HEAD))
-    if loaded.ckpt.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+    if loaded.ckpt.config.tie_word_embeddings:  # a tied tensor is not stored twice (the adapter names it)
+        from ..export.arch import architecture_for
+
+        for name, _ in architecture_for(loaded.ckpt.config.model_type).tied:
+            state.pop(name, None)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "preprocessor_config.json"):
