@@ -210,7 +210,7 @@ def _student(loaded, spec: RerankSpec, base, data: LabelledSet, config: AdaptCon
     pruned = spec.keep_ratio < 1.0
     # with a fixed query position the band's mask applies (A > 0 requires one); without, band = [0, E]: no cut
     band = spec.band if spec.query_position is not None else None
-    samples = []
+    samples, kept_of = [], {}  # kept tokens per document: indexed once however many queries it serves
     for q in data.queries:
         row = []
         for doc in q.candidates:
@@ -218,7 +218,10 @@ def _student(loaded, spec: RerankSpec, base, data: LabelledSet, config: AdaptCon
             sample = reranker_sample(template, loaded.ckpt.preprocess, q.query, image, doc.text, View(band),
                                      spec.query_position or 0)
             if pruned and image is not None:
-                kept = base.index(doc).kept_visual
+                key = doc.id if doc.id is not None else id(doc)
+                if key not in kept_of:
+                    kept_of[key] = base.index(doc).kept_visual
+                kept = kept_of[key]
                 sample.dropped = np.setdiff1d(np.arange(sample.num_visual), kept)
             row.append(sample)
         samples.append(row)

@@ -80,12 +80,7 @@ def build_head(model: "TorchModel", template: "VisionFirstTemplate", ckpt: "Chec
     """The head the template's spec names, over ``model``'s final norm (and LM head rows or the checkpoint's
     classifier weights). A head that cannot be read is one CheckpointError naming what to set."""
     spec = template.head
-    if spec.kind == "yes_no":
-        if model.lm_head is None:
-            raise CheckpointError(
-                f"{ckpt.path}: the checkpoint has no LM head, so the yes/no head cannot score; set \"head\" in "
-                "minireranker.json to its classifier (for example {\"kind\": \"classifier\", \"linear1\": "
-                "\"score.0\", \"linear2\": \"score.2\"}) or \"template\" to its published format")
+    if spec.kind == "yes_no":  # a class that replaced its LM head was refused when the checkpoint was opened
         return YesNoHead(model.norm, model.lm_head[[template.yes_id, template.no_id]])
     from .checkpoint import read_tensors
 

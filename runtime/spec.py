@@ -94,7 +94,7 @@ class HeadSpec:
         if self.kind in ("classifier", "linear"):
             for name in ("linear1", "linear2") if self.kind == "classifier" else ("linear1",):
                 if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                    raise SpecError(f"a classifier head needs '{name}': the checkpoint tensor prefix of its Linear "
+                    raise SpecError(f"a {self.kind} head needs '{name}': the checkpoint tensor prefix of its Linear "
                                     "(for example \"score.0\" for score.0.weight and score.0.bias)")
         if self.activation not in ACTIVATIONS:
             raise SpecError(f"head activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")

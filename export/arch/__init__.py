@@ -54,9 +54,6 @@ class Architecture:
     # the image normalization of the architecture's published preprocessor_config.json (tiny checkpoints' too)
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    # (transformers 5 name prefix, the prefix the released safetensors store it under), where they differ:
-    # transformers renames them when it loads; a loader reading the released files must do the same
-    legacy_prefixes: tuple[tuple[str, str], ...] = ()
 
     def parse_config(self, raw: dict[str, Any]) -> "ModelConfig":
         """config.json (already known to be this model_type) -> the architecture-neutral config."""

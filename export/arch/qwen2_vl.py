@@ -8,7 +8,7 @@
   (the LM width) ``hidden_size``; the channels ``in_channels`` (the released files' ``in_chans``, which
   transformers 5 ignores, must agree with it).
 * Weights, in ``Qwen2VLForConditionalGeneration``'s state-dict order (transformers 5 names; the released
-  files store ``visual.*`` and ``model.*``, see :attr:`Qwen2VL.legacy_prefixes`)::
+  files store ``visual.*`` and ``model.*``, renamed on reading by ``checkpoint.current_weight_name``)::
 
       model.visual.patch_embed.proj.weight                          (a convolution without bias)
       model.visual.blocks.{i}.{norm1,norm2,attn.qkv,attn.proj,mlp.fc1,mlp.fc2}.*   (LayerNorms)
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ...runtime.errors import CheckpointError
 from ..config import ModelConfig, TextConfig, VisionConfig, config_field
 from . import Architecture, Weight
-from .common import EMBED, LM_HEAD, TEXT, VISUAL, check_rope_type, layer_norm, linear, mrope_section, \
+from .common import EMBED, LM_HEAD, VISUAL, check_rope_type, layer_norm, linear, mrope_section, \
     patch_kernel, rms_norm, text_weights
 
 if TYPE_CHECKING:
@@ -163,8 +163,6 @@ class Qwen2VL(Architecture):
     tiny_preset = "qwen2_vl_tiny"
     tied = ((LM_HEAD, EMBED),)
     image_mean, image_std = CLIP_MEAN, CLIP_STD
-    # transformers 5's prefixes and those of the released safetensors (its conversion mapping renames them)
-    legacy_prefixes = ((VISUAL, "visual."), (TEXT, "model."))
     text_model_type = "qwen2_vl_text"       # text_config's model_type in transformers 5's layout
     merger_width_field = "hidden_size"      # the vision_config key of the merger's output width
 

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from minireranker.export.arch import ARCHITECTURES
-from minireranker.export.checkpoint import expected_shapes
+from minireranker.export.checkpoint import LEGACY_PREFIXES, expected_shapes
 from minireranker.export.config import parse_model_config
 from minireranker.export.tiny import build_config, padded_vocab_size
 from minireranker.export.tokenizer_factory import QWEN_SPECIAL_TOKENS
@@ -148,7 +148,7 @@ def test_qwen3_vl_still_needs_its_position_table():
 @pytest.mark.parametrize("preset", ["qwen2_vl_tiny"])
 def test_legacy_prefixes_are_the_released_layout(preset, checkpoint_factory, tmp_path):
     """A checkpoint stored under the released names (``visual.*``, ``model.*``) loads in transformers with
-    nothing missing: the prefixes the adapter declares are those transformers renames."""
+    nothing missing: the prefixes our loader renames (checkpoint.LEGACY_PREFIXES) are those transformers renames."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file, save_file
@@ -161,7 +161,7 @@ def test_legacy_prefixes_are_the_released_layout(preset, checkpoint_factory, tmp
     tensors = load_file(str(source / "model.safetensors"))
 
     def legacy(name: str) -> str:
-        for new, old in arch.legacy_prefixes:
+        for old, new in LEGACY_PREFIXES:
             if name.startswith(new):
                 return old + name[len(new):]
         return name
