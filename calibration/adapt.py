@@ -22,7 +22,9 @@
   leaves the previous one whole), ``teacher.json``.
 
 Supported: Qwen3-VL checkpoints with the yes/no head (the training forward is
-:class:`~.demo.trainable.TrainableQwen3VL`). Runs on CPU at demo scale; on a GPU where torch has one.
+:class:`~.demo.trainable.TrainableQwen3VL`). Trains on the CPU at demo scale, and on a CUDA device where torch
+has one (``device``; the teacher's labels and the before/after tables are computed on the CPU reference).
+``steps=0`` with ``exit_head`` fits the exit head alone on the base weights: ``calibrate --exit-head``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class AdaptConfig:
     data: str
     out: str
     spec: str | None = None             # a minireranker.json file or inline JSON; None: the checkpoint's own
-    steps: int = 200
+    steps: int = 400                    # the sweep on the demo data (docs/adapt.md): best on the calibration split
     lr: float = 2e-3
     rank: int = 16
     alpha: float = 32.0
@@ -69,12 +71,16 @@ class AdaptConfig:
     resume: bool = True
     threads: int | None = 1
     progress: bool = True
+    device: str = "auto"                # "auto": CUDA where torch has it, else the CPU; or "cpu", "cuda", "cuda:1"
 
     def __post_init__(self) -> None:
         for name in ("steps", "rank", "queries_per_step", "save_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise CalibrationError(f"adapt: --{name.replace('_', '-')} must be a positive integer, "
-                                       f"got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            floor = 0 if name == "steps" and self.exit_head else 1  # 0 steps + exit head: the head alone
+            if not isinstance(value, int) or value < floor:
+                raise CalibrationError(f"adapt: --{name.replace('_', '-')} must be a positive integer, got {value!r}"
+                                       + (" (0 is allowed with --exit-head: fit the head alone)"
+                                          if name == "steps" else ""))
         if not self.lr > 0 or not self.alpha > 0 or self.label_weight < 0:
             raise CalibrationError("adapt: --lr and --alpha must be positive and --label-weight non-negative")
 
@@ -134,6 +140,7 @@ def run_adapt(config: AdaptConfig, log: Callable[[str], None] = print,
             raise CalibrationError(f"adapt supports Qwen3-VL checkpoints; {config.checkpoint} is "
                                    f"{loaded.ckpt.config.model_type}")
         spec = _student_spec(loaded, config)
+        device = _device(config.device)
         teacher = loaded.pipeline(loaded.exact_spec())
         data_key = hashlib.sha256(Path(config.data).read_bytes()).hexdigest()
         key = _digest(str(Path(config.checkpoint).resolve()), data_key, json.dumps(teacher.spec.to_dict()))
@@ -141,10 +148,14 @@ def run_adapt(config: AdaptConfig, log: Callable[[str], None] = print,
         student_base = loaded.pipeline(spec)
         before = _fidelity(student_base, data, targets)
         model, samples = _student(loaded, spec, student_base, data, config)
-        losses, step0 = _train(model, samples, targets, data, spec, config, out, key, log, after_step)
+        model.to(device)
+        if config.steps:
+            losses, step0 = _train(model, samples, targets, data, spec, config, out, key, log, after_step)
+        else:  # the exit head alone, on the base body (`calibrate --exit-head`)
+            losses, step0 = [], 0
         merged = _merge(model)
         head = _fit_exit_head(merged, samples, targets, spec) if config.exit_head else None
-        _write_checkpoint(loaded, merged, spec, out, head)
+        _write_checkpoint(loaded, merged, spec, out, head, trained_body=config.steps > 0)
         adapted = LoadedReranker(out)
         after = _fidelity(adapted.pipeline(adapted.spec), data, targets)
         if head is not None:  # the same body with the yes/no rows, for the table
@@ -156,7 +167,7 @@ def run_adapt(config: AdaptConfig, log: Callable[[str], None] = print,
         "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress",)},
         "resumed_from_step": step0, "loss_first": float(np.mean(losses[:5])) if losses else None,
         "loss_last": float(np.mean(losses[-5:])) if losses else None, "losses": losses,
-        "wall_s": time.perf_counter() - started, "before": before, "after": after,
+        "wall_s": time.perf_counter() - started, "device": str(device), "before": before, "after": after,
         "after_yes_no": after_yes_no if config.exit_head else None, "exit_head": EXIT_HEAD if config.exit_head else None,
     }
     (out / "adapt.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -165,6 +176,22 @@ def run_adapt(config: AdaptConfig, log: Callable[[str], None] = print,
         f"{after['mean_abs']:.4f} mean |score difference|, Spearman {before['spearman']:.3f} -> "
         f"{after['spearman']:.3f}")
     return report
+
+
+def _device(name: str):
+    """The torch device of ``--device``: "auto" is CUDA where torch has it, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CalibrationError(f"adapt: --device {name!r} is not a torch device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CalibrationError(f"adapt: --device {name} asked for, but this torch has no CUDA device "
+                               f"(torch {torch.__version__}); use --device cpu")
+    return device
 
 
 def _fidelity(pipeline, data: LabelledSet, targets: list[np.ndarray]) -> dict:
@@ -245,7 +272,7 @@ def _loss(model, rows, targets, grades, spec: RerankSpec, label_weight: float):
     batch = collate(flat, spec.exit_layer + 1)
     hidden, _ = model(batch, layers=spec.exit_layer + 1)
     scores = model.score(hidden[spec.exit_layer])
-    teacher = torch.tensor(np.concatenate(targets), dtype=scores.dtype)
+    teacher = torch.tensor(np.concatenate(targets), dtype=scores.dtype, device=scores.device)
     loss = F.mse_loss(scores, teacher)
     start, kl, labels = 0, [], []
     for row, target, grade in zip(rows, targets, grades):
@@ -253,7 +280,7 @@ def _loss(model, rows, targets, grades, spec: RerankSpec, label_weight: float):
         start += len(row)
         kl.append(F.kl_div(F.log_softmax(part, 0), F.log_softmax(t, 0), log_target=True, reduction="sum"))
         if grade is not None and grade.max() > 0:
-            gains = torch.tensor(2.0 ** grade - 1, dtype=scores.dtype)
+            gains = torch.tensor(2.0 ** grade - 1, dtype=scores.dtype, device=scores.device)
             labels.append(-(F.log_softmax(part, 0) * gains).sum() / gains.sum())
     loss = loss + torch.stack(kl).mean()
     if labels and label_weight:
@@ -281,7 +308,7 @@ def _train(model, samples, targets, data: LabelledSet, spec: RerankSpec, config:
     step0, losses = 0, []
     state_path = out / STATE_FILE
     if config.resume and state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location="cpu")
         if state.get("key") != key or state.get("settings") != _resumable(config):
             raise CalibrationError(f"{state_path} was written by another run (checkpoint, data or settings differ); "
                                    "delete it or pass --no-resume")
@@ -307,7 +334,7 @@ def _train(model, samples, targets, data: LabelledSet, spec: RerankSpec, config:
             bar.update(1)
             if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
                 _save_state(state_path, {"key": key, "settings": _resumable(config), "step": step + 1,
-                                         "lora": {n: p.detach().clone() for n, p in params.items()},
+                                         "lora": {n: p.detach().cpu().clone() for n, p in params.items()},
                                          "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
                                          "losses": losses})
             if after_step is not None:
@@ -355,7 +382,7 @@ def _fit_exit_head(model, samples, targets, spec: RerankSpec) -> dict:
     with torch.no_grad():
         for row in samples:
             hidden, _ = model(collate(row, spec.exit_layer + 1), layers=spec.exit_layer + 1)
-            features.append(model.core.norm(hidden[spec.exit_layer]).double())
+            features.append(model.core.norm(hidden[spec.exit_layer]).double().cpu())
     x, t = torch.cat(features), torch.tensor(np.concatenate(targets), dtype=torch.float64)
     xm, tm = x.mean(0), t.mean()
     xc = x - xm
@@ -365,15 +392,17 @@ def _fit_exit_head(model, samples, targets, spec: RerankSpec) -> dict:
     return {f"{EXIT_HEAD}.weight": w[None].float(), f"{EXIT_HEAD}.bias": (tm - xm @ w)[None].float()}
 
 
-def _write_checkpoint(loaded, model, spec: RerankSpec, out: Path, head: dict | None = None) -> None:
+def _write_checkpoint(loaded, model, spec: RerankSpec, out: Path, head: dict | None = None,
+                      trained_body: bool = True) -> None:
     """A plain Hugging Face checkpoint: merged weights under transformers' names (and the exit head's), the
-    base's other files."""
+    base's other files. ``trained_body``: the body was trained in the spec's format (its ``trained`` becomes the
+    template); without, only a head was fitted and the body keeps the order it was trained in."""
     from safetensors.torch import save_file
 
     state = model.transformers_state_dict()
     if head is not None:
         state.update(head)
-        spec = dataclasses.replace(spec, head=HeadSpec("linear", EXIT_HEAD))
+        spec = dataclasses.replace(spec, head=HeadSpec("linear", EXIT_HEAD, layer=spec.exit_layer))
     if loaded.ckpt.config.tie_word_embeddings:  # a tied tensor is not stored twice (the adapter names it)
         from ..export.arch import architecture_for
 
@@ -384,7 +413,7 @@ def _write_checkpoint(loaded, model, spec: RerankSpec, out: Path, head: dict | N
                  "preprocessor_config.json"):
         if (loaded.ckpt.path / name).is_file():
             shutil.copyfile(loaded.ckpt.path / name, out / name)
-    adapted = dataclasses.replace(spec, trained=spec.template)  # it now runs as it was trained
+    adapted = dataclasses.replace(spec, trained=spec.template) if trained_body else spec  # it now runs as trained
     adapted.save(out / "minireranker.json")
 
 
@@ -402,18 +431,24 @@ def _card(report: dict) -> str:
     head = (f"- Exit head: a linear head on layer {report['spec']['exit_layer']}'s normed hidden state fitted to the "
             f"teacher's scores (tensors `{report['exit_head']}.weight`/`.bias`), used by minireranker.json; the "
             "last column scores the same body with the yes/no rows.\n") if y else ""
+    student = (f"Student: the same weights plus LoRA (rank {s['rank']}, alpha {s['alpha']}) on the attention and MLP "
+               f"projections of layers 0..{report['spec']['exit_layer']}, merged into the weights here."
+               if s["steps"] else "Body: the base weights, unchanged.")
+    if s["steps"]:
+        training = (f"Training: {s['steps']} steps of {s['queries_per_step']} queries, learning rate {s['lr']}, seed "
+                    f"{s['seed']}; loss {report['loss_first']:.4f} (first 5 steps) -> {report['loss_last']:.4f} (last 5)")
+    else:
+        training = ("Training: none; the exit head alone was fitted on the base weights (`--steps 0 --exit-head`), "
+                    "and the body keeps its trained order")
     return f"""# Adapted checkpoint (minireranker adapt)
 
 Self-distillation of `{report['checkpoint']}` into its spec's vision-first format (calibration/adapt.py).
 
-- Teacher: the checkpoint, dense, {report['teacher']} order. Student: the same weights plus LoRA (rank
-  {s['rank']}, alpha {s['alpha']}) on the attention and MLP projections of layers 0..{report['spec']['exit_layer']},
-  merged into the weights here.
+- Teacher: the checkpoint, dense, {report['teacher']} order. {student}
 - Spec: exit {report['spec']['exit_layer']}, band {report['spec']['band']}, keep {report['spec']['keep_ratio']},
   query position {report['spec']['query_position']}.
 - Data: `{report['data']}`, {report['queries']} queries, {report['pairs']} pairs (the teacher labels them).
-- Training: {s['steps']} steps of {s['queries_per_step']} queries, learning rate {s['lr']}, seed {s['seed']};
-  loss {report['loss_first']:.4f} (first 5 steps) -> {report['loss_last']:.4f} (last 5); {report['wall_s']:.0f} s.
+- {training}; {report['wall_s']:.0f} s.
 {head}
 {header}
 {rule}

@@ -45,6 +45,8 @@ template strings), ``calibration.json`` (schema below), ``report.md`` and ``pare
 
 from __future__ import annotations
 
+import json
+
 import math
 import time
 from dataclasses import dataclass
@@ -85,6 +87,7 @@ class CalibrationConfig:
     batch_size: int = 32
     threads: int | None = 1           # torch intra-op threads (None: torch's default); see scoring.torch_threads
     reference: str = "trained"        # evaluate.REFERENCES: the dense system fidelity is measured against
+    exit_head: bool = False           # also fit a linear exit head for the chosen spec: OUT/checkpoint/ (adapt.py)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -198,9 +201,25 @@ def _run_calibration(config: CalibrationConfig, log: Callable[[str], None]) -> d
     result["format_change"] = _format_change(config, base, data, dense)
     if result["chosen"] is not None:
         result["chosen_check_max_abs_diff"] = _check_chosen(loaded, data, points[result["chosen"]], config)
+    if config.exit_head and result["chosen"] is not None:
+        result["exit_head"] = _exit_head(config, result["points"][result["chosen"]]["spec"], log)
     result["wall_s"] = time.perf_counter() - t0
     _write(Path(config.out), result, log)
     return result
+
+
+def _exit_head(config: CalibrationConfig, spec: dict, log: Callable[[str], None]) -> dict:
+    """``--exit-head``: a linear head on the chosen exit layer's normed hidden state, least squares to the
+    dense scores in the checkpoint's trained order, the body untouched (``adapt`` with no training steps),
+    written with the base's weights as the checkpoint ``OUT/checkpoint/`` that every command reads."""
+    from .adapt import AdaptConfig, run_adapt
+
+    target = Path(config.out) / "checkpoint"
+    report = run_adapt(AdaptConfig(config.checkpoint, config.data, str(target), spec=json.dumps(spec), steps=0,
+                                   exit_head=True, resume=False, threads=config.threads, progress=config.progress),
+                       log=log)
+    return {"checkpoint": str(target), "tensors": report["exit_head"], "yes_no_rows": report["before"],
+            "exit_head": report["after"]}
 
 
 def _grid(config: CalibrationConfig, num_layers: int) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:

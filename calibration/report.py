@@ -140,6 +140,13 @@ def calibration_markdown(result: dict) -> str:
         out += [f"**Chosen**: {p['label']}: fidelity {p['fidelity']:.4f}, {p['flops_per_query'] / 1e9:.3g} GFLOP "
                 f"and {_mb(p['kv_bytes_per_query'])} K/V per query ({p['flops_per_query'] / result['exact_cost']['flops_per_query']:.1%} "
                 f"of the exact spec's FLOPs).", ""]
+        if result.get("exit_head"):
+            h = result["exit_head"]
+            out += [f"**Exit head** (`--exit-head`): a linear head on layer {p['spec']['exit_layer']}'s normed hidden "
+                    f"state fitted to the trained order's dense scores, body untouched, in `{h['checkpoint']}`: mean "
+                    f"|score - dense| {h['yes_no_rows']['mean_abs']:.4f} with the yes/no rows -> "
+                    f"{h['exit_head']['mean_abs']:.4f} with the head, Spearman {h['yes_no_rows']['spearman']:.3f} -> "
+                    f"{h['exit_head']['spearman']:.3f} (on the calibration set itself).", ""]
     head = ["| spec | fidelity | agreement (Spearman) | GFLOP/query | K/V per query | frontier |", "|---|---:|---:|---:|---:|:---:|"]
     rows = sorted(range(len(result["points"])), key=lambda i: (result["points"][i]["flops_per_query"],
                                                                 result["points"][i]["kv_bytes_per_query"]))

@@ -91,7 +91,10 @@ class LoadedReranker:
         """``spec`` with the checkpoint's template strings where ``given`` does not name them: a spec file
         usually sets layers and pruning only, and the model must see the prompts it was trained with."""
         given = given or set()
-        return dataclasses.replace(spec, **{f: getattr(self.spec, f) for f in TEMPLATE_FIELDS if f not in given})
+        taken = {f: getattr(self.spec, f) for f in TEMPLATE_FIELDS if f not in given}
+        if taken.get("head") is not None and not taken["head"].fits(spec.exit_layer):
+            taken["head"] = None  # an exit head bound to another layer: the format's own head (filled later)
+        return dataclasses.replace(spec, **taken)
 
     def exact_spec(self) -> RerankSpec:
         """The exact spec (A=0, B=E=L-1, keep 1, the query's own positions) with the checkpoint's template."""

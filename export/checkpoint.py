@@ -134,10 +134,14 @@ def open_checkpoint(path: str | Path, spec: RerankSpec | None = None) -> Checkpo
 
 
 def inherit_format(spec: RerankSpec, own: RerankSpec) -> RerankSpec:
-    """``spec`` with each format field it leaves unset (None) taken from ``own`` (the checkpoint's spec)."""
+    """``spec`` with each format field it leaves unset (None) taken from ``own`` (the checkpoint's spec); an exit
+    head bound to a layer (``HeadSpec.layer``) only when ``spec`` exits there."""
     import dataclasses
 
-    return dataclasses.replace(spec, **{f: getattr(own, f) for f in FORMAT_FIELDS if getattr(spec, f) is None})
+    taken = {f: getattr(own, f) for f in FORMAT_FIELDS if getattr(spec, f) is None}
+    if taken.get("head") is not None and not taken["head"].fits(spec.exit_layer):
+        del taken["head"]  # the format's own head (the yes/no rows) is read instead
+    return dataclasses.replace(spec, **taken)
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

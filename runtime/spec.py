@@ -80,6 +80,9 @@ class HeadSpec:
     turns a score into a probability (jina-reranker-m0: -2.65); the ranking never depends on it.
     ``linear``: ``linear1(h)[0]``, one Linear on the normed hidden state: the calibrated exit head that
     ``minireranker adapt --exit-head`` fits to the teacher's scores (tensors ``minireranker.exit_head.*``).
+    ``layer``: the exit layer such a head was fitted at. A spec exiting elsewhere is refused with it
+    (:meth:`RerankSpec.resolve`), and a spec that inherits the checkpoint's format takes it only when it exits
+    there (:meth:`fits`); otherwise the format's own head (the yes/no rows) is read.
     """
 
     kind: str = "yes_no"
@@ -87,6 +90,7 @@ class HeadSpec:
     linear2: str | None = None
     activation: str = "relu"
     offset: float = 0.0
+    layer: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -101,6 +105,20 @@ class HeadSpec:
         if not isinstance(self.offset, (int, float)) or isinstance(self.offset, bool):
             raise SpecError(f"head offset must be a number, got {self.offset!r}")
         object.__setattr__(self, "offset", float(self.offset))
+        if self.layer is not None and (not isinstance(self.layer, int) or isinstance(self.layer, bool)
+                                       or self.layer < 0):
+            raise SpecError(f"head layer must be a non-negative layer index (the exit layer the head was fitted "
+                            f"at), got {self.layer!r}")
+
+    def fits(self, exit_layer: int | None) -> bool:
+        """Whether a spec exiting at ``exit_layer`` (None: the last layer) may read this head."""
+        return self.layer is None or exit_layer == self.layer
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["layer"] is None:  # heads without one keep the dict (and the bundle fingerprints) they had
+            del d["layer"]
+        return d
 
     @classmethod
     def from_value(cls, value: Any) -> "HeadSpec":
@@ -239,6 +257,10 @@ class RerankSpec:
             )
         if band[1] > exit_layer:
             raise SpecError(f"band end B={band[1]} is past exit_layer E={exit_layer}; need B <= E")
+        if not self.head.fits(exit_layer):
+            raise SpecError(f"the head {self.head.linear1 or self.head.kind!r} is an exit head fitted at layer "
+                            f"{self.head.layer}, and this spec exits at layer {exit_layer}: set exit_layer "
+                            f"{self.head.layer}, or head \"yes_no\" to read the LM head's rows")
         guide_layer = self.guide_layer
         if guide_layer is not None and self.guide == "self" and guide_layer > band[1]:
             raise SpecError(
@@ -266,7 +288,7 @@ class RerankSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["band"] = list(self.band) if self.band is not None else None
-        d["head"] = dataclasses.asdict(self.head) if self.head is not None else None
+        d["head"] = self.head.to_dict() if self.head is not None else None
         return {"schema_version": SCHEMA_VERSION, **d}
 
     @classmethod

@@ -28,7 +28,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--spec", default=None, metavar="FILE_OR_JSON",
                    help="the spec to adapt to (default: the checkpoint's minireranker.json)")
     p.add_argument("-o", "--output", required=True, help="folder for the adapted checkpoint")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help=f"training steps (default {d.steps}; 0 with --exit-head fits the head alone)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate of the LoRA weights (default {d.lr})")
     p.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
     p.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default {d.alpha:g})")
@@ -44,6 +45,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "used instead of the yes/no rows")
     p.add_argument("--no-resume", action="store_true", help="start over even if -o holds a saved state")
     p.add_argument("--threads", type=int, default=d.threads, help=f"torch intra-op threads (default {d.threads})")
+    p.add_argument("--device", default=d.device,
+                   help="where the student trains: auto (CUDA where torch has it, else the CPU), cpu, cuda or "
+                        f"cuda:N (default {d.device}; the CUDA path is unverified on hardware, docs/adapt.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     needs_export(p)
     p.set_defaults(func=cmd_adapt)
@@ -56,5 +60,6 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     run_adapt(AdaptConfig(args.checkpoint, args.data, args.output, spec=args.spec, steps=args.steps, lr=args.lr,
                           rank=args.rank, alpha=args.alpha, queries_per_step=args.queries_per_step,
                           save_every=args.save_every, label_weight=args.label_weight, seed=args.seed, exit_head=args.exit_head,
-                          resume=not args.no_resume, threads=args.threads, progress=not args.quiet))
+                          resume=not args.no_resume, threads=args.threads, progress=not args.quiet,
+                          device=args.device))
     return 0

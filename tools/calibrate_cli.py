@@ -79,6 +79,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help=f"K/V precision in the cost model (default {d.precision})")
     p.add_argument("--out", default=d.out,
                    help=f"folder for minireranker.json, calibration.json, report.md, pareto.png (default {d.out})")
+    p.add_argument("--exit-head", action="store_true",
+                   help="also fit a linear exit head on the chosen exit layer to the dense scores of the trained "
+                        "order (the body untouched) and write the checkpoint with it to OUT/checkpoint/")
     add_reference_flag(p, d, "the fidelity and --target")
     add_run_flags(p, d)
     needs_export(p)
@@ -93,7 +96,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, embedder=args.embedder, target=args.target, metric=args.metric,
         exit_layers=args.exit_layers, bands=args.bands, keep_ratios=args.keep_ratios,
         query_position=args.query_position, candidates=args.candidates, precision=args.precision, out=args.out,
-        batch_size=args.batch_size, threads=args.threads, reference=args.reference, progress=not args.quiet)
+        batch_size=args.batch_size, threads=args.threads, reference=args.reference, exit_head=args.exit_head,
+        progress=not args.quiet)
     result = run_calibration(config)
     if result["chosen"] is None:
         best = max(result["points"], key=lambda p: p["fidelity"])

@@ -4,19 +4,48 @@ from __future__ import annotations
 
 from ...export.tiny import TinyPreset
 from .reranker_stage import CAPTION_WEIGHT, GROUND_LAYER, GROUND_WEIGHT
+from .evaluation import DENSE_ROW, TRAINED_ROW
 from .train_config import EMBEDDER_PRESET, RERANKER_PRESET, TrainConfig
 
 
+def _reference(by_name: dict) -> str:
+    """The dense system the shares are taken against: the trained order's when it was measured."""
+    return TRAINED_ROW if TRAINED_ROW in by_name else DENSE_ROW
+
+
 def metrics_table(metrics: dict) -> str:
-    """A markdown table of ``metrics[split][model or spec]``, each row also as a share of dense nDCG@10."""
-    rows = ["| model / spec | split | Hit@1 | MRR | nDCG@5 | nDCG@10 | % of dense nDCG@10 |",
+    """A markdown table of ``metrics[split][model or spec]``, each row also as a share of the reference dense
+    system's nDCG@10 (dense in the trained order for a query-first model, else dense); then nDCG@10 per query
+    kind on each split whose rows carry kinds."""
+    rows = ["| model / spec | split | Hit@1 | MRR | nDCG@5 | nDCG@10 | % of reference nDCG@10 |",
             "|---|---|---|---|---|---|---|"]
     for split, by_name in metrics.items():
-        dense = by_name["reranker dense (exact spec)"]["ndcg@10"]
+        dense = by_name[_reference(by_name)]["ndcg@10"]
         for name, m in by_name.items():
             rows.append(f"| {name} | {split} ({m['queries']} queries) | {m['hit@1']:.3f} | {m['mrr']:.3f} | "
                         f"{m['ndcg@5']:.3f} | {m['ndcg@10']:.3f} | {100 * m['ndcg@10'] / dense:.1f} |")
+    rows.append(f"\nThe reference: {', '.join(f'{split}: {_reference(b)}' for split, b in metrics.items())}.")
+    for split, by_name in metrics.items():
+        kinds = next((list(m["by_kind"]) for m in by_name.values() if m.get("by_kind")), None)
+        if not kinds:
+            continue
+        first = next(m for m in by_name.values() if m.get("by_kind"))["by_kind"]
+        rows += ["", f"nDCG@10 per query kind, {split} split:", "",
+                 "| model / spec | " + " | ".join(f"{k} ({first[k]['queries']} q)" for k in kinds) + " |",
+                 "|---|" + "---:|" * len(kinds)]
+        for name, m in by_name.items():
+            rows.append(f"| {name} | " + " | ".join(f"{m['by_kind'][k]['ndcg@10']:.3f}" for k in kinds) + " |")
     return "\n".join(rows)
+
+
+def _regenerate(kind: str, cfg: TrainConfig) -> str:
+    if kind == "reranker-query-first":
+        return (f"Regenerate it with `python -m minireranker.calibration.demo.train OUT --seed {cfg.seed} --order "
+                "query-first`, then copy `OUT/reranker-query-first/` and `OUT/train_report-query-first.json` into "
+                "`calibration/demo/assets/` (the run also trains a vision stage and an embedder to start from and "
+                "writes the data files; only the reranker is kept). See `DATA_CARD.md` for the data.")
+    return ("Regenerate both models, the corpus and the labelled sets with\n`python -m minireranker.calibration.demo."
+            f"train calibration/demo/assets --seed {cfg.seed}` (see `DATA_CARD.md` for the data).")
 
 
 def _shape(preset: TinyPreset) -> str:
@@ -30,19 +59,19 @@ def _shape(preset: TinyPreset) -> str:
 
 def model_card(kind: str, report: dict, cfg: TrainConfig) -> str:
     """The README.md of one trained checkpoint, from the run's report (measured numbers only)."""
-    preset = RERANKER_PRESET if kind == "reranker" else EMBEDDER_PRESET
-    loss, seconds, machine = report["loss"][kind], report["seconds"], report["machine"]
-    steps = cfg.reranker_steps if kind == "reranker" else cfg.embedder_steps
+    preset = EMBEDDER_PRESET if kind == "embedder" else RERANKER_PRESET
+    stage = "embedder" if kind == "embedder" else "reranker"
+    loss, seconds, machine = report["loss"][stage], report["seconds"], report["machine"]
+    steps = cfg.reranker_steps if stage == "reranker" else cfg.embedder_steps
     metrics = metrics_table(report["metrics"]) if "metrics" in report else "(not evaluated in this run)"
     return f"""# miniReranker demo {kind} (Qwen3-VL architecture, trained from scratch)
 
 {_PURPOSE[kind]}
 
-Regenerate both models, the corpus and the labelled sets with
-`python -m minireranker.calibration.demo.train calibration/demo/assets --seed {cfg.seed}` (see `DATA_CARD.md` for the data).
+{_regenerate(kind, cfg)}
 
 - Shape: {_shape(preset)}.
-- Weights: float32 safetensors in transformers' names (`Qwen3VLForConditionalGeneration`); tokenizer:
+- Weights: {_WEIGHTS.get(kind, "float32")} safetensors in transformers' names (`Qwen3VLForConditionalGeneration`); tokenizer:
   `tokenizer_factory`'s byte-level BPE trained with the demo's words added (`yes` / `no` single tokens).
 - Training: seed {cfg.seed}, {steps} steps, AdamW lr {cfg.lr} (warm-up {cfg.warmup_steps}, cosine to 1/10),
   grad-norm clip 1; loss {loss['first']:.3f} (first tenth of the steps) -> {loss['last']:.3f} (last tenth).
@@ -66,12 +95,15 @@ Regenerate both models, the corpus and the labelled sets with
   development run and 0.62 in the shipped run, which differs only in its random draws (one seed and 48
   queries are that noisy).
 {_CHOICES[kind].format(cfg=cfg, CAPTION_WEIGHT=CAPTION_WEIGHT, GROUND_WEIGHT=GROUND_WEIGHT,
+                       embedder_last=f"{report['loss']['embedder']['last']:.3f}",
                        GROUND_LAYER=GROUND_LAYER)}
 
 ## Metrics (measured by this run)
 
-Labelled sets of `eval/` (held-out and calibration digit sources, never seen in training), graded 0/1/2.
-The reranker's rows are scored by `ReferencePipeline` (dense = the exact spec); the embedder ranks the same
+Labelled sets of `eval/` (held-out and calibration digit sources, never seen in training; the photographs
+are the same 17 in every split, so photo queries measure recall of photographs seen in training), graded 0/1/2.
+The reranker's rows are scored by `ReferencePipeline` (dense = the exact spec, vision-first; "trained order" =
+the whole query-first sequence, `trained_dense_scores`); the embedder ranks the same
 candidates by cosine similarity. The metrics are `minireranker eval`'s (`calibration/metrics.py`): Hit@1 and MRR
 count the first relevant candidate (grade > 0); nDCG uses gain 2^g - 1.
 Specs with A > 0 use `query_position` {cfg.query_position}; "embedder-guided" means `guide: "embedder:<embedder dir>"`.
@@ -80,10 +112,23 @@ Specs with A > 0 use `query_position` {cfg.query_position}; "embedder-guided" me
 """
 
 
+_WEIGHTS = {"reranker-query-first": "bfloat16 (trained in float32, rounded once by `to_bfloat16` as Qwen3-VL-Reranker "
+                                           "ships its weights, and so that the demo assets stay small; every metric here "
+                                           "is of the rounded weights)"}
+
 _PURPOSE = {
     "reranker": "A point-wise yes/no reranker: score = logit(\"yes\") - logit(\"no\") at the last token of the "
                 "vision-first sequence (system, document, query; `runtime/template.py`), read through the final "
                 "norm and the two LM-head rows at the exit layer. It is the bundled demo model of `minireranker demo`.",
+    "reranker-query-first": "The same point-wise yes/no reranker trained the way Qwen3-VL-Reranker is: in its own "
+                            "query-first order (system, instruction, query, then the document; "
+                            "`VisionFirstTemplate.query_first`), dense pairs, scored at the last layer only. It "
+                            "stands for the stock checkpoint a user brings: run vision-first, with an early exit "
+                            "and a band, it meets layouts it never saw, which `minireranker adapt` pays back "
+                            "(docs/adapt.md has the measured table). Like a stock Qwen3-VL-Reranker it has no "
+                            "minireranker.json and is read as trained query-first; `calibration.md` beside it is "
+                            "`minireranker calibrate --target 0.98` on the calibration split, which finds no spec "
+                            "that close to its query-first dense model.",
     "embedder": "A Qwen3-VL-Embedding-style embedder: the final norm's output at the last token, L2-normalised. "
                 "Documents follow `export/pruning.py` (`EmbedderGuide.document`, system prompt "
                 "\"Represent the user's input.\"); a query is the user turn of the same template. It is the demo's "
@@ -128,6 +173,18 @@ _CHOICES = {
   {cfg.embedder_steps} steps (the reranker {cfg.reranker_steps}), from the same vision start and the same data;
   its real limit is that it is a bi-encoder: one vector per document cannot say which digit is left of which,
   while the reranker reads the query and the document together.""",
+    "reranker-query-first": """- The same data as the vision-first reranker: the same sampler and seed draw groups of
+  {cfg.queries_per_step} queries x ~{cfg.candidates_per_query} candidates from the training split, with the same
+  kinds of relevant, partial, hard and random candidates; the same steps, learning rate and schedule; the same
+  start procedure (stage 0, then the embedder, then `init_from_embedder`), run again by this training run. With
+  two torch threads float sums are not reproducible bit for bit, and over the embedder's steps the two runs
+  diverged (embedder loss at the end: {embedder_last}, the shipped embedder's 2.707): the two rerankers start from
+  equally made but not identical weights.
+- Every pair is one dense sequence in the query-first order; no band, no pruning, no fixed query position.
+- Loss: the same pointwise BCE against graded targets and listwise softmax, at the last layer only (no deep
+  supervision): Qwen3-VL-Reranker is a fine-tuned language model read at its last token.
+- Off, because they need the document before the query: the caption loss (the document predicting the query's
+  words) and the grounding loss (a query digit attending to the visual tokens that show it).""",
     "embedder": """- InfoNCE with temperature {cfg.temperature}: {cfg.embedder_pairs_per_step} (query, fully relevant document)
   pairs per step, each query's document competing with every other document of the batch, plus one hard
   negative per query (the right digits in the wrong order, a composite that only shares a digit, a single digit

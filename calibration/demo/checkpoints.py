@@ -60,6 +60,24 @@ def save_checkpoint(model: TrainableQwen3VL, preset: TinyPreset, tokenizer, dire
     return directory
 
 
+def to_bfloat16(directory: Path) -> Path:
+    """Round a saved checkpoint's float weights to bfloat16 once (the query-first demo reranker ships so, as
+    Qwen3-VL-Reranker does): model.safetensors rewritten, config.json's dtype set to match."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    state = {name: t.to(torch.bfloat16) if t.is_floating_point() else t for name, t in load_file(path).items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    for part in (config, config.get("text_config") or {}, config.get("vision_config") or {}):
+        for key in ("torch_dtype", "dtype"):
+            if key in part:
+                part[key] = "bfloat16"
+    write_json(directory / "config.json", config)
+    return directory
+
+
 def write_json(path: Path, value: dict) -> None:
     """``value`` as indented JSON with a final newline (config files, the training report)."""
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")

@@ -14,6 +14,7 @@ from .pools import build_pool, eval_queries, select_candidates
 
 EVAL_COMPOSITES = 300                # composites in the candidate pool of calib / heldout
 EVAL_COUNTS = (3, 4, 8, 7)           # candidates per query: grade 2, grade 1, hard grade 0, random grade 0
+PHOTO_COUNTS = (2, 0, 8, 14)         # a photo query has two relevant documents (the photograph, its text)
 DEMO_QUERIES = (QuerySpec("digit", (7,)), QuerySpec("ordered", (3, 5)), QuerySpec("pair", (2, 8)),
                 QuerySpec("count", (9,), count=3), QuerySpec("photo", photo="chelsea"),
                 QuerySpec("photo", photo="coffee"), QuerySpec("photo", photo="astronaut"),
@@ -33,25 +34,29 @@ def save_image(doc: DocSpec, digits: Digits, directory: Path) -> str | None:
     return name
 
 
-def write_labelled_set(directory: Path, split: str, digits: Digits, seed: int) -> Path:
+def write_labelled_set(directory: Path, split: str, digits: Digits, seed: int,
+                       kinds: dict[str, int] | None = None) -> Path:
     """``{split}.jsonl`` in the labelled format, images under ``images/`` (paths relative to the file).
 
-    One JSON object per line: ``{"qid", "query", "candidates": [{"id", "image", "text", "relevance"}]}``.
+    One JSON object per line: ``{"qid", "query", "candidates": [{"id", "image", "text", "relevance"}],
+    "meta": {"kind"}}`` (the query's kind, :class:`.data.QuerySpec`; eval ignores ``meta``).
     Each query has ~24 candidates: 3 fully relevant, up to 4 partial, 8 hard and 7+ random negatives,
-    with at least one photograph and one text document among them.
+    with at least one photograph and one text document among them. ``kinds``: queries per kind (default
+    :data:`.pools.EVAL_QUERY_KINDS` of the split).
     """
     pool = build_pool(digits, split, EVAL_COMPOSITES, seed)
     rng = np.random.default_rng(seed + 7)
     lines = []
-    for i, query in enumerate(eval_queries(split, seed)):
-        chosen = select_candidates(query, pool, rng, EVAL_COUNTS)
+    for i, query in enumerate(eval_queries(split, seed, kinds)):
+        chosen = select_candidates(query, pool, rng, PHOTO_COUNTS if query.kind == "photo" else EVAL_COUNTS)
         for extra in (pool.photos, pool.texts):
             if not any(doc in extra for doc, _ in chosen):
                 doc = extra[int(rng.integers(len(extra)))]
                 chosen.append((doc, relevance(query, doc)))
         candidates = [{"id": doc.id, "image": _relative(save_image(doc, digits, directory / "images")),
                        "text": doc.text, "relevance": grade} for doc, grade in chosen]
-        lines.append(json.dumps({"qid": f"{split}-q{i:03d}", "query": query.text, "candidates": candidates}))
+        lines.append(json.dumps({"qid": f"{split}-q{i:03d}", "query": query.text, "candidates": candidates,
+                                 "meta": {"kind": query.kind}}))
     path = directory / f"{split}.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -25,13 +25,23 @@ def load_labelled(path: Path) -> list[dict]:
     return rows
 
 
-def evaluate_reranker(checkpoint: Path, labelled: Path, spec: RerankSpec | None = None) -> dict[str, float]:
-    """The reranker's metrics on a labelled set; each document is indexed once, as the runtime would."""
-    from ...export.reference import ReferencePipeline
+def evaluate_reranker(checkpoint: Path, labelled: Path, spec: RerankSpec | None = None,
+                      trained_order: bool = False, loaded=None) -> dict:
+    """The reranker's metrics on a labelled set (each document indexed once, as the runtime would), overall
+    and per query kind; ``trained_order``: dense in the order the checkpoint was trained in instead
+    (:func:`~minireranker.calibration.scoring.trained_dense_scores`). ``loaded`` shares one checkpoint's
+    weights between calls (a :class:`~minireranker.calibration.scoring.LoadedReranker`)."""
+    from ..scoring import LoadedReranker, trained_dense_scores
 
-    pipeline = ReferencePipeline(checkpoint, spec or RerankSpec.exact())
-    entries: dict = {}
+    loaded = loaded or LoadedReranker(checkpoint)
     rows, scores = load_labelled(labelled), []
+    if trained_order:
+        teacher = loaded.pipeline(loaded.exact_spec())
+        for row in rows:
+            scores.append(trained_dense_scores(teacher, row["query"], [c["document"] for c in row["candidates"]]))
+        return _summary(rows, scores)
+    pipeline = loaded.pipeline(loaded.with_template(spec or RerankSpec.exact()).resolve(loaded.num_layers))
+    entries: dict = {}
     for row in rows:
         for c in row["candidates"]:
             if c["id"] not in entries:
@@ -52,10 +62,17 @@ def evaluate_embedder(checkpoint: Path, labelled: Path) -> dict[str, float]:
     return _summary(rows, scores)
 
 
-def _summary(rows: list[dict], scores: list[np.ndarray]) -> dict[str, float]:
-    """``minireranker eval``'s metrics (calibration.metrics: Hit@1, MRR, nDCG@5/10, relevant = grade > 0)."""
+def _summary(rows: list[dict], scores: list[np.ndarray]) -> dict:
+    """``minireranker eval``'s metrics (calibration.metrics: Hit@1, MRR, nDCG@5/10, relevant = grade > 0), and
+    under ``by_kind`` the same per query kind (``meta.kind`` of the labelled rows) when the rows carry one."""
     grades = [np.array([c["relevance"] for c in row["candidates"]]) for row in rows]
-    return summarize(scores, grades).to_dict()
+    out = summarize(scores, grades).to_dict()
+    kinds = [(row.get("meta") or {}).get("kind") for row in rows]
+    if any(kinds):
+        out["by_kind"] = {kind: summarize([s for s, k in zip(scores, kinds) if k == kind],
+                                          [g for g, k in zip(grades, kinds) if k == kind]).to_dict()
+                          for kind in dict.fromkeys(k for k in kinds if k)}
+    return out
 
 
 def reported_specs(embedder: Path, query_position: int) -> dict[str, RerankSpec]:
@@ -68,13 +85,24 @@ def reported_specs(embedder: Path, query_position: int) -> dict[str, RerankSpec]
     }
 
 
-def evaluate_all(out_dir: Path, cfg: TrainConfig) -> dict:
-    """Embedder, dense reranker and the reported specs on the held-out and calibration sets."""
+DENSE_ROW = "reranker dense (exact spec)"
+TRAINED_ROW = "reranker dense, trained order (query-first)"
+
+
+def evaluate_all(out_dir: Path, cfg: TrainConfig, reranker: str = "reranker") -> dict:
+    """Embedder, dense reranker (and, for a query-first reranker, dense in its trained order) and the reported
+    specs on the held-out and calibration sets."""
+    from ..scoring import LoadedReranker
+
+    loaded = LoadedReranker(out_dir / reranker)
     results: dict = {}
     for split in ("heldout", "calib"):
         labelled = out_dir / "eval" / f"{split}.jsonl"
-        results[split] = {"embedder (first stage)": evaluate_embedder(out_dir / "embedder", labelled),
-                          "reranker dense (exact spec)": evaluate_reranker(out_dir / "reranker", labelled)}
+        results[split] = {"embedder (first stage)": evaluate_embedder(out_dir / "embedder", labelled)}
+        if cfg.order == "query-first":
+            results[split][TRAINED_ROW] = evaluate_reranker(out_dir / reranker, labelled, trained_order=True,
+                                                            loaded=loaded)
+        results[split][DENSE_ROW] = evaluate_reranker(out_dir / reranker, labelled, loaded=loaded)
         for name, spec in reported_specs(out_dir / "embedder", cfg.query_position).items():
-            results[split][name] = evaluate_reranker(out_dir / "reranker", labelled, spec)
+            results[split][name] = evaluate_reranker(out_dir / reranker, labelled, spec, loaded=loaded)
     return results

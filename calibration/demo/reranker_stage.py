@@ -73,6 +73,20 @@ def reranker_sample(template: VisionFirstTemplate, preprocess: PreprocessConfig,
     return sample
 
 
+def query_first_sample(template: VisionFirstTemplate, preprocess: PreprocessConfig, query: str, image,
+                       text: str | None) -> Sample:
+    """Qwen3-VL-Reranker's own order, one dense pair: system, instruction, query, then the document
+    (:meth:`VisionFirstTemplate.query_first`, positions from 0 as Qwen3-VL's rope index gives them), exactly the
+    sequence :func:`~minireranker.calibration.scoring.trained_dense_scores` scores."""
+    pixels, grid, grid_hw = None, None, None
+    if image is not None:
+        pixels, grid = preprocess_image(image, preprocess)
+        grid_hw = (grid[1] // preprocess.merge_size, grid[2] // preprocess.merge_size)
+    tokens = template.query_first(query, grid_hw, text)
+    positions, _ = document_positions(0, tokens)
+    return Sample(tokens.ids, positions, pixels, grid, tokens.image_start if image is not None else -1)
+
+
 @lru_cache(maxsize=4)
 def _digit_tokens(tokenizer) -> dict[int, int]:
     """Token id -> digit, for the numerals and the number words of :func:`digit_word_ids`."""
@@ -98,8 +112,10 @@ GROUND_LAYER, GROUND_WEIGHT = 1, 0.5     # attention supervision: layer, weight 
 def reranker_loss(model: TrainableQwen3VL, samples: list[Sample], grades: list[int], groups: list[int],
                   cfg: TrainConfig) -> Tensor:
     """Deep-supervised loss: at each exit layer e >= first_exit (and >= the sample's band end),
-    pointwise BCE against graded targets plus a listwise softmax loss within each query's candidates."""
+    pointwise BCE against graded targets plus a listwise softmax loss within each query's candidates.
+    In the query-first order only the last layer is supervised, as Qwen3-VL-Reranker is trained."""
     num_layers = model.core.config.text.num_layers
+    first_exit = num_layers - 1 if cfg.order == "query-first" else cfg.first_exit
     batch = collate(samples, num_layers)
     model.keep_qk_layer = GROUND_LAYER
     hidden, states = model(batch)
@@ -108,7 +124,7 @@ def reranker_loss(model: TrainableQwen3VL, samples: list[Sample], grades: list[i
     band_end = torch.tensor([s.band[1] if s.band else 0 for s in samples])
     group = torch.tensor(groups)
     total, weights = 0.0, 0.0
-    for e in range(cfg.first_exit, num_layers):
+    for e in range(first_exit, num_layers):
         valid = band_end <= e
         if not valid.any():
             continue
@@ -140,7 +156,9 @@ def reranker_loss(model: TrainableQwen3VL, samples: list[Sample], grades: list[i
 def train_reranker(model: TrainableQwen3VL, template: VisionFirstTemplate, preprocess: PreprocessConfig,
                    pool: pools.DocPool, digits: images.Digits, cfg: TrainConfig, guide: EmbedderGuide | None,
                    progress: bool = True) -> list[float]:
-    """Groups of (query, candidates) under sampled views; see :func:`reranker_loss`."""
+    """Groups of (query, candidates) under sampled views; see :func:`reranker_loss`. In the query-first order
+    (``cfg.order``) groups are drawn by the same sampler and seed, every pair is dense and query-first,
+    and the auxiliary losses that need the document before the query (caption, grounding) are off."""
     from tqdm import tqdm
 
     rng = np.random.default_rng(cfg.seed + 23)
@@ -152,7 +170,7 @@ def train_reranker(model: TrainableQwen3VL, template: VisionFirstTemplate, prepr
         samples, grades, groups = [], [], []
         for g in range(cfg.queries_per_step):
             q = pools.sample_query(rng, dict(cfg.query_kinds))
-            view = _sample_view(rng, cfg, num_layers)
+            view = _sample_view(rng, cfg, num_layers)  # drawn in both orders, as the sampler does
             counts = (1 + int(rng.random() < 0.3), 1, 2, max(0, c - 5))
             picked = pools.select_candidates(q, pool, rng, counts, hard_singles=True)
             # one photograph or text document, as every labelled query has: rare among random negatives
@@ -162,9 +180,12 @@ def train_reranker(model: TrainableQwen3VL, template: VisionFirstTemplate, prepr
                 picked.append((extra, data.relevance(q, extra)))
             for doc, grade in picked:
                 image = images.render(doc, digits, rng)
-                samples.append(reranker_sample(template, preprocess, q.text, image, doc.text, view,
-                                               cfg.query_position, guide, rng, grade == 2 and view.band is None,
-                                               doc))
+                if cfg.order == "query-first":
+                    samples.append(query_first_sample(template, preprocess, q.text, image, doc.text))
+                else:
+                    samples.append(reranker_sample(template, preprocess, q.text, image, doc.text, view,
+                                                   cfg.query_position, guide, rng, grade == 2 and view.band is None,
+                                                   doc))
                 grades.append(grade)
                 groups.append(g)
         loss = reranker_loss(model, samples, grades, groups, cfg)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # torch loads in run_demo, so that the command line reads its
     from ...export.reference import ReferencePipeline
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_QUERIES = 4    # how many of corpus/queries.txt the default run shows
+DEFAULT_QUERIES = 5    # how many of corpus/queries.txt the default run shows: one of each kind
 TILE = 150             # contact-sheet thumbnail side, pixels
 
 

@@ -1,10 +1,13 @@
 """Train the bundled demo reranker and embedder on real images, on a CPU, reproducibly.
 
-``python -m minireranker.calibration.demo.train OUT_DIR [--steps N] [--embedder-steps N] [--vision-steps N] [--seed N]``
+``python -m minireranker.calibration.demo.train OUT_DIR [--steps N] [--embedder-steps N] [--vision-steps N] [--seed N]
+[--order vision-first|query-first] [--no-eval] [--evaluate-only]``
 writes::
 
     OUT_DIR/embedder/   Qwen3-VL-Embedding-style checkpoint (HF layout) + README.md card
     OUT_DIR/reranker/   Qwen3-VL point-wise reranker checkpoint (HF layout) + README.md card
+                        (with ``--order query-first``: OUT_DIR/reranker-query-first/, trained in Qwen3-VL-Reranker's
+                        order, dense, scored at the last layer: the stock checkpoint ``minireranker adapt`` is for)
     OUT_DIR/corpus/     the demo corpus (corpus.jsonl, queries.txt, images/)
     OUT_DIR/eval/       heldout.jsonl, calib.jsonl, images/  (the labelled format of demo_data)
     OUT_DIR/DATA_CARD.md, OUT_DIR/train_report.json (times, losses, metrics)
@@ -48,7 +51,7 @@ from ...export.pruning import EmbedderGuide
 from ...export.tiny import build_preprocessor_config
 from . import data_card, data_files, images, pools
 from .cards import metrics_table, model_card
-from .checkpoints import demo_tokenizer, new_model, save_checkpoint, write_json
+from .checkpoints import demo_tokenizer, new_model, save_checkpoint, to_bfloat16, write_json
 from .embedder_stage import EmbedderTemplate, train_embedder
 from .evaluation import evaluate_all
 from .reranker_stage import init_from_embedder, train_reranker
@@ -91,24 +94,54 @@ def train_demo(out_dir: Path, cfg: TrainConfig = TrainConfig(), progress: bool =
 
     t = time.perf_counter()
     init_from_embedder(reranker, embedder)
-    save_checkpoint(reranker, RERANKER_PRESET, tokenizer, out_dir / "reranker")  # the guide checks its preprocessing
-    guide = EmbedderGuide(str(out_dir / "embedder"), open_checkpoint(out_dir / "reranker"), None)
+    name = reranker_dir(cfg)
+    save_checkpoint(reranker, RERANKER_PRESET, tokenizer, out_dir / name)  # the guide checks its preprocessing
+    guide = EmbedderGuide(str(out_dir / "embedder"), open_checkpoint(out_dir / name), None)
     template = VisionFirstTemplate(tokenizer, RerankSpec())
     losses = train_reranker(reranker, template, preprocess, pool, digits, cfg, guide, progress)
-    save_checkpoint(reranker, RERANKER_PRESET, tokenizer, out_dir / "reranker")
+    save_checkpoint(reranker, RERANKER_PRESET, tokenizer, out_dir / name)
+    if cfg.order == "query-first":
+        to_bfloat16(out_dir / name)  # shipped as Qwen3-VL-Reranker ships (and small): evaluated as shipped
     report["seconds"]["reranker"], report["loss"]["reranker"] = time.perf_counter() - t, _loss_summary(losses)
     report["seconds"]["total_training"] = time.perf_counter() - start
 
-    if evaluate:
-        t = time.perf_counter()
-        report["metrics"] = evaluate_all(out_dir, cfg)
-        report["seconds"]["evaluation"] = time.perf_counter() - t
     report["machine"] = _machine()
-    write_json(out_dir / "train_report.json", report)
-    (out_dir / "reranker" / "README.md").write_text(model_card("reranker", report, cfg), encoding="utf-8")
-    (out_dir / "embedder" / "README.md").write_text(model_card("embedder", report, cfg), encoding="utf-8")
+    write_json(out_dir / report_name(cfg), report)
+    if evaluate:
+        report = evaluate_trained(out_dir, cfg)
+    else:
+        _write_cards(out_dir, cfg, report)
     data_card.write_data_card(out_dir / "DATA_CARD.md", digits, cfg.seed)
     return report
+
+
+def reranker_dir(cfg: TrainConfig) -> str:
+    """The reranker's folder: ``reranker`` (vision-first) or ``reranker-query-first``."""
+    return "reranker" if cfg.order == "vision-first" else "reranker-query-first"
+
+
+def report_name(cfg: TrainConfig) -> str:
+    return "train_report.json" if cfg.order == "vision-first" else "train_report-query-first.json"
+
+
+def evaluate_trained(out_dir: Path, cfg: TrainConfig) -> dict:
+    """Evaluate the models of a finished run on the current labelled sets and rewrite the report and the cards
+    (``--evaluate-only``: after the labelled sets changed, without training again)."""
+    report = json.loads((out_dir / report_name(cfg)).read_text(encoding="utf-8"))
+    t = time.perf_counter()
+    report["metrics"] = evaluate_all(out_dir, cfg, reranker=reranker_dir(cfg))
+    report["seconds"]["evaluation"] = time.perf_counter() - t
+    write_json(out_dir / report_name(cfg), report)
+    _write_cards(out_dir, cfg, report)
+    return report
+
+
+def _write_cards(out_dir: Path, cfg: TrainConfig, report: dict) -> None:
+    name = reranker_dir(cfg)
+    (out_dir / name / "README.md").write_text(model_card(name, report, cfg), encoding="utf-8")
+    if cfg.order == "vision-first" or not (out_dir / "embedder" / "README.md").exists():
+        # a query-first run writes its own embedder's card; its evaluation leaves the shipped embedder's alone
+        (out_dir / "embedder" / "README.md").write_text(model_card("embedder", report, cfg), encoding="utf-8")
 
 
 def _loss_summary(losses: list[float]) -> dict[str, float]:
@@ -128,7 +161,7 @@ def _machine() -> dict[str, str | int]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m minireranker.calibration.demo.train OUT_DIR [--steps N] [--embedder-steps N] [--vision-steps N]
-    [--seed N] [--no-eval]`."""
+    [--seed N] [--order ORDER] [--no-eval] [--evaluate-only]`."""
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m minireranker.calibration.demo.train",
                                      description=__doc__.split("\n")[0])
@@ -137,10 +170,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder-steps", type=int, default=defaults.embedder_steps)
     parser.add_argument("--vision-steps", type=int, default=defaults.vision_steps, help="shared vision stage")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--order", choices=["vision-first", "query-first"], default=defaults.order,
+                        help="the reranker's training order: vision-first (reranker/, the shipped demo model) or "
+                             "query-first (reranker-query-first/: Qwen3-VL-Reranker's order, dense, last layer)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out / calibration metrics")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="train nothing: evaluate OUT_DIR's trained models on its labelled sets and rewrite "
+                             "the report and the cards (after the labelled sets changed)")
     args = parser.parse_args(argv)
     cfg = TrainConfig(seed=args.seed, reranker_steps=args.steps, embedder_steps=args.embedder_steps,
-                      vision_steps=args.vision_steps)
+                      vision_steps=args.vision_steps, order=args.order)
+    if args.evaluate_only:
+        saved = json.loads((args.out_dir / report_name(cfg)).read_text(encoding="utf-8"))["config"]
+        saved["query_kinds"] = tuple(tuple(k) for k in saved["query_kinds"])
+        saved.setdefault("order", cfg.order)
+        cfg = TrainConfig(**saved)  # the run's own settings, for its cards
+        report = evaluate_trained(args.out_dir, cfg)
+        print(metrics_table(report["metrics"]))
+        return 0
     report = train_demo(args.out_dir, cfg, evaluate=not args.no_eval)
     print(json.dumps({k: report[k] for k in ("seconds", "loss")}, indent=2))
     if "metrics" in report:

@@ -40,6 +40,14 @@ class TrainConfig:
     train_composites: int = 4000
     query_kinds: tuple[tuple[str, float], ...] = (("digit", 0.3), ("ordered", 0.2), ("pair", 0.15),
                                                   ("count", 0.15), ("photo", 0.2))
+    # "vision-first": the pipeline's order, with deep supervision, bands and pruning (the shipped reranker);
+    # "query-first": Qwen3-VL-Reranker's own order and training (dense pairs, the last layer's score only):
+    # the stock checkpoint a user brings, shipped as reranker-query-first/ for `minireranker adapt`
+    order: str = "vision-first"
+
+    def __post_init__(self) -> None:
+        if self.order not in ("vision-first", "query-first"):
+            raise ValueError(f"order must be 'vision-first' or 'query-first', got {self.order!r}")
 
     @classmethod
     def smoke(cls) -> "TrainConfig":

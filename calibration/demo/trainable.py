@@ -60,6 +60,16 @@ class Batch:
     predict: tuple[Tensor, Tensor, Tensor] | None = None  # (sample, position, next id) of the caption tokens
     ground: list[tuple[int, int, Tensor]] = field(default_factory=list)  # (sample, row in the rest, key columns)
 
+    def to(self, device: torch.device) -> "Batch":
+        """The batch's tensors on ``device`` (collate builds them on the CPU); the pixels stay numpy."""
+        if self.ids.device == torch.device(device):
+            return self
+        move = lambda t: t.to(device)  # noqa: E731
+        return Batch(move(self.prefix_ids), move(self.prefix_positions), move(self.ids), move(self.positions),
+                     move(self.last), [move(v) for v in self.visible], self.pixels, self.grids, self.visual_at,
+                     None if self.predict is None else tuple(move(t) for t in self.predict),
+                     [(i, row, move(cols)) for i, row, cols in self.ground])
+
 
 def shared_prefix(samples: list[Sample]) -> int:
     """Length of the prefix every sequence shares (ids and positions), before any image or banded document."""
@@ -137,6 +147,11 @@ class TrainableQwen3VL(nn.Module):
     def hidden_size(self) -> int:
         return self.core.config.text.hidden_size
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (``model.to(device)`` moves them; batches follow in :meth:`forward`)."""
+        return self.lm_head.device
+
     def vision(self, pixels: list[np.ndarray], grids: list[tuple[int, int, int]]) -> tuple[Tensor, Tensor]:
         """Images of equal patch count are batched: -> merged tokens [sum Nv, D], DeepStack [K, sum Nv, D]."""
         tower, cfg = self.core.vision, self.core.config.vision
@@ -144,8 +159,8 @@ class TrainableQwen3VL(nn.Module):
         for count in sorted({p.shape[0] for p in pixels}):
             members = [i for i, p in enumerate(pixels) if p.shape[0] == count]
             extra = [vision_tensors(cfg, grids[i][1], grids[i][2]) for i in members]
-            x = torch.from_numpy(np.stack([pixels[i] for i in members]))                  # [G, N, C*T*p*p]
-            pos_index, pos_weight, cos, sin = (torch.stack([e[j] for e in extra]) for j in range(4))
+            x = torch.from_numpy(np.stack([pixels[i] for i in members])).to(self.device)  # [G, N, C*T*p*p]
+            pos_index, pos_weight, cos, sin = (torch.stack([e[j] for e in extra]).to(self.device) for j in range(4))
             x = F.linear(x, tower.patch_weight, tower.patch_bias)
             x = x + (tower.pos_embed[pos_index] * pos_weight[..., None]).sum(2)             # [G, N, Dv]
             feats = []
@@ -164,21 +179,22 @@ class TrainableQwen3VL(nn.Module):
     def forward(self, batch: Batch, layers: int | None = None) -> tuple[list[Tensor], Tensor]:
         """Hidden state of each sequence's last token after every layer (list of [B, D]) and the last
         layer's hidden states of every token after the shared prefix [B, T, D]."""
-        core = self.core
+        core, device = self.core, self.device
+        batch = batch.to(device)
         x = core.embed[batch.ids]                                              # [B, T, D]
         k = len(core.config.vision.deepstack_indexes)
         dense = x.new_zeros((k, *x.shape))
         if batch.pixels:
             embeds, deepstack = self.vision(batch.pixels, batch.grids)
-            rows_b = torch.cat([torch.full((n,), i) for i, _, n in batch.visual_at])
-            rows_t = torch.cat([torch.arange(s, s + n) for _, s, n in batch.visual_at])
+            rows_b = torch.cat([torch.full((n,), i, device=device) for i, _, n in batch.visual_at])
+            rows_t = torch.cat([torch.arange(s, s + n, device=device) for _, s, n in batch.visual_at])
             x = x.index_put((rows_b, rows_t), embeds)
-            dense = dense.index_put((torch.arange(k)[:, None], rows_b[None], rows_t[None]), deepstack)
+            dense = dense.index_put((torch.arange(k, device=device)[:, None], rows_b[None], rows_t[None]), deepstack)
         cos, sin = core.rotary(batch.positions, x.dtype)
         xp = core.embed[batch.prefix_ids][None]                                # [1, S, D]
         cos_p, sin_p = core.rotary(batch.prefix_positions, x.dtype)
-        causal = torch.ones(xp.shape[1], xp.shape[1], dtype=torch.bool).tril()[None, None]
-        hidden, index, n = [], torch.arange(x.shape[0]), x.shape[0]
+        causal = torch.ones(xp.shape[1], xp.shape[1], dtype=torch.bool, device=device).tril()[None, None]
+        hidden, index, n = [], torch.arange(x.shape[0], device=device), x.shape[0]
         for i, layer in enumerate(core.layers[: layers or len(core.layers)]):
             qp, kp, vp = layer.project_qkv(xp, cos_p, sin_p)
             q, kk, v = layer.project_qkv(x, cos, sin)
@@ -208,9 +224,9 @@ class TrainableQwen3VL(nn.Module):
         The names are those the core read its weights from, and the shapes the architecture's table (the
         patch kernel is a matrix here, a conv kernel on disk)."""
         names, shapes = self.core.transformers_names, expected_shapes(self.core.config)
-        out = {names["lm_head"]: self.lm_head.detach().clone()}
+        out = {names["lm_head"]: self.lm_head.detach().cpu().clone()}
         for name, value in self.core.named_parameters():
-            out[names[name]] = value.detach().clone().reshape(shapes[names[name]])
+            out[names[name]] = value.detach().cpu().clone().reshape(shapes[names[name]])
         return {n: v.contiguous() for n, v in out.items()}
 
 

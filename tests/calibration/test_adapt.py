@@ -136,6 +136,17 @@ def test_exit_head_is_fitted_stored_and_carried_by_the_engines(tiny_checkpoint, 
     report = run_adapt(config_for(tiny_checkpoint, labelled_set, out, steps=4, exit_head=True), log=lambda _: None)
     spec = RerankSpec.from_file(out / "minireranker.json")
     assert spec.head.kind == "linear" and spec.head.linear1 == "minireranker.exit_head"
+    # the head is bound to its exit layer: named elsewhere it is refused, inherited elsewhere it is not taken
+    from minireranker.calibration.scoring import LoadedReranker
+    from minireranker.export.checkpoint import inherit_format
+    from minireranker.runtime.spec import SpecError
+
+    assert spec.head.layer == APPROX.exit_layer
+    with pytest.raises(SpecError, match="fitted at layer 2"):
+        dataclasses.replace(spec, exit_layer=3).resolve(4)
+    assert LoadedReranker(out).exact_spec().head.kind == "yes_no"
+    assert inherit_format(RerankSpec.exact(), spec).resolve(4).head.kind == "yes_no"
+    assert inherit_format(RerankSpec(exit_layer=2), spec).resolve(4).head == spec.head
     # least squares on these very pairs: never worse than the yes/no rows of the same body (RMSE)
     assert report["after"]["rmse"] <= report["after_yes_no"]["rmse"] * (1 + 1e-3)
     docs = [Document(image=images["chelsea_128x100"], text="a cat"), Document(text="seven")]
@@ -148,3 +159,38 @@ def test_exit_head_is_fitted_stored_and_carried_by_the_engines(tiny_checkpoint, 
     meta = build_bundle(out, tmp_path / "bundle", None, BuildConfig(), log=lambda _: None).data
     assert meta["spec"]["head"]["kind"] == "linear"
     assert meta["validation"]["end_to_end"]["scores"]["max_abs_diff"] <= 1e-4
+
+
+def test_exit_head_alone_keeps_the_body_and_the_trained_order(tiny_checkpoint, labelled_set, tmp_path):
+    """``steps=0`` with the exit head (``calibrate --exit-head``): the base's tensors bit for bit plus the head,
+    the trained order unchanged (the body did not learn the new format), and the head at least as close to the
+    teacher on its own fitting data as the yes/no rows (least squares; 1e-3 for the ridge)."""
+    from safetensors.torch import load_file
+
+    from minireranker.calibration.adapt import EXIT_HEAD
+
+    out = tmp_path / "head"
+    report = run_adapt(config_for(tiny_checkpoint, labelled_set, out, steps=0, exit_head=True), log=lambda _: None)
+    base, mine = load_file(tiny_checkpoint / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(mine) - set(base) == {f"{EXIT_HEAD}.weight", f"{EXIT_HEAD}.bias"}
+    assert all(torch_equal(mine[name], base[name]) for name in base if name in mine)
+    spec = RerankSpec.from_file(out / "minireranker.json")
+    assert spec.trained == "query-first" and spec.head.kind == "linear"
+    assert report["losses"] == [] and not (out / STATE_FILE).exists()
+    assert report["after"]["rmse"] <= report["before"]["rmse"] * (1 + 1e-3)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def test_device_is_checked_in_one_line(tiny_checkpoint, labelled_set, tmp_path):
+    import torch
+
+    with pytest.raises(CalibrationError, match="not a torch device"):
+        run_adapt(config_for(tiny_checkpoint, labelled_set, tmp_path / "o", device="gpu0"), log=lambda _: None)
+    if not torch.cuda.is_available():
+        with pytest.raises(CalibrationError, match="no CUDA device"):
+            run_adapt(config_for(tiny_checkpoint, labelled_set, tmp_path / "o", device="cuda"), log=lambda _: None)

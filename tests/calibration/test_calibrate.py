@@ -170,3 +170,19 @@ def test_default_grid_fits_any_depth():
         assert exits[-1] == layers - 1 and all(0 <= e < layers for e in exits)
         assert all(0 <= a <= b <= exits[-1] for a, b in bands) and (0, layers - 1) in bands
         assert len(bands) <= 45
+
+
+def test_exit_head_option_writes_a_checkpoint_with_the_head(tmp_path, tiny_checkpoint, labelled_set):
+    """``calibrate --exit-head``: the chosen spec's head, fitted without training the body, in OUT/checkpoint/,
+    reported in calibration.json and report.md (one swept spec, so that the test stays short)."""
+    pytest.importorskip("peft")
+    config = dataclasses.replace(CalibrationConfig.tiny(str(tiny_checkpoint), str(labelled_set), str(tmp_path)),
+                                 exit_layers=(2,), bands=((1, 2),), keep_ratios=(1.0,), target=0.01,
+                                 exit_head=True)
+    result = run_calibration(config, log=lambda _: None)
+    head = json.loads((tmp_path / "calibration.json").read_text())["exit_head"]
+    assert result["exit_head"]["checkpoint"] == head["checkpoint"] == str(tmp_path / "checkpoint")
+    spec = RerankSpec.from_file(tmp_path / "checkpoint" / "minireranker.json")
+    assert spec.head.kind == "linear" and spec.exit_layer == 2 and spec.band == (1, 2)
+    assert head["exit_head"]["rmse"] <= head["yes_no_rows"]["rmse"] * (1 + 1e-3)
+    assert "**Exit head**" in (tmp_path / "report.md").read_text()

@@ -20,6 +20,10 @@ def test_demo_runs_end_to_end_on_the_bundled_models(tmp_path):
     text = out.stdout
     queries = default_queries()
     assert text.count("\nquery: ") == len(queries) >= 3
+    from minireranker.calibration.demo.data_files import DEMO_QUERIES
+
+    shown = {q.kind for q in DEMO_QUERIES if q.text in queries}  # every kind of query the bundled set holds
+    assert shown == {"digit", "ordered", "pair", "count", "photo"}
     assert "(calibrated)" in text and "from the embedder" in text
     assert "stages (ms): " in text and "x faster, same run" in text
     report = json.loads((tmp_path / "d" / "demo.json").read_text())

@@ -15,7 +15,7 @@ from PIL import Image  # noqa: E402
 from minireranker.calibration.demo import data, data_files, images, pools  # noqa: E402
 
 ASSETS = Path(data.__file__).parent / "assets"
-LABELLED_KEYS = {"qid", "query", "candidates"}
+LABELLED_KEYS = {"qid", "query", "candidates", "meta"}
 CANDIDATE_KEYS = {"id", "image", "text", "relevance"}
 
 
@@ -107,11 +107,15 @@ def test_labelled_set_generation_is_deterministic(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # the bundled files
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, low, high", [("heldout", 40, 60), ("calib", 25, 40)])
-def test_bundled_labelled_sets_parse_and_reference_existing_images(name, low, high):
+@pytest.mark.parametrize("name, low, high, kinds", [
+    ("heldout", 200, 260, {"digit", "ordered", "pair", "count", "photo"}),  # 200+: a 2% difference shows
+    ("calib", 25, 40, {"digit", "ordered", "pair", "count"})])
+def test_bundled_labelled_sets_parse_and_reference_existing_images(name, low, high, kinds):
     path = ASSETS / "eval" / f"{name}.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert low <= len(rows) <= high
+    assert {row["meta"]["kind"] for row in rows} == kinds
+    assert len({row["query"] for row in rows}) == len(rows)  # distinct query texts
     assert len({r["qid"] for r in rows}) == len(rows)
     for row in rows:
         assert set(row) == LABELLED_KEYS and row["query"]

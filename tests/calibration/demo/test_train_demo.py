@@ -87,6 +87,28 @@ def test_training_forward_scores_like_reference_pipeline(tiny_reranker, tokenize
     np.testing.assert_allclose(got, [e for _, e in expected], atol=ATOL, rtol=0)
 
 
+def test_query_first_training_forward_scores_like_the_trained_order_reference(tiny_reranker, tokenizer, digits):
+    """The query-first demo reranker trains on exactly what trained_dense_scores scores (Qwen3-VL-Reranker's
+    order): image, text and photo documents in one padded batch."""
+    from minireranker.calibration.scoring import LoadedReranker, trained_dense_scores
+
+    model, path = tiny_reranker
+    loaded = LoadedReranker(path)
+    teacher = loaded.pipeline(loaded.exact_spec())
+    assert teacher.spec.trained == "query-first"  # a checkpoint without minireranker.json: Qwen's own order
+    template = VisionFirstTemplate(tokenizer, RerankSpec())
+    query = "a three to the left of a five"
+    docs = _docs(digits)
+    samples = [reranker_stage.query_first_sample(template, loaded.ckpt.preprocess, query, image, text)
+               for image, text in docs]
+    expected = trained_dense_scores(teacher, query, [Document(image=i, text=t, id=str(n))
+                                                     for n, (i, t) in enumerate(docs)])
+    with torch.no_grad():
+        hidden = model(trainable.collate(samples, 4))[0]
+        got = model.score(hidden[3]).numpy()
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
 def test_embedder_sequences_match_the_pruning_guide_and_batch_exactly(tokenizer, digits, tmp_path, tiny_reranker):
     model = checkpoints.new_model(PRESETS["tiny"], tokenizer, seed=4, answers=False)
     path = checkpoints.save_checkpoint(model, PRESETS["tiny"], tokenizer, tmp_path / "embedder")
@@ -178,16 +200,22 @@ def test_a_short_training_run_lowers_the_loss(tokenizer, digits):
     assert after < 0.9 * before, (before, after)
 
 
-def test_the_script_writes_loadable_checkpoints_and_cards(tmp_path):
-    assert td.main([str(tmp_path), "--steps", "2", "--embedder-steps", "2", "--vision-steps", "2", "--no-eval"]) == 0
-    report = json.loads((tmp_path / "train_report.json").read_text())
-    assert report["loss"]["reranker"]["steps"] == 2
-    for kind in ("reranker", "embedder"):
+@pytest.mark.parametrize("order, reranker, report_file", [
+    ("vision-first", "reranker", "train_report.json"),
+    ("query-first", "reranker-query-first", "train_report-query-first.json")])
+def test_the_script_writes_loadable_checkpoints_and_cards(tmp_path, order, reranker, report_file):
+    assert td.main([str(tmp_path), "--steps", "2", "--embedder-steps", "2", "--vision-steps", "2", "--no-eval",
+                    "--order", order]) == 0
+    report = json.loads((tmp_path / report_file).read_text())
+    assert report["loss"]["reranker"]["steps"] == 2 and report["config"]["order"] == order
+    for kind in (reranker, "embedder"):
         assert "## What was chosen" in (tmp_path / kind / "README.md").read_text()
     assert (tmp_path / "DATA_CARD.md").is_file() and (tmp_path / "eval" / "heldout.jsonl").is_file()
-    scores = ReferencePipeline(tmp_path / "reranker").rerank("a handwritten seven",
-                                                              [Document(text="The handwritten digit seven.")])
+    scores = ReferencePipeline(tmp_path / reranker).rerank("a handwritten seven",
+                                                            [Document(text="The handwritten digit seven.")])
     assert np.isfinite(scores).all()
+    dtype = json.loads((tmp_path / reranker / "config.json").read_text())["dtype"]
+    assert dtype == ("bfloat16" if order == "query-first" else "float32")
 
 
 def test_card_metrics_are_the_eval_metrics():
@@ -197,6 +225,25 @@ def test_card_metrics_are_the_eval_metrics():
     assert m["hit@1"] == 1.0 and m["mrr"] == 1.0 and m["queries"] == 1 and m["excluded"] == 1
     ideal = 3 + 1 / np.log2(3)
     assert m["ndcg@10"] == pytest.approx((1 + 3 / np.log2(4)) / ideal, abs=1e-12)
+
+
+def test_card_metrics_per_query_kind_are_the_metrics_of_each_kind_alone():
+    from minireranker.calibration.demo.cards import metrics_table
+
+    rows = [{"candidates": [{"relevance": g} for g in grades], "meta": {"kind": kind}}
+            for grades, kind in (([1, 0, 2], "digit"), ([0, 2, 0], "photo"), ([2, 0, 0], "digit"))]
+    scores = [np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])]
+    m = evaluation._summary(rows, scores)
+    assert list(m["by_kind"]) == ["digit", "photo"]
+    alone = [evaluation._summary([r], [s])["ndcg@10"] for r, s in ((rows[0], scores[0]), (rows[2], scores[2]))]
+    assert m["by_kind"]["digit"]["queries"] == 2
+    assert m["by_kind"]["digit"]["ndcg@10"] == pytest.approx(np.mean(alone), abs=1e-12)
+    assert m["by_kind"]["photo"]["ndcg@10"] == pytest.approx(1 / np.log2(3), abs=1e-12)  # grade 2 ranked second
+    table = metrics_table({"heldout": {evaluation.DENSE_ROW: m}})
+    assert "| model / spec | digit (2 q) | photo (1 q) |" in table
+    assert (f"| {evaluation.DENSE_ROW} | {m['by_kind']['digit']['ndcg@10']:.3f} | "
+            f"{m['by_kind']['photo']['ndcg@10']:.3f} |") in table
+    assert "reference: heldout: reranker dense (exact spec)" in table
 
 
 def test_token_labels_follow_cells_and_margins():
@@ -235,6 +282,27 @@ def test_bundled_reranker_agrees_with_transformers(spec):
     pipeline = ReferencePipeline(ASSETS / "reranker", spec)
     for query, doc in _heldout_pairs(2):
         assert abs(oracle.score(query, doc) - pipeline.rerank(query, [doc])[0]) < ATOL
+
+
+def test_bundled_query_first_reranker_is_a_stock_bfloat16_checkpoint_scored_as_transformers_does():
+    """reranker-query-first: bfloat16 weights, no minireranker.json (read as trained query-first), and its
+    trained-order dense score equal to transformers' query-first forward (1e-4) on held-out pairs."""
+    pytest.importorskip("transformers")
+    from safetensors import safe_open
+
+    from minireranker.calibration.scoring import LoadedReranker, trained_dense_scores
+    from minireranker.export.oracle import TransformersOracle
+
+    path = ASSETS / "reranker-query-first"
+    assert not (path / "minireranker.json").exists()
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    loaded = LoadedReranker(path)
+    teacher = loaded.pipeline(loaded.exact_spec())
+    assert teacher.spec.trained == "query-first"
+    oracle = TransformersOracle(path, RerankSpec.exact())
+    for query, doc in _heldout_pairs(2):
+        assert abs(oracle.score_query_first(query, doc) - trained_dense_scores(teacher, query, [doc])[0]) < ATOL
 
 
 def test_bundled_embedder_guides_the_bundled_reranker():
