@@ -7,10 +7,15 @@ it picks the backend by name from ``BACKENDS``.
 
 Backends:
 
-* ``onnxruntime`` (:mod:`.onnxrt`): ONNX Runtime with the CPU, CUDA or TensorRT execution provider.
-* ``tensorrt``: native TensorRT plans built with polygraphy, a later issue. It goes in ``engines/tensorrt.py``
-  (importing ``tensorrt`` lazily, like :mod:`.onnxrt` does ``onnxruntime``) and registers one opener in
-  ``BACKENDS``; nothing above this package changes.
+* ``onnxruntime`` (:mod:`.onnxrt`): ONNX Runtime with the CPU, CUDA or TensorRT execution provider; the
+  TensorRT EP's options from a profile, and IO binding with resident inputs for the CUDA EP.
+* ``tensorrt`` (:mod:`.tensorrt`): native TensorRT plans built with polygraphy's lazy loaders and run by
+  polygraphy's ``TrtRunner`` (unverified on hardware).
+
+Beside them: :mod:`.profiles` (the shape ranges engines are built for), :mod:`.manifest` (``engines.json``,
+checked before a plan is loaded), :mod:`.device` (the GPU, from the CUDA driver) and :mod:`.band_attention`
+(the band step as one Triton kernel). Which backend opens which graph of a bundle is decided one level up,
+in ``runtime/backends.py``: :func:`open_runner` opens a graph file in ONNX Runtime.
 
 This package imports nothing of the runtime: its errors (:mod:`.errors`) are the project's root types.
 """

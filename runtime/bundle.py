@@ -104,6 +104,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engines.manifest import sha256_file
 from .errors import MiniRerankerError, SpecError
 from .graph_io import GRAPH_IO
 from .preprocess import PreprocessConfig
@@ -299,15 +300,6 @@ def _check_graph_entries(meta: Path, data: dict[str, Any]) -> None:
 
 
 # -- checksums -------------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def meta_checksum(data: dict[str, Any]) -> str:
     """bundle.json's ``meta_sha256``: sha256 of its canonical JSON less ``meta_sha256`` and ``validation``."""
     body = {k: v for k, v in data.items() if k not in ("meta_sha256", "validation")}
@@ -446,4 +438,27 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
         "integrity": {"schema_version": bundle.data["schema_version"], **bundle.integrity},
         "namespace": bundle.namespace,
         "files": bundle.data["files"],
+        "engines": engine_sets(bundle),
     }
+
+
+def engine_sets(bundle: Bundle) -> list[dict[str, Any]]:
+    """The GPU engine sets ``minireranker engines`` wrote into the bundle (engines/manifest.py), each with
+    whether it was built for this bundle; a set that cannot be read is listed with its error."""
+    from ..engines.errors import EngineError
+    from ..engines.manifest import BACKENDS, ENGINES_FILE, engines_folder, read_manifest
+
+    out = []
+    for backend in BACKENDS:
+        if not (engines_folder(bundle.path, backend) / ENGINES_FILE).is_file():
+            continue
+        try:
+            m = read_manifest(bundle.path, backend)
+        except EngineError as exc:
+            out.append({"backend": backend, "error": str(exc)})
+            continue
+        out.append({"backend": backend, "device": m.get("device"), "versions": m.get("versions"),
+                    "precision": m.get("precision"), "created": m.get("created"), "axes": m.get("axes"),
+                    "graphs": sorted(m.get("graphs", {})),
+                    "for_this_bundle": m.get("bundle_fingerprint") == bundle.fingerprint})
+    return out

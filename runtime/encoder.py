@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from ..engines import BaseRunner, open_runner
+from ..engines import BaseRunner
 from .bundle import Bundle, BundleError
 from .graph_io import GRAPH_IO, GUIDE, VISION, GraphIO
 from .preprocess import preprocess_image
@@ -21,7 +22,10 @@ from .vision_inputs import vision_inputs
 class Encoder:
     """Tokenizer, embedding table, system K/V and vision engine of one model (reranker or embedder)."""
 
-    def __init__(self, bundle: Bundle, root: Path, model: dict, graphs: dict, providers: list[str]) -> None:
+    def __init__(self, bundle: Bundle, root: Path, model: dict, graphs: dict,
+                 open_graph: Callable[[str, dict], BaseRunner], prefix: str = "") -> None:
+        """``open_graph(key, record)``: the backend's runner factory (runtime/backends.py); keys are
+        ``prefix`` + the graph's name ("embedder/vision" for the embedder's)."""
         import tokenizers
 
         self.tokenizer = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
@@ -31,7 +35,7 @@ class Encoder:
         self.model = model
         self.runners: dict[str, BaseRunner] = {}
         for name, g in graphs.items():
-            runner = self.runners[name] = open_runner(name, bundle.graph_path(g), providers)
+            runner = self.runners[name] = open_graph(prefix + name, g)
             wrong = GRAPH_IO[name].mismatches(runner.input_metadata(), runner.output_metadata(), self.dtype)
             if wrong:
                 raise BundleError(f"{bundle.path}: graph '{name}' ({g['file']}) does not fit the graph I/O table: "

@@ -44,6 +44,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..engines import choose_providers
+from .backends import BATCH_SIZE, engine_limits, graph_opener
 from .bundle import Bundle, BundleError, load_bundle
 from .documents import Document, short_label
 from .encoder import Encoder, add_time
@@ -115,29 +116,34 @@ class Reranker:
     """Load a bundle with a cache directory; ``index`` documents and ``rerank`` them for queries."""
 
     def __init__(self, bundle: str | Path | Bundle, cache_dir: str | Path, providers: Sequence[str] | None = None,
-                 max_cache_bytes: int | None = None, batch_size: int = 32, int8_cache: bool = False,
-                 max_document_tokens: int | None = None) -> None:
+                 max_cache_bytes: int | None = None, batch_size: int = BATCH_SIZE, int8_cache: bool = False,
+                 max_document_tokens: int | None = None, backend: str = "onnxruntime") -> None:
+        """``backend``: which engines run the graphs (runtime/backends.py); a GPU backend needs
+        ``minireranker engines`` first, and caps the batch, query and document sizes at its profiles'."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.providers = choose_providers(providers)
-        self.batch_size = batch_size
         b = self.bundle
+        self.backend = backend
+        opener, self.engines = graph_opener(b, backend, list(providers) if providers else None)
+        self.providers = choose_providers(providers) if backend == "onnxruntime" else [backend]
+        limits = engine_limits(self.engines)  # {} for onnxruntime: nothing but the model caps a size
+        self.batch_size = min(batch_size, limits.get("batch", batch_size))  # smaller calls, the same scores
         self.spec = b.spec
-        self.encoder = Encoder(b, b.path, b.model, b.graphs, self.providers)
-        self.template = VisionFirstTemplate(self.encoder.tokenizer, self.spec)
-        if self.template.system_ids != b.template["system_ids"] or self.template.yes_id != b.template["yes_id"] \
-                or self.template.instruction_ids != b.template["instruction_ids"] \
-                or self.template.score_ids != b.template.get("score_ids", []):
-            raise BundleError(f"{b.path}: tokenizer.json does not reproduce the ids in bundle.json; rebuild the bundle")
+        self.encoder = Encoder(b, b.path, b.model, b.graphs, opener)
+        self.template = self.template_of(b, self.encoder.tokenizer)
+        closing = len(self.template.query_text(""))  # the tokens every query segment ends with
+        self.max_query_tokens = min(MAX_QUERY_TOKENS, limits["query_len"] - closing) if "query_len" in limits \
+            else MAX_QUERY_TOKENS
         # the instruction segment entering layer A [1, I, D], and its K/V of layers 0..A-1 [A, 1, Hkv, I, d]
         self.instruction_hidden = np.load(b.path / "instruction_hidden.npy")
         self.instruction_k = np.load(b.path / "instruction_k.npy")
         self.instruction_v = np.load(b.path / "instruction_v.npy")
         self.embedder = None
         if b.guide and b.guide["kind"] == "embedder":
-            self.embedder = Encoder(b, b.path / b.guide["dir"], b.guide["model"], b.guide["graphs"], self.providers)
-        reserved = len(self.template.system_ids) + len(self.template.instruction_ids) + MAX_QUERY_TOKENS \
-            + len(self.template.query_text(""))  # the rest of the model's positions is the document's
-        self.document_limit = DocumentLimit.of(b.model.get("max_position_embeddings"), reserved, max_document_tokens)
+            self.embedder = Encoder(b, b.path / b.guide["dir"], b.guide["model"], b.guide["graphs"], opener,
+                                    prefix="embedder/")
+        if "doc_len" in limits:
+            max_document_tokens = min(max_document_tokens or limits["doc_len"], limits["doc_len"])
+        self.document_limit = self.document_limit_of(b, self.template, max_document_tokens)
         self.max_document_tokens, self.model_document_tokens = self.document_limit.tokens, self.document_limit.model
         # the namespace derives from the verified checksums and the spec as loaded (runtime/bundle.py), not
         # the build's fingerprint alone: an edited bundle never reads entries written under the original
@@ -146,6 +152,30 @@ class Reranker:
         self.stats: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
         self._said_uncached = False
+
+    @staticmethod
+    def template_of(bundle: Bundle, tokenizer=None) -> VisionFirstTemplate:
+        """The bundle's template over its tokenizer, checked against the ids bundle.json records."""
+        if tokenizer is None:
+            import tokenizers
+
+            tokenizer = tokenizers.Tokenizer.from_file(str(bundle.path / "tokenizer.json"))
+        template, recorded = VisionFirstTemplate(tokenizer, bundle.spec), bundle.template
+        if template.system_ids != recorded["system_ids"] or template.yes_id != recorded["yes_id"] \
+                or template.instruction_ids != recorded["instruction_ids"] \
+                or template.score_ids != recorded.get("score_ids", []):
+            raise BundleError(f"{bundle.path}: tokenizer.json does not reproduce the ids in bundle.json; "
+                              "rebuild the bundle")
+        return template
+
+    @staticmethod
+    def document_limit_of(bundle: Bundle, template: VisionFirstTemplate,
+                          max_document_tokens: int | None = None) -> DocumentLimit:
+        """The most tokens a document may have: the model's positions less the template's and the longest
+        query's (and ``max_document_tokens`` when smaller)."""
+        reserved = len(template.system_ids) + len(template.instruction_ids) + MAX_QUERY_TOKENS \
+            + len(template.query_text(""))  # the rest of the model's positions is the document's
+        return DocumentLimit.of(bundle.model.get("max_position_embeddings"), reserved, max_document_tokens)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
@@ -304,8 +334,10 @@ class Reranker:
                                  f"{MAX_QUERY_TOKENS * MAX_CHARS_PER_TOKEN:,} a {MAX_QUERY_TOKENS}-token query can "
                                  "hold: shorten it")
         n = len(self.template.plain(query))  # plain text, as the query segment encodes it
-        if n > MAX_QUERY_TOKENS:
-            raise TokenizerError(f"the query is {n} tokens long; the limit is {MAX_QUERY_TOKENS}: shorten it")
+        if n > self.max_query_tokens:
+            engines = f" (the {self.backend} engines' profile)" if self.max_query_tokens < MAX_QUERY_TOKENS else ""
+            raise TokenizerError(f"the query is {n} tokens long; the limit is {self.max_query_tokens}{engines}: "
+                                 "shorten it")
         return self.template.query_text(query)  # the instruction segment is in each document's entry
 
     def rerank(self, query: str, documents: Sequence[Document | str], top_k: int | None = None) -> RerankOutput:

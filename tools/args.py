@@ -133,6 +133,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", action="append", default=d["providers"],
                         help="ONNX Runtime execution provider (repeatable); "
                         + shown(d["providers"], "TensorRT, CUDA, CPU where present"))
+    add_backend_argument(parser, d["backend"])
     parser.add_argument("--max-cache-bytes", type=parse_size, default=d["max_cache_bytes"], metavar="SIZE",
                         help="LRU bound on the cache size: bytes, or with a unit (512M, 20G, 1.5GiB; powers of "
                         f"1024) ({shown(d['max_cache_bytes'], 'no bound')})")
@@ -143,10 +144,19 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store K/V as int8 with per-channel scales")
 
 
+def add_backend_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--backend``: which engines run the graphs (runtime/backends.py)."""
+    from ..runtime.backends import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default=default,
+                        help=f"engines that run the graphs (default {default}); the GPU backends need "
+                        "`minireranker engines BUNDLE --backend NAME` first (docs/engines.md)")
+
+
 def reranker_options(args: argparse.Namespace) -> dict:
     """The Reranker keyword options of the arguments added by :func:`add_runtime_arguments`."""
-    return {"providers": args.provider, "max_cache_bytes": args.max_cache_bytes, "int8_cache": args.int8_cache,
-            "max_document_tokens": args.max_document_tokens}
+    return {"providers": args.provider, "backend": args.backend, "max_cache_bytes": args.max_cache_bytes,
+            "int8_cache": args.int8_cache, "max_document_tokens": args.max_document_tokens}
 
 
 def with_ids(docs: list) -> list:

@@ -41,10 +41,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"K/V bytes per kept document token: {info['kv_bytes_per_token']:,}; "
           f"a 1024x1024 image keeps {ex['tokens']} tokens = {ex['bytes'] / 1e6:.2f} MB")
     print(integrity_line(info["integrity"]))
+    for e in info["engines"]:
+        print(engines_line(e))
     print("files:")
     for name, size in info["files"].items():
         print(f"  {name:<32} {size:>14,} bytes")
     return 0
+
+
+def engines_line(e: dict) -> str:
+    """One line per GPU engine set in the bundle (minireranker engines)."""
+    if "error" in e:
+        return f"engines {e['backend']}: unreadable: {e['error']}"
+    device = e["device"] or {}
+    stale = "" if e["for_this_bundle"] else "  BUILT FOR ANOTHER BUNDLE: rebuild with `minireranker engines`"
+    libs = ", ".join(f"{k} {v}" for k, v in (e["versions"] or {}).items() if k != "minireranker")
+    return (f"engines {e['backend']}: {len(e['graphs'])} graphs on {device.get('name')} (compute capability "
+            f"{device.get('compute_capability')}), built {e['created']} with {libs}{stale}")
 
 
 def integrity_line(integrity: dict) -> str:

@@ -10,7 +10,7 @@ import json
 
 from ..runtime.profiling.estimate import DEVICE_NAMES
 from ..runtime.profiling.profile import COLD_MODES, ProfileConfig
-from .args import add_spec_arguments, spec_from_args
+from .args import add_backend_argument, add_spec_arguments, spec_from_args
 
 _DEFAULTS = ProfileConfig()  # every default is defined once, in ProfileConfig
 
@@ -63,7 +63,7 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
     fields = {"candidates": args.candidates, "query_tokens": args.query_tokens, "repeats": args.repeats,
               "warmup": args.warmup, "cold_repeats": args.cold_repeats, "cold_candidates": args.cold_candidates,
               "image_size": args.image_size, "doc_text_words": args.doc_text_words, "providers": chains,
-              "batch_size": args.batch_size, "telemetry": args.telemetry, "seed": args.seed,
+              "batch_size": args.batch_size, "backend": args.backend, "telemetry": args.telemetry, "seed": args.seed,
               "cold": () if args.no_cold else (tuple(args.cold) if args.cold else None)}
     return ProfileConfig(**{k: v for k, v in fields.items() if v is not None})
 
@@ -119,6 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="execution provider chain to profile, e.g. CUDAExecutionProvider; repeat the flag to "
                         "profile several one after another; a comma-separated list is one chain "
                         "(default: the runtime's choice)")
+    add_backend_argument(p, d.backend)
     p.add_argument("--batch-size", type=int, default=None, help=f"candidates per band call (default {d.batch_size})")
     p.add_argument("--telemetry", choices=["auto", "off", "tegrastats", "nvml"], default=None,
                    help=f"hardware sampling (default {d.telemetry}; auto: tegrastats on a Jetson, NVML with a desktop "

@@ -40,6 +40,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "index-workers": (int, "POST /v1/documents jobs at once (reranking never waits for them)"),
     "max-cache-bytes": (parse_size, "LRU bound on the K/V cache size (bytes, or 512M, 20G, 1.5GiB)"),
     "drain-timeout-s": (float, "on SIGTERM, how long requests in flight may take to finish"),
+    "backend": (str, "engines that run the graphs: onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt or tensorrt "
+                     "(the GPU backends need `minireranker engines` first; docs/engines.md)"),
 }
 
 

@@ -77,6 +77,7 @@ class ProfileConfig:
     doc_text_words: int = 0                    # words of text after each synthetic image (0: image only)
     providers: tuple[tuple[str, ...], ...] | None = None   # one chain per profile; None: the runtime's default
     batch_size: int = 32
+    backend: str = "onnxruntime"               # runtime/backends.py (GPU backends: `minireranker engines` first)
     telemetry: str = "auto"                    # auto | off | tegrastats | nvml
     telemetry_interval_s: float = 0.2
     seed: int = 0
@@ -102,6 +103,10 @@ class ProfileConfig:
             raise ProfileError(f"telemetry must be auto, off, tegrastats or nvml, got {self.telemetry!r}")
         if self.providers is not None:
             object.__setattr__(self, "providers", tuple(tuple(c) for c in self.providers))
+        from ..backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ProfileError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "ProfileConfig":
@@ -231,14 +236,15 @@ def _profile_chain(bundle: Any, cache_dir: Path, chain: tuple[str, ...] | None, 
     from ..reranker import Reranker
 
     samplers = open_samplers(config.telemetry, config.telemetry_interval_s)
-    with Reranker(bundle, cache_dir, providers=list(chain) if chain else None, batch_size=config.batch_size) as r, \
+    with Reranker(bundle, cache_dir, providers=list(chain) if chain else None, batch_size=config.batch_size,
+                  backend=config.backend) as r, \
             ExitStack() as stack:
         for sampler in samplers:
             stack.enter_context(sampler)
         session = _Session(r, pool, config, bar, notes)
         session.index_pool(max(config.candidates + (config.cold_candidates or ())))
         runs = _sweep(session, config, cache_dir)
-        providers = r.encoder.runners["band"].providers
+        providers = getattr(r.encoder.runners["band"], "providers", [r.backend])  # a TensorRT plan has none
     samples = [s for sampler in samplers for s in sampler.samples]
     for run in runs:
         window = run.pop("_window")

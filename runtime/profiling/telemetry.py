@@ -307,8 +307,9 @@ def machine_info() -> dict[str, Any]:
     Jetson's model and L4T release where there is one."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import onnxruntime
+    from ...engines.onnxrt import import_onnxruntime
 
+    onnxruntime = import_onnxruntime()
     versions = {}
     for package in VERSIONS_OF:
         try:

@@ -55,6 +55,7 @@ class ServeConfig:
     served_model_name: str | None = None  # default: the bundle directory's name
     index_workers: int = 1              # concurrent POST /v1/documents jobs
     providers: tuple[str, ...] | None = None
+    backend: str = "onnxruntime"        # runtime/backends.py; a GPU backend needs `minireranker engines` first
     max_cache_bytes: int | None = None
     int8_cache: bool = False
     drain_timeout_s: float = 30.0       # SIGTERM: how long in-flight requests may take to finish
@@ -66,6 +67,10 @@ class ServeConfig:
         object.__setattr__(self, "cache", Path(self.cache))
         if not 0 <= self.port <= 65535:
             raise MiniRerankerError(f"--port must be 0..65535, got {self.port}")
+        from ..backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise MiniRerankerError(f"--backend must be one of {list(BACKENDS)}, got {self.backend!r}")
         for name in ("max_batch", "index_workers"):
             if getattr(self, name) < 1:
                 raise MiniRerankerError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -105,7 +110,7 @@ class RerankService:
         extra = {}
         if c.max_document_tokens is not None and "max_document_tokens" in inspect.signature(Reranker).parameters:
             extra["max_document_tokens"] = c.max_document_tokens
-        return Reranker(c.bundle, c.cache, providers=c.providers, max_cache_bytes=c.max_cache_bytes,
+        return Reranker(c.bundle, c.cache, providers=c.providers, backend=c.backend, max_cache_bytes=c.max_cache_bytes,
                         batch_size=c.max_batch, int8_cache=c.int8_cache, **extra)
 
     def start_loading(self) -> threading.Thread:
