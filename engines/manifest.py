@@ -9,7 +9,9 @@
     versions            {"tensorrt", "polygraphy", "onnxruntime", "minireranker"}: those present at build
     device              {"name", "compute_capability", "index"} (engines/device.py)
     precision           {"bundle": "fp32" | "fp16", "fp16_flag": the FP16 builder flag (an fp32 bundle built
-                         with --fp16), "int8": bool, "strongly_typed": an fp16 bundle's native plans}
+                         with --fp16), "int8_flag": the INT8 flag (a Q/DQ bundle on a weakly typed build),
+                         "qdq": the bundle has Q/DQ graphs, "strongly_typed": native plans of an fp16 bundle
+                         or of TensorRT 11}
     workspace_mib       the builder's workspace pool limit, or null (TensorRT's default)
     batch_size          the largest batch the profiles take (the reranker's batch size)
     axes                {graph: {axis: [min, opt, max]}} (engines/profiles.py)

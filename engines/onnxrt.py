@@ -88,11 +88,14 @@ class OnnxRuntimeRunner(BaseRunner):
 
     ``providers``: names, or ``(name, options)`` pairs as ONNX Runtime takes them. ``io_binding``: the
     device ("cuda"; "cpu" in tests) whose IOBinding every call uses, with ``resident`` input names uploaded
-    once (module docstring); None: plain ``session.run``.
+    once (module docstring); None: plain ``session.run``. ``custom_ops_library``: a shared library of
+    custom-domain ops registered on the session (onnxruntime-extensions' for the plugin form's validation,
+    export/plugin_attention.py); ``model_bytes``: the graph to load instead of the file at ``path``.
     """
 
     def __init__(self, name: str, path: str | Path, providers: Sequence[str | tuple[str, dict]],
-                 threads: int | None = None, io_binding: str | None = None, resident: Sequence[str] = ()) -> None:
+                 threads: int | None = None, io_binding: str | None = None, resident: Sequence[str] = (),
+                 custom_ops_library: str | None = None, model_bytes: bytes | None = None) -> None:
         ort = import_onnxruntime()
 
         super().__init__(name)
@@ -106,8 +109,11 @@ class OnnxRuntimeRunner(BaseRunner):
         # (benchmarks/attention_bench.py shapes, docs/benchmarks.md); a session called alone loses ~4%.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if custom_ops_library:
+            options.register_custom_ops_library(custom_ops_library)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+            self.session = ort.InferenceSession(model_bytes if model_bytes is not None else str(path), options,
+                                                providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise EngineError(f"cannot load graph '{name}' from {path}: {exc}") from None
         self.path = Path(path)

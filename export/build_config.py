@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from ..runtime.errors import MiniRerankerError
 
 PRECISIONS = ("fp32", "fp16")          # fp32 for CPU targets, fp16 for GPUs
-ATTENTIONS = ("portable", "fused")     # MatMul/Softmax at opset 17, or ONNX Attention at opset 23
+# MatMul/Softmax at opset 17; ONNX Attention at opset 23; or the band's attention as one custom-domain node per
+# layer (minireranker.BandAttention, a TensorRT plugin: engines/band_plugin.py), every other graph portable
+ATTENTIONS = ("portable", "fused", "plugin")
 WEIGHTS = ("float", "int8")            # the band's and tail's weights: as the precision, or int8 (CPU)
 
 
@@ -35,7 +37,7 @@ class BuildConfig:
         if self.precision not in PRECISIONS:
             raise BuildError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.attention not in ATTENTIONS:
-            raise BuildError(f"attention must be 'portable' or 'fused', got {self.attention!r}")
+            raise BuildError(f"attention must be one of {list(ATTENTIONS)}, got {self.attention!r}")
         if self.weights not in WEIGHTS:
             raise BuildError(f"weights must be one of {sorted(WEIGHTS)}, got {self.weights!r}")
         if self.weights == "int8" and self.precision != "fp32":
@@ -44,7 +46,7 @@ class BuildConfig:
 
     @property
     def opset(self) -> int:
-        return 23 if self.attention == "fused" else 17
+        return 23 if self.attention == "fused" else 17  # plugin: the portable opset, plus its own domain
 
     @classmethod
     def tiny(cls) -> "BuildConfig":

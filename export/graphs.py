@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..runtime.vision_inputs import vision_inputs
 from .config import VisionConfig
-from .modeling import KeySegment, TorchModel
+from .modeling import KeySegment, TorchModel, band_attention
 
 
 def _run_layers(model: TorchModel, first: int, x: Tensor, positions: Tensor, prefixes: list[list[KeySegment]],
@@ -155,11 +155,19 @@ class QueryHeadGraph(nn.Module):
 
 
 class BandGraph(nn.Module):
-    """Layers A..B for N candidates: the query hidden (shared or per candidate) meets each document."""
+    """Layers A..B for N candidates: the query hidden (shared or per candidate) meets each document.
 
-    def __init__(self, model: TorchModel, band: tuple[int, int]) -> None:
+    ``plugin``: each layer's attention is one :func:`~minireranker.export.modeling.band_attention` op (one
+    ``minireranker.BandAttention`` node in ONNX) instead of the portable MatMul/Softmax; the same numbers.
+    """
+
+    def __init__(self, model: TorchModel, band: tuple[int, int], plugin: bool = False) -> None:
         super().__init__()
-        self.model, self.band = model, band
+        self.model, self.band, self.plugin = model, band, plugin
+
+    def with_plugin(self) -> "BandGraph":
+        """This band (the same model, not copied) in the plugin form."""
+        return BandGraph(self.model, self.band, plugin=True)
 
     def forward(self, hidden: Tensor, positions: Tensor, doc_k: Tensor, doc_v: Tensor, doc_mask: Tensor,
                 instruction_k: Tensor, instruction_v: Tensor, system_k: Tensor, system_v: Tensor) -> Tensor:
@@ -169,10 +177,29 @@ class BandGraph(nn.Module):
         # padding mask is a [N, 1, 1, T] bias. (The shared hidden is expanded: two dynamic batch axes that
         # broadcast against each other do not export with torch.export, and layer A's projections of the
         # expanded rows are ~2% of the band and tail.)
+        if self.plugin:
+            return self._plugin_layers(hidden.expand(doc_k.shape[0], -1, -1), positions, doc_k, doc_v, doc_mask,
+                                       instruction_k, instruction_v, system_k, system_v)
         padding = doc_mask[:, None, None, :]
         prefixes = [[(system_k[j], system_v[j], None), (doc_k[:, j], doc_v[:, j], padding),
                      (instruction_k[:, j], instruction_v[:, j], None)] for j in range(doc_k.shape[1])]
         x, _, _ = _run_layers(self.model, self.band[0], hidden.expand(doc_k.shape[0], -1, -1), positions, prefixes)
+        return x
+
+    def _plugin_layers(self, x: Tensor, positions: Tensor, doc_k: Tensor, doc_v: Tensor, doc_mask: Tensor,
+                       instruction_k: Tensor, instruction_v: Tensor, system_k: Tensor, system_v: Tensor) -> Tensor:
+        # x [N, Q, D]; the rest as forward's. What a decoder layer's forward does, with its attention the op:
+        # doc_lens counts each row's real keys, which the runtime writes first (padding ends the row:
+        # runtime/reranker.py, Reranker._band), so keys < doc_lens[n] are exactly the row's True ones.
+        cos, sin = self.model.rotary(positions, x.dtype)
+        doc_lens = doc_mask.to(torch.int32).sum(-1, dtype=torch.int32)  # [N]
+        for j in range(doc_k.shape[1]):
+            layer = self.model.layers[self.band[0] + j]
+            q, k, v = layer.project_qkv(x, cos, sin)
+            out = band_attention(q, system_k[j, 0], system_v[j, 0], doc_k[:, j], doc_v[:, j], doc_lens,
+                                 instruction_k[:, j], instruction_v[:, j], k, v, 1.0 / math.sqrt(q.shape[-1]),
+                                 k.shape[1])  # [N, Hq, Q, d]
+            x = layer.finish(x, out)
         return x
 
 

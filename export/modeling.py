@@ -165,6 +165,35 @@ def segment_attention(q: Tensor, segments: list[KeySegment], fused: bool) -> Ten
     return out.reshape(out.shape[0], hq, t, d)
 
 
+@torch.library.custom_op("minireranker::band_attention", mutates_args=())
+def band_attention(q: Tensor, system_k: Tensor, system_v: Tensor, doc_k: Tensor, doc_v: Tensor, doc_lens: Tensor,
+                   instruction_k: Tensor, instruction_v: Tensor, own_k: Tensor, own_v: Tensor, scale: float,
+                   num_kv_heads: int) -> Tensor:
+    """The band's attention over its four segments as one op (the "plugin" attention form).
+
+    Arguments in the order of ``engines/band_attention.py``'s ``band_attention_reference``: q [N, Hq, Q, d];
+    system_k/v [Hkv, S, d]; doc_k/v [N, Hkv, T, d]; doc_lens int32 [N] (keys < doc_lens[n] are real, the rest
+    padding); instruction_k/v [N, Hkv, I, d]; own_k/v [N, Hkv, Q, d] (causal) -> [N, Hq, Q, d]. ``scale`` (1/sqrt(d))
+    and ``num_kv_heads`` (Hkv) are the node's attributes, given so that the exporter need not know shapes. Run
+    eagerly it is the portable :func:`segment_attention`, so a graph using it computes what the portable graph
+    does; the TorchScript exporter writes it as one ``minireranker.BandAttention`` node (export/plugin_attention.py).
+    """
+    if num_kv_heads != own_k.shape[1] or not math.isclose(scale, 1.0 / math.sqrt(q.shape[-1]), rel_tol=1e-6):
+        raise ValueError(f"band_attention: scale {scale} and num_kv_heads {num_kv_heads} do not fit head dim "
+                         f"{q.shape[-1]} and {own_k.shape[1]} K/V heads")
+    visible = torch.arange(doc_k.shape[2], device=doc_k.device) < doc_lens[:, None].to(torch.int64)  # [N, T]
+    causal = torch.ones(q.shape[2], q.shape[2], dtype=torch.bool, device=q.device).tril()
+    return segment_attention(q, [(system_k[None], system_v[None], None), (doc_k, doc_v, visible[:, None, None]),
+                                 (instruction_k, instruction_v, None), (own_k, own_v, causal)], fused=False)
+
+
+@band_attention.register_fake
+def _band_attention_shape(q: Tensor, system_k: Tensor, system_v: Tensor, doc_k: Tensor, doc_v: Tensor,
+                          doc_lens: Tensor, instruction_k: Tensor, instruction_v: Tensor, own_k: Tensor,
+                          own_v: Tensor, scale: float, num_kv_heads: int) -> Tensor:
+    return torch.empty_like(q)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, weight: Tensor, eps: float) -> None:
         super().__init__()

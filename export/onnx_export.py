@@ -23,6 +23,13 @@ reference. Tolerances (max |difference|, scaled by max(1, max |reference|) for h
   each tolerance is about twice the worst. They bound arithmetic, not ranking: ``benchmarks/int8_report.py``
   measures the rank agreement with a float bundle.
 
+The plugin attention form (``attention="plugin"``) writes the band's attention as one
+``minireranker.BandAttention`` node per layer (export/plugin_attention.py; the TensorRT plugin is
+engines/band_plugin.py); every other graph, and the rest of the band, is the portable form. Its band graph is
+validated like the others, at the fp32 tolerance (fp16: the fp16 tolerance, the node itself computed in
+float32), with the node run by onnxruntime-extensions on the CPU. The end-to-end check is recorded as skipped:
+the runtime opens graphs without onnxruntime-extensions (it needs a session-options hook first).
+
 A failing check raises :class:`BuildError` naming the graph and the output, and no bundle.json is written.
 """
 
@@ -49,14 +56,19 @@ from ..runtime.graph_io import GRAPH_IO
 from ..runtime.spec import RerankSpec
 from .build_config import BuildConfig, BuildError  # torch-free, so that `build --help` can read its defaults
 from .checkpoint import Checkpoint, open_checkpoint
+from .graphs import BandGraph
+from .plugin_attention import DOMAIN, DOMAIN_VERSION, PluginCpuRunner, register_symbolic
 from .quantize import quantize_weights
 from .reference import ReferencePipeline
+from .trt_compat import decompose_rmsnorm
 
 EXPORT_VERSION = 2  # 2: the instruction segment is computed with the document (a new entry layout)
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 TOLERANCES = {"fp32": {"hidden": 1e-4, "score": 1e-4}, "fp16": {"hidden": 3e-2, "score": 5e-2},
               "fp32-int8": {"hidden": 0.15, "score": 0.15, "end_to_end": 0.5}}  # band and tail only; see above
 QUANTIZED_GRAPHS = ("band", "tail")  # with int8 weights; query_head runs once per query and stays float
+PLUGIN_END_TO_END = ("the runtime cannot open a BandAttention node on the CPU yet (ONNX Runtime needs "
+                     "onnxruntime-extensions registered on its session options); the band graph was validated alone")
 
 
 def tolerance_key(precision: str, weights: str = "float") -> str:
@@ -127,9 +139,13 @@ def _io_for(kind: str, args: tuple) -> tuple[list[str], list[str], dict[str, dic
 
 def export_graph(graph: nn.Module, kind: str, args: tuple, path: Path, config: BuildConfig) -> None:
     """Export one segment in the build's precision with dynamic axes (portable: TorchScript exporter,
-    opset 17; fused: dynamo exporter, opset 23, which turns SDPA into ONNX ``Attention``)."""
+    opset 17; fused: dynamo exporter, opset 23, which turns SDPA into ONNX ``Attention``; plugin: as portable,
+    with the band's attention one ``minireranker.BandAttention`` node per layer)."""
     dtype = TORCH_DTYPES[config.precision]
-    module = copy.deepcopy(graph).to(dtype).eval()
+    plugin = config.attention == "plugin" and isinstance(graph, BandGraph)
+    module = copy.deepcopy(graph.with_plugin() if plugin else graph).to(dtype).eval()
+    if plugin:
+        register_symbolic()
     args = _cast(tuple(a for a in args if a is not None), dtype)
     inputs, outputs, axes = _io_for(kind, args)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,20 +162,25 @@ def export_graph(graph: nn.Module, kind: str, args: tuple, path: Path, config: B
             else:
                 torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                                   dynamic_axes=axes, opset_version=config.opset, dynamo=False,
-                                  do_constant_folding=True)
+                                  do_constant_folding=True, **({"custom_opsets": {DOMAIN: DOMAIN_VERSION}}
+                                                               if plugin else {}))
         except Exception as exc:  # the exporters raise many types; all mean the same to the user
             raise BuildError(f"exporting graph '{kind}' to ONNX failed: {type(exc).__name__}: {exc}") from exc
-    finalize_onnx(path, kind, config.external_data_threshold)
+    finalize_onnx(path, kind, config.external_data_threshold, fused=config.attention == "fused")
 
 
-def finalize_onnx(path: Path, kind: str, threshold: int) -> None:
+def finalize_onnx(path: Path, kind: str, threshold: int, fused: bool = False) -> None:
     """Run the ONNX checker; move the weights to ``<graph>.onnx.data`` when they exceed ``threshold``
-    bytes (protobuf cannot hold more than 2 GB, so the default threshold is just under that)."""
+    bytes (protobuf cannot hold more than 2 GB, so the default threshold is just under that). ``fused``:
+    write RMSNormalization back as basic ops, so TensorRT 10.14 parses the graph (export/trt_compat.py)."""
     import onnx
 
     model = onnx.load(str(path))
+    rewritten = fused and decompose_rmsnorm(model) > 0
     weights = sum(t.ByteSize() for t in model.graph.initializer)
-    if weights > threshold:
+    if rewritten and weights <= threshold:
+        onnx.save_model(model, str(path))
+    elif weights > threshold:
         data = path.with_name(path.name + ".data")
         for f in path.parent.glob(path.name + ".data*"):
             f.unlink()
@@ -171,17 +192,21 @@ def finalize_onnx(path: Path, kind: str, threshold: int) -> None:
         raise BuildError(f"graph '{kind}' fails the ONNX checker: {exc}") from None
 
 
-def _cpu_runner(kind: str, path: Path) -> BaseRunner:
-    """The graph in ONNX Runtime on the CPU: validation compares numbers, so no GPU provider's rounding."""
+def _cpu_runner(kind: str, path: Path, plugin: bool = False) -> BaseRunner:
+    """The graph in ONNX Runtime on the CPU: validation compares numbers, so no GPU provider's rounding.
+    ``plugin``: the graph may hold BandAttention nodes, run by onnxruntime-extensions (export/plugin_attention.py)."""
+    if plugin:
+        return PluginCpuRunner(kind, path)
     return open_runner(kind, path, providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()
 def validate_graph(graph: nn.Module, kind: str, samples: list[tuple], path: Path, precision: str,
-                   weights: str = "float") -> dict:
+                   weights: str = "float", plugin: bool = False) -> dict:
     """ONNX Runtime vs the torch fp32 graph on fresh samples; raises BuildError past the tolerance of
-    ``precision`` (and ``weights``: "int8" for a graph :func:`~.quantize.quantize_weights` rewrote)."""
-    runner = _cpu_runner(kind, path)
+    ``precision`` (and ``weights``: "int8" for a graph :func:`~.quantize.quantize_weights` rewrote;
+    ``plugin``: the graph may hold BandAttention nodes)."""
+    runner = _cpu_runner(kind, path, plugin)
     np_dtype = np.float16 if precision == "fp16" else np.float32
     worst: dict[str, float] = {}
     for args in samples:
@@ -283,7 +308,8 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
     config = config or BuildConfig()
     output = Path(output)
     ckpt = open_checkpoint(checkpoint, spec)
-    pipeline = ReferencePipeline(ckpt, spec, attention=config.attention)
+    # the plugin form's reference is the portable one: export_graph swaps the band's attention alone
+    pipeline = ReferencePipeline(ckpt, spec, attention="portable" if config.attention == "plugin" else config.attention)
     staging = _prepare_output(output)
     try:
         log(f"recording sample inputs ({len(pipeline.graphs)} graphs)")
@@ -302,14 +328,19 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
                 log(f"quantizing {key} to int8 weights")
                 quantize_weights(staging / rel, kind, config.external_data_threshold)
                 finalize_onnx(staging / rel, kind, config.external_data_threshold)  # the ONNX checker again
+            plugin = config.attention == "plugin" and key == "band"
             if config.validate:  # the quantized graph, when it is, against the torch fp32 reference
-                validation[key] = validate_graph(graph, kind, fresh[key], staging / rel, config.precision, weights)
-            graphs[key] = {"file": rel, **_describe(_cpu_runner(kind, staging / rel)),
+                validation[key] = validate_graph(graph, kind, fresh[key], staging / rel, config.precision, weights,
+                                                 plugin)
+            graphs[key] = {"file": rel, **_describe(_cpu_runner(kind, staging / rel, plugin)),
                            "parameters": _count_parameters(staging / rel)}
         _write_arrays(pipeline, staging, config.precision)
         meta = _bundle_json(ckpt, pipeline, config, graphs, validation, staging, source)
         (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if config.validate:
+        if config.validate and config.attention == "plugin":
+            meta["validation"]["end_to_end"] = {"skipped": PLUGIN_END_TO_END}
+            (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        elif config.validate:
             log("validating end to end: the runtime on the new engines vs the torch reference")
             meta["validation"]["end_to_end"] = validate_end_to_end(pipeline, staging, config.precision,
                                                                    config.weights)

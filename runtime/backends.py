@@ -73,9 +73,6 @@ class EngineBuildConfig:
             raise EngineError(f"--workspace must be a positive number of MiB, got {self.workspace_mib!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise EngineError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
-        if self.int8:
-            raise EngineError("--int8 needs a bundle with explicit Q/DQ graphs (TensorRT 11 has no implicit "
-                              "calibration), which no build makes yet (docs/engines.md); leave --int8 out")
         parse_overrides(self.profiles)  # a bad --profile fails before anything is built
 
 
@@ -153,10 +150,19 @@ def build_engines(bundle_dir: str | Path, config: EngineBuildConfig,
 
     bundle = load_bundle(bundle_dir)
     backend = config.backend
+    qdq = bundle.data.get("weights") == "int8-qdq"  # explicit Q/DQ band and tail (calibration/qdq.py)
+    if config.int8 and not qdq:
+        raise EngineError(f"--int8 needs explicit Q/DQ graphs (TensorRT 11 has no implicit calibration): write "
+                          f"them with `minireranker quantize {bundle.path} --data FILE -o OUT`, then build OUT's "
+                          "engines")
     if backend == "tensorrt":
-        from ..engines.tensorrt import import_tensorrt
+        from ..engines.tensorrt import import_tensorrt, tensorrt_major
 
         trt = import_tensorrt()
+        if bundle.data.get("attention") == "plugin":  # the parser builds BandAttention nodes from it
+            from ..engines.band_plugin import register_band_plugin
+
+            register_band_plugin()
     else:
         provider = {"onnxruntime-cuda": "CUDAExecutionProvider",
                     "onnxruntime-tensorrt": "TensorrtExecutionProvider"}[backend]
@@ -174,11 +180,13 @@ def build_engines(bundle_dir: str | Path, config: EngineBuildConfig,
     profiles = profiles_of(bundle, axes)
     folder = engines_folder(bundle.path, backend)
     folder.mkdir(parents=True, exist_ok=True)
-    strongly_typed = bundle.precision == "fp16"  # its graphs carry fp16 types already (engines/tensorrt.py)
-    fp16_flag = config.fp16 and not strongly_typed
-    if backend == "tensorrt" and fp16_flag and int(trt.__version__.split(".")[0]) >= 11:
+    # fp16 bundles carry fp16 types already, and TensorRT 11 builds strongly typed networks only
+    strongly_typed = backend == "tensorrt" and (bundle.precision == "fp16" or tensorrt_major(trt.__version__) >= 11)
+    if backend == "tensorrt" and config.fp16 and strongly_typed and bundle.precision != "fp16":
         raise EngineError("TensorRT 11 builds strongly typed networks only: build an fp16 bundle "
                           "(minireranker build --precision fp16) instead of --fp16 on an fp32 one")
+    fp16_flag = config.fp16 and not strongly_typed and bundle.precision != "fp16"
+    int8_flag = qdq and not strongly_typed  # a Q/DQ bundle implies --int8 (weakly typed TensorRT 10 needs it)
     graphs: dict[str, dict[str, Any]] = {}
     for key, record in graph_records(bundle).items():
         onnx_path = bundle.graph_path(record)
@@ -190,19 +198,19 @@ def build_engines(bundle_dir: str | Path, config: EngineBuildConfig,
 
             plan = folder / (key + ".plan")
             plan.parent.mkdir(parents=True, exist_ok=True)
-            plan_loader(onnx_path, plan, profiles[key], strongly_typed, fp16=fp16_flag,
+            plan_loader(onnx_path, plan, profiles[key], strongly_typed, fp16=fp16_flag, int8=int8_flag,
                         workspace_bytes=(config.workspace_mib or 0) << 20 or None,
                         timing_cache=folder / "timing.cache")()
             entry.update({"file": plan.relative_to(folder).as_posix(), "sha256": sha256_file(plan)})
         elif backend == "onnxruntime-tensorrt":
-            with _tensorrt_ep_runner(key, onnx_path, folder, profiles[key], config, fp16_flag) as runner:
+            with _tensorrt_ep_runner(key, onnx_path, folder, profiles[key], config, fp16_flag, int8_flag) as runner:
                 runner.infer(_feed_at(runner, profiles[key], "opt"))  # builds the engine into the cache
         graphs[key] = entry
     manifest = {"backend": backend, "bundle_fingerprint": bundle.fingerprint,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "versions": _versions(), "device": device,
-                "precision": {"bundle": bundle.precision, "fp16_flag": fp16_flag, "int8": config.int8,
-                              "strongly_typed": backend == "tensorrt" and strongly_typed},
+                "precision": {"bundle": bundle.precision, "fp16_flag": fp16_flag, "int8_flag": int8_flag,
+                              "qdq": qdq, "strongly_typed": strongly_typed},
                 "workspace_mib": config.workspace_mib, "batch_size": config.batch_size,
                 "axes": {key: {axis: r.to_list() for axis, r in ranges.items()} for key, ranges in axes.items()},
                 "graphs": graphs}
@@ -212,8 +220,8 @@ def build_engines(bundle_dir: str | Path, config: EngineBuildConfig,
 
 
 def _tensorrt_ep_runner(key: str, onnx_path: Path, folder: Path, profile: dict[str, ShapeRange],
-                        config: EngineBuildConfig, fp16: bool) -> OnnxRuntimeRunner:
-    options = tensorrt_provider_options(profile, folder, fp16=fp16,
+                        config: EngineBuildConfig, fp16: bool, int8: bool) -> OnnxRuntimeRunner:
+    options = tensorrt_provider_options(profile, folder, fp16=fp16, int8=int8,
                                         workspace_bytes=(config.workspace_mib or 0) << 20 or None,
                                         prefix=key.replace("/", "_"))
     return OnnxRuntimeRunner(key, onnx_path, [("TensorrtExecutionProvider", options), "CUDAExecutionProvider",
@@ -232,6 +240,10 @@ def graph_opener(bundle: Bundle, backend: str = "onnxruntime", providers: list[s
     """The runner factory for ``backend`` and, for a GPU backend, its checked engines.json."""
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if bundle.data.get("attention") == "plugin" and backend != "tensorrt":
+        raise EngineError(f"{bundle.path} was built with the TensorRT plugin attention form (its band holds "
+                          "minireranker.BandAttention nodes, which ONNX Runtime cannot run): use --backend tensorrt, "
+                          "or build it again with --attention portable")
     if backend == "onnxruntime":
         return (lambda key, record: open_runner(key.split("/")[-1], bundle.graph_path(record), providers,
                                                 threads)), None
@@ -265,7 +277,7 @@ def graph_opener(bundle: Bundle, backend: str = "onnxruntime", providers: list[s
         profile = {name: ShapeRange(tuple(r["min"]), tuple(r["opt"]), tuple(r["max"]))
                    for name, r in entry(key)["profile"].items()}
         return _tensorrt_ep_runner(key, bundle.graph_path(record), folder, profile, config,
-                                   manifest["precision"]["fp16_flag"])
+                                   manifest["precision"]["fp16_flag"], manifest["precision"]["int8_flag"])
     return open_ep, manifest
 
 

@@ -43,10 +43,15 @@ A bundle directory holds::
                       (the shapes the runtime needs, and those `profile --estimate` counts FLOPs with)
     preprocess        PreprocessConfig.to_dict() (runtime/preprocess.py)
     precision         "fp32" | "fp16": weights, embeddings, system and stored K/V
-    attention         "portable" (MatMul/Softmax, opset 17) | "fused" (ONNX Attention, opset 23)
+    attention         "portable" (MatMul/Softmax, opset 17) | "fused" (ONNX Attention, opset 23) | "plugin"
+                      (portable, the band's attention one minireranker.BandAttention node per layer: the
+                      TensorRT plugin of engines/band_plugin.py; only the tensorrt backend runs it)
     weights           "float" (the precision's) | "int8": the band's and tail's MatMul weights as int8
                       (MatMulInteger, export/quantize.py; fp32 bundles only, for CPUs); absent in bundles
-                      built before it, which read as "float"
+                      built before it, which read as "float" | "int8-qdq": the band and tail with explicit
+                      Q/DQ nodes (``minireranker quantize``, calibration/qdq.py), then also
+    quantization      {"format": "qdq", "graphs": {graph: QuantizeLinear nodes}, "method", "data",
+                       "calibration_queries", "source_bundle"} (Q/DQ bundles only)
     opset             the ONNX opset of every graph
     graphs            {name: {"file", "parameters", "inputs": [{"name", "dtype", "shape"}], "outputs": [...]}}
                       as the exported file declares them: "file" is relative to the bundle directory (the

@@ -29,7 +29,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help=f"fp32 for CPUs, fp16 for GPUs (default {d.precision})")
     p.add_argument("--attention", choices=ATTENTIONS, default=d.attention,
-                   help="portable: MatMul/Softmax (opset 17, TensorRT 10.3); fused: ONNX Attention (opset 23) "
+                   help="portable: MatMul/Softmax (opset 17, TensorRT 10.3 and later); fused: ONNX Attention (opset "
+                   "23, TensorRT 10.14 and later); plugin: portable with the band's attention "
+                   "a TensorRT plugin node (TensorRT 10.9 and later; --backend tensorrt only; unverified on hardware) "
                    f"(default {d.attention})")
     p.add_argument("--weights", choices=WEIGHTS, default=d.weights,
                    help="int8: the band's and tail's weight matrices as int8 (ONNX Runtime dynamic quantization; "

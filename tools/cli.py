@@ -13,12 +13,12 @@ import sys
 
 from ..runtime.errors import MiniRerankerError
 from . import (adapt_cli, bench_cli, build_cli, calibrate_cli, demo_cli, engines_cli, eval_cli, index_cli,
-               inspect_cli, profile_cli, reference_cli, rerank_cli, serve_cli, tiny_cli, verify_cli)
+               inspect_cli, profile_cli, quantize_cli, reference_cli, rerank_cli, serve_cli, tiny_cli, verify_cli)
 from .args import check_needs, is_export_module, missing_extra_message
 
 # In the order --help lists them: the build path, the runtime, measuring, serving, then the helpers.
 COMMANDS = (reference_cli, build_cli, engines_cli, index_cli, rerank_cli, inspect_cli, bench_cli, eval_cli,
-            calibrate_cli, adapt_cli, profile_cli, serve_cli, tiny_cli, verify_cli, demo_cli)
+            calibrate_cli, adapt_cli, quantize_cli, profile_cli, serve_cli, tiny_cli, verify_cli, demo_cli)
 
 
 def package_version() -> str:

@@ -28,7 +28,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="FP16 kernels for an fp32 bundle (TensorRT 10; on TensorRT 11 build an fp16 bundle instead: "
                    "its plans are strongly typed)")
     p.add_argument("--int8", action="store_true",
-                   help="INT8 from explicit Q/DQ graphs (not yet: no build makes them; refused)")
+                   help="INT8 from explicit Q/DQ graphs: for a bundle written by `minireranker quantize` (which "
+                   "implies it); refused for any other")
     p.add_argument("--workspace", type=positive_int, default=d["workspace_mib"], metavar="MiB",
                    help="TensorRT's workspace pool limit in MiB (default: TensorRT's own)")
     p.add_argument("--profile", action="append", default=None, metavar="NAME=MIN:OPT:MAX",

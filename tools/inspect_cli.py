@@ -26,7 +26,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     spec = info["spec"]
-    weights = ", int8 band and tail weights" if info["weights"] == "int8" else ""
+    weights = {"int8": ", int8 band and tail weights", "int8-qdq": ", int8 Q/DQ band and tail"}.get(info["weights"], "")
     print(f"bundle {info['path']}  fingerprint {info['fingerprint'][:16]}  {info['precision']}{weights}, "
           f"{info['attention']} attention, opset {info['opset']}")
     print(f"spec: exit layer {spec['exit_layer']}, band {spec['band']}, keep {spec['keep_ratio']}, "

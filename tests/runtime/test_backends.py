@@ -66,10 +66,11 @@ def test_gpu_backends_need_engines_and_a_gpu(bundle, tmp_path):
         build_engines(bundle, EngineBuildConfig("tensorrt"))
     with pytest.raises(EngineError, match="ONNX Runtime here has no CUDAExecutionProvider"):
         build_engines(bundle, EngineBuildConfig("onnxruntime-cuda"))
+    with pytest.raises(EngineError, match=f"--int8 needs explicit Q/DQ graphs .*minireranker quantize {bundle}"):
+        build_engines(bundle, EngineBuildConfig("tensorrt", int8=True))
     with pytest.raises(EngineError, match="unknown backend 'cuda'"):
         Reranker(bundle, tmp_path / "cache", backend="cuda")
     for bad, message in ((dict(backend="onnxruntime"), "the onnxruntime backend needs no engines"),
-                         (dict(backend="tensorrt", int8=True), "explicit Q/DQ graphs"),
                          (dict(backend="tensorrt", workspace_mib=0), "--workspace must be a positive"),
                          (dict(backend="tensorrt", profiles=("doc_len=3",)), "NAME=MIN:OPT:MAX")):
         with pytest.raises(EngineError, match=message):
