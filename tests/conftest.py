@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import numpy as np
-import pytest
-from PIL import Image
+# Triton runs its kernels on the CPU under its interpreter (tests/engines/test_band_kernel.py), which it
+# decides for its own language functions when it is first imported; collecting the tests imports peft, and
+# peft imports triton, so the switch must be set before any test module is imported: here.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 @pytest.fixture(scope="session")

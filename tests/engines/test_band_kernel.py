@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Before triton is imported (it decides then for its own jit functions) and before the kernel's first call.
+# Before triton is imported (it decides then for its own jit functions) and before the kernel's first call;
+# tests/conftest.py sets it before collection already (peft imports triton), this covers running alone.
 _INTERPRET_BEFORE = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 
