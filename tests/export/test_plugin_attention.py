@@ -44,6 +44,14 @@ def test_the_band_has_one_node_per_layer_and_no_other_graph_has_one(plugin_bundl
         assert len(node.input) == 10 and set(attrs) == {"scale", "num_kv_heads"}
 
 
+def test_the_plugin_band_sanitizes_and_needs_only_its_plugin_beyond_tensorrt_10_3(plugin_bundle):
+    from minireranker.engines.trt_onnx_ops import sanitize, unsupported_ops
+
+    a, b = plugin_bundle.spec.band
+    folded = sanitize(plugin_bundle.graph_path(plugin_bundle.graphs["band"]))  # polygraphy's constant folding
+    assert unsupported_ops(folded, "10.3") == {"minireranker::BandAttention": b - a + 1}
+
+
 def test_the_build_validated_the_plugin_band(plugin_bundle):
     validation = plugin_bundle.data["validation"]
     assert all(r["max_abs_diff"] <= 1e-4 for r in validation["band"].values()) and validation["band"]
