@@ -74,7 +74,9 @@ def test_band_takes_pairs_of_different_queries_in_one_call(bundle_factory, tmp_p
     from minireranker.runtime.reranker import Reranker
     from minireranker.runtime.spec import RerankSpec
 
-    bundle = bundle_factory("tiny", RerankSpec.tiny(), attention=attention)
+    # the approximate spec tests/runtime's parity and tests/engines' op checks build too: no extra build
+    bundle = bundle_factory("tiny", RerankSpec(exit_layer=3, band=(1, 2), keep_ratio=0.5, query_position=64),
+                            attention=attention)
     with Reranker(bundle, tmp_path / "probe") as r:
         assert r.encoder.runners["band"].input_metadata()["hidden"].shape[0] != 1  # a free batch axis
         assert _band_batches(r, SAME_LENGTH_CANDIDATES) == [4]  # both queries' pairs in one band call
