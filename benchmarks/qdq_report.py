@@ -1,6 +1,6 @@
 """Q/DQ INT8 band and tail (``minireranker quantize``) against float on the demo's held-out set: fidelity.
 
-    python benchmarks/qdq_report.py --out bench-out/qdq [--method minmax] [--queries 24]
+    python benchmarks/qdq_report.py --out bench-out/qdq [--queries 24]
 
 Builds the float bundle of the bundled demo reranker under its calibrated spec (as ``minireranker demo``
 does) and the dynamic-int8 one (``--weights int8``, export/quantize.py) for comparison, writes the Q/DQ
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(ASSETS / "reranker"))
     parser.add_argument("--calib", default=str(ASSETS / "eval" / "calib.jsonl"), help="calibration queries")
     parser.add_argument("--data", default=str(ASSETS / "eval" / "heldout.jsonl"), help="the measured set")
-    parser.add_argument("--method", default="minmax")
+    parser.add_argument("--method", default="minmax", help="activation range method (calibration/qdq.py)")
     parser.add_argument("--queries", type=int, default=24, help="calibration queries of --calib")
     args = parser.parse_args()
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ TensorRT 11 has no implicit INT8 calibrators; it takes INT8 only where the graph
 QuantizeLinear/DequantizeLinear pairs. This writes those graphs from a float bundle::
 
     bundle (fp32) ─Reranker on a JSONL set─▶ the band's and tail's real inputs (calibration feeds)
-        ─onnxruntime.quantization.quantize_static (QDQ, MinMax | Entropy | Percentile)─▶ band.onnx, tail.onnx
+        ─onnxruntime.quantization.quantize_static (QDQ, MinMax ranges)─▶ band.onnx, tail.onnx
         ─▶ a new bundle: the same files, those two graphs replaced, bundle.json "weights": "int8-qdq"
 
     x float ─Q(s_x, 0)─DQ─▶ x'    W float ─Q(s_W[col], 0)─DQ─▶ W'     MatMul(x', W') ─▶ y float
@@ -44,7 +44,10 @@ from ..runtime.errors import MiniRerankerError
 
 QDQ_WEIGHTS = "int8-qdq"
 QDQ_GRAPHS = ("band", "tail")
-METHODS = ("minmax", "entropy", "percentile")
+# ONNX Runtime's Entropy and Percentile calibrators stack each tensor's values across calls and fail on
+# feeds of different shapes ("inhomogeneous shape"), which the band's and tail's are (batch, document and
+# query lengths vary); MinMax keeps a running range, so it is the one that works here.
+METHODS = ("minmax",)
 
 
 class QuantizeError(MiniRerankerError):
@@ -108,8 +111,11 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], met
         def get_next(self):
             return next(self._it, None)
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {"minmax": CalibrationMethod.MinMax}
+    import logging
+
+    quiet = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # its root-logger advice to pre-process the model is noise here
     try:
         quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                         per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -117,6 +123,8 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], met
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     except Exception as exc:  # the quantizer raises many types; all mean the same to the user
         raise QuantizeError(f"quantizing graph '{src.stem}' to Q/DQ failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        logging.disable(quiet)
     return sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(dst)).graph.node)
 
 

@@ -26,7 +26,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--check-queries", type=positive_int, default=d["check_queries"],
                    help="queries after them that measure the result (default %(default)s)")
     p.add_argument("--method", choices=METHODS, default=d["method"],
-                   help="activation range method (default %(default)s)")
+                   help="activation range method (default %(default)s; ONNX Runtime's entropy and percentile "
+                   "calibrators fail on feeds of different shapes)")
     p.set_defaults(func=cmd_quantize)
     return p
 
