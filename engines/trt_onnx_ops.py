@@ -161,7 +161,9 @@ def nonconstant_inputs(model_or_path: ModelOrPath) -> dict[str, int]:
 def sanitize(path: str | Path) -> "onnx.ModelProto":
     """The graph at ``path`` with its local functions inlined and its constants folded by polygraphy
     (``FoldConstants``, errors raised, shapes inferred between passes), as ``polygraphy surgeon sanitize
-    --fold-constants`` does. Its weights are held in memory: save it with external data past 2 GB."""
+    --fold-constants`` does. Its weights are held in memory: save it with external data past 2 GB. A graph
+    whose shapes cannot all be inferred (a custom-domain node) makes ONNX Runtime's symbolic shape inference
+    write ``sym_shape_infer_temp.onnx`` into the working directory: run it from a scratch one."""
     import importlib.util
 
     missing = [m for m in ("onnx", "polygraphy", "onnx_graphsurgeon") if importlib.util.find_spec(m) is None]
