@@ -13,8 +13,8 @@ ranges are chosen once, at ``minireranker engines`` time, from named **axes**::
     patches       image patches entering the vision tower        vision
 
 An input's profile replaces each axis by its range and keeps every other dimension as the exported file
-fixes it (bundle.json's record). The runtime defaults (``runtime/engine_build.py``) cover every shape the
-runtime accepts, with ``opt`` at a typical call; ``--profile NAME=MIN:OPT:MAX`` (or ``GRAPH.NAME=...``)
+fixes it (bundle.json's record). The runtime's defaults (``runtime/backends.py``) cover every query and
+image the runtime accepts, with ``opt`` at a typical call; ``--profile NAME=MIN:OPT:MAX`` (or ``GRAPH.NAME=...``)
 overrides one. Torch-free and TensorRT-free: this module only computes shapes.
 """
 

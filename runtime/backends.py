@@ -14,7 +14,7 @@ Backends (``Reranker(..., backend=...)``, ``--backend``):
 
 The three GPU backends need ``minireranker engines BUNDLE --backend NAME`` first: it writes
 ``engines.json`` (engines/manifest.py) with the profiles the engines were built for. Their defaults
-(:func:`default_axes`) cover every shape the runtime accepts, so a call never falls outside them: ``batch``
+(:func:`default_axes`) cover every query and image the runtime accepts (documents: see doc_len): ``batch``
 up to the reranker's batch size, ``query_len`` up to the 512-token query limit and its closing tokens,
 ``doc_len`` up to a largest image (``preprocess.max_pixels``) plus :data:`DOC_TEXT_TOKENS` of text, capped by
 the model's positions; ``opt`` is a 1024x1024 image with a short caption and a 32-token query. A reranker on

@@ -34,7 +34,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="TensorRT's workspace pool limit in MiB (default: TensorRT's own)")
     p.add_argument("--profile", action="append", default=None, metavar="NAME=MIN:OPT:MAX",
                    help=f"shape range of an axis ({', '.join(AXES)}), or GRAPH.NAME=... for one graph (repeatable; "
-                   "default: every shape the runtime accepts, opt at a 1024x1024 image and a 32-token query)")
+                   "default: every query, every image the preprocessing makes plus 512 text tokens; opt at a "
+                   "1024x1024 image and a 32-token query)")
     p.add_argument("--batch-size", type=positive_int, default=d["batch_size"],
                    help="largest candidates per band/tail call the engines take (default %(default)s, the runtime's)")
     p.set_defaults(func=cmd_engines)
