@@ -23,18 +23,22 @@ This package imports nothing of the runtime: its errors (:mod:`.errors`) are the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from .base import BaseRunner, TensorSpec
 from .errors import EngineError, MiniRerankerError
 from .onnxrt import PREFERRED_PROVIDERS, OnnxRuntimeRunner, choose_providers
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = ["BACKENDS", "BaseRunner", "EngineError", "MiniRerankerError", "OnnxRuntimeRunner",
            "PREFERRED_PROVIDERS", "TensorSpec", "choose_providers", "open_runner"]
 
 
-def _open_onnxruntime(name: str, path: Path, providers: Sequence[str] | None, threads: int | None) -> BaseRunner:
-    return OnnxRuntimeRunner(name, path, choose_providers(providers), threads)
+def _open_onnxruntime(name: str, path: Path, providers: Sequence[str] | None, threads: int | None,
+                      initializers: Mapping[str, np.ndarray] | None = None) -> BaseRunner:
+    return OnnxRuntimeRunner(name, path, choose_providers(providers), threads, initializers=initializers)
 
 
 # backend name -> opener(name, path, providers, threads); the TensorRT runner registers here (see above)
@@ -44,12 +48,16 @@ BACKENDS: dict[str, Callable[[str, Path, Sequence[str] | None, int | None], Base
 
 
 def open_runner(name: str, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
-                backend: str = "onnxruntime") -> BaseRunner:
+                backend: str = "onnxruntime", initializers: Mapping[str, np.ndarray] | None = None) -> BaseRunner:
     """A runner for the graph ``name`` stored at ``path``.
 
     ``providers``: ONNX Runtime execution providers, in order (None: every preferred one present, see
     :func:`choose_providers`). ``threads``: intra-op threads (None: the backend's default).
+    ``initializers``: arrays the session uses for those of its weights instead of reading them
+    (a bundle's shared weights, mapped once: runtime/weights.py).
     """
     if backend not in BACKENDS:
         raise EngineError(f"unknown engine backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    if initializers:
+        return BACKENDS[backend](name, Path(path), providers, threads, initializers)
     return BACKENDS[backend](name, Path(path), providers, threads)

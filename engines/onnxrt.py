@@ -91,11 +91,14 @@ class OnnxRuntimeRunner(BaseRunner):
     once (module docstring); None: plain ``session.run``. ``custom_ops_library``: a shared library of
     custom-domain ops registered on the session (onnxruntime-extensions' for the plugin form's validation,
     export/plugin_attention.py); ``model_bytes``: the graph to load instead of the file at ``path``.
+    ``initializers``: arrays used for those weights instead of the file's (shared weights, runtime/weights.py);
+    ``prepack``: False leaves each weight as read (no per-session packed copy: half the memory, slower calls).
     """
 
     def __init__(self, name: str, path: str | Path, providers: Sequence[str | tuple[str, dict]],
                  threads: int | None = None, io_binding: str | None = None, resident: Sequence[str] = (),
-                 custom_ops_library: str | None = None, model_bytes: bytes | None = None) -> None:
+                 custom_ops_library: str | None = None, model_bytes: bytes | None = None,
+                 initializers: Mapping[str, np.ndarray] | None = None, prepack: bool = True) -> None:
         ort = import_onnxruntime()
 
         super().__init__(name)
@@ -111,6 +114,14 @@ class OnnxRuntimeRunner(BaseRunner):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if custom_ops_library:
             options.register_custom_ops_library(custom_ops_library)
+        # Shared weights: the session computes with these arrays (views of one mapping of the bundle's
+        # weight files, runtime/weights.py) instead of reading its own copy, so graphs that share a layer
+        # hold it once. Pre-packing would copy each weight into a per-session layout, so it is off then.
+        self._shared = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in (initializers or {}).items()}
+        for name, value in self._shared.items():
+            options.add_initializer(name, value)
+        if self._shared or not prepack:  # prepack=False: a session that runs a few times (a build's checks)
+            options.add_session_config_entry("session.disable_prepacking", "1")
         try:
             self.session = ort.InferenceSession(model_bytes if model_bytes is not None else str(path), options,
                                                 providers=list(providers))
@@ -165,4 +176,4 @@ class OnnxRuntimeRunner(BaseRunner):
     def close(self) -> None:
         # ONNX Runtime frees a session when its last reference goes; dropping ours is the release.
         self.__dict__.pop("session", None)
-        self._on_device = {}
+        self._on_device, self._shared = {}, {}

@@ -32,6 +32,9 @@ class BuildConfig:
     weights: str = "float"
     validate: bool = True
     external_data_threshold: int = 2_000_000_000  # bytes of weights above which a graph uses external data
+    # each distinct tensor once, in onnx/weights.bin (+ weights.query.bin), for every graph (export/shared_weights.py);
+    # False: each graph keeps its own weights (inline, or <graph>.onnx.data above the threshold)
+    share_weights: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -215,15 +215,17 @@ def _missing_message(ckpt: Checkpoint, missing: list[str]) -> str:
     return f"{ckpt.path}: tensor(s) missing from the weights: {missing[:5]}{more}"
 
 
-def load_state_dict(ckpt: Checkpoint, dtype: "torch.dtype | None" = None) -> dict[str, "torch.Tensor"]:
+def load_state_dict(ckpt: Checkpoint, dtype: "torch.dtype | None" = None,
+                    config: ModelConfig | None = None) -> dict[str, "torch.Tensor"]:
     """Read every tensor :func:`expected_shapes` names, checking presence and shape.
 
     Either weight layout loads (:func:`current_weight_name`); tensors the table does not name are ignored
-    (:func:`read_tensors` reads those).
+    (:func:`read_tensors` reads those). ``config``: read the tensors of this config instead of the
+    checkpoint's (:meth:`~.config.ModelConfig.first_layers`: the layers up to a spec's exit only).
     """
     import torch
 
-    wanted = expected_shapes(ckpt.config)
+    wanted = expected_shapes(config or ckpt.config)
     sources = _tensor_sources(ckpt)
     missing = [n for n in wanted if n not in sources]
     if missing:

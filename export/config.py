@@ -7,6 +7,7 @@ branches on a model's name. The validation here holds for every architecture.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +147,12 @@ class ModelConfig:
             )
         if len(self.vision.deepstack_indexes) > self.text.num_layers:
             raise CheckpointError("config.json: more DeepStack features than decoder layers")
+
+    def first_layers(self, n: int) -> "ModelConfig":
+        """This config with only decoder layers 0..n-1 (at least those DeepStack adds into): what a spec that
+        exits at layer n-1 reads, so a build loads no weight past its exit layer."""
+        n = min(self.text.num_layers, max(n, len(self.vision.deepstack_indexes)))
+        return dataclasses.replace(self, text=dataclasses.replace(self.text, num_layers=n))
 
 
 def config_field(d: dict[str, Any], key: str, where: str, default: Any = ...) -> Any:

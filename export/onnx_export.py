@@ -35,9 +35,10 @@ A failing check raises :class:`BuildError` naming the graph and the output, and 
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import shutil
 import warnings
@@ -49,7 +50,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..engines import BaseRunner, open_runner
+from ..engines import BaseRunner, OnnxRuntimeRunner
 from ..runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, load_bundle, meta_checksum, sha256_file
 from ..runtime.documents import Document
 from ..runtime.graph_io import GRAPH_IO
@@ -59,6 +60,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .graphs import BandGraph
 from .plugin_attention import DOMAIN, DOMAIN_VERSION, PluginCpuRunner, register_symbolic
 from .quantize import quantize_weights
+from .shared_weights import share_weights
 from .reference import ReferencePipeline
 from .trt_compat import decompose_rmsnorm
 
@@ -143,13 +145,27 @@ def export_graph(graph: nn.Module, kind: str, args: tuple, path: Path, config: B
     with the band's attention one ``minireranker.BandAttention`` node per layer)."""
     dtype = TORCH_DTYPES[config.precision]
     plugin = config.attention == "plugin" and isinstance(graph, BandGraph)
-    module = copy.deepcopy(graph.with_plugin() if plugin else graph).to(dtype).eval()
+    module = (graph.with_plugin() if plugin else graph).eval()
     if plugin:
         register_symbolic()
     args = _cast(tuple(a for a in args if a is not None), dtype)
     inputs, outputs, axes = _io_for(kind, args)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.no_grad():
+    # the exporter writes a graph past 2 GB as one file per tensor beside it: a scratch folder of its own
+    scratch = path.parent / f".{path.name}.export"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        _export(module, kind, args, scratch / path.name, config, dtype, plugin, inputs, outputs, axes)
+        finalize_onnx(scratch / path.name, kind, config.external_data_threshold, fused=config.attention == "fused",
+                      target=path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _export(module: nn.Module, kind: str, args: tuple, path: Path, config: BuildConfig, dtype: torch.dtype,
+            plugin: bool, inputs: list[str], outputs: list[str], axes: dict) -> None:
+    with warnings.catch_warnings(), torch.no_grad(), cast_in_place(module, dtype):
         warnings.simplefilter("ignore")
         try:
             if config.attention == "fused":
@@ -166,18 +182,41 @@ def export_graph(graph: nn.Module, kind: str, args: tuple, path: Path, config: B
                                                                if plugin else {}))
         except Exception as exc:  # the exporters raise many types; all mean the same to the user
             raise BuildError(f"exporting graph '{kind}' to ONNX failed: {type(exc).__name__}: {exc}") from exc
-    finalize_onnx(path, kind, config.external_data_threshold, fused=config.attention == "fused")
 
 
-def finalize_onnx(path: Path, kind: str, threshold: int, fused: bool = False) -> None:
+@contextlib.contextmanager
+def cast_in_place(module: nn.Module, dtype: torch.dtype):
+    """``module.to(dtype)`` for the duration of the block, then its own tensors back: what a deep copy cast
+    to ``dtype`` would export, without copying the reference (a graph holds the whole model: a copy of a
+    2B model per graph was 8 GB). Only the cast tensors are new, and they are freed after the block."""
+    if all(t.dtype == dtype for t in itertools.chain(module.parameters(), module.buffers()) if t.is_floating_point()):
+        yield module
+        return
+    params = [(p, p.data) for p in module.parameters()]
+    buffers = [(m, name, b) for m in module.modules() for name, b in m._buffers.items() if b is not None]
+    module.to(dtype)
+    try:
+        yield module
+    finally:
+        for p, data in params:
+            p.data = data
+        for m, name, b in buffers:
+            m._buffers[name] = b
+
+
+def finalize_onnx(path: Path, kind: str, threshold: int, fused: bool = False, target: Path | None = None) -> None:
     """Run the ONNX checker; move the weights to ``<graph>.onnx.data`` when they exceed ``threshold``
     bytes (protobuf cannot hold more than 2 GB, so the default threshold is just under that). ``fused``:
-    write RMSNormalization back as basic ops, so TensorRT 10.14 parses the graph (export/trt_compat.py)."""
+    write RMSNormalization back as basic ops, so TensorRT 10.14 parses the graph (export/trt_compat.py).
+    ``target``: write the graph there (the exporter's output at ``path`` is left for its caller to remove)."""
     import onnx
 
     model = onnx.load(str(path))
     rewritten = fused and decompose_rmsnorm(model) > 0
     weights = sum(t.ByteSize() for t in model.graph.initializer)
+    if target is not None and target != path:
+        path = target
+        rewritten = True  # written anew at the target
     if rewritten and weights <= threshold:
         onnx.save_model(model, str(path))
     elif weights > threshold:
@@ -197,16 +236,17 @@ def _cpu_runner(kind: str, path: Path, plugin: bool = False) -> BaseRunner:
     ``plugin``: the graph may hold BandAttention nodes, run by onnxruntime-extensions (export/plugin_attention.py)."""
     if plugin:
         return PluginCpuRunner(kind, path)
-    return open_runner(kind, path, providers=["CPUExecutionProvider"])
+    # no pre-packed copy of the weights: a check runs a few calls, and a 2B graph's copy is gigabytes
+    return OnnxRuntimeRunner(kind, path, ["CPUExecutionProvider"], prepack=False)
 
 
 @torch.no_grad()
 def validate_graph(graph: nn.Module, kind: str, samples: list[tuple], path: Path, precision: str,
-                   weights: str = "float", plugin: bool = False) -> dict:
+                   weights: str = "float", plugin: bool = False, runner: BaseRunner | None = None) -> dict:
     """ONNX Runtime vs the torch fp32 graph on fresh samples; raises BuildError past the tolerance of
     ``precision`` (and ``weights``: "int8" for a graph :func:`~.quantize.quantize_weights` rewrote;
-    ``plugin``: the graph may hold BandAttention nodes)."""
-    runner = _cpu_runner(kind, path, plugin)
+    ``plugin``: the graph may hold BandAttention nodes; ``runner``: the graph already opened)."""
+    runner = runner or _cpu_runner(kind, path, plugin)
     np_dtype = np.float16 if precision == "fp16" else np.float32
     worst: dict[str, float] = {}
     for args in samples:
@@ -309,7 +349,8 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
     output = Path(output)
     ckpt = open_checkpoint(checkpoint, spec)
     # the plugin form's reference is the portable one: export_graph swaps the band's attention alone
-    pipeline = ReferencePipeline(ckpt, spec, attention="portable" if config.attention == "plugin" else config.attention)
+    pipeline = ReferencePipeline(ckpt, spec, attention="portable" if config.attention == "plugin" else config.attention,
+                                 up_to_exit=True)
     staging = _prepare_output(output)
     try:
         log(f"recording sample inputs ({len(pipeline.graphs)} graphs)")
@@ -329,13 +370,19 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
                 quantize_weights(staging / rel, kind, config.external_data_threshold)
                 finalize_onnx(staging / rel, kind, config.external_data_threshold)  # the ONNX checker again
             plugin = config.attention == "plugin" and key == "band"
+            runner = _cpu_runner(kind, staging / rel, plugin)  # one session per graph, then freed
             if config.validate:  # the quantized graph, when it is, against the torch fp32 reference
                 validation[key] = validate_graph(graph, kind, fresh[key], staging / rel, config.precision, weights,
-                                                 plugin)
-            graphs[key] = {"file": rel, **_describe(_cpu_runner(kind, staging / rel, plugin)),
-                           "parameters": _count_parameters(staging / rel)}
+                                                 plugin, runner)
+            graphs[key] = {"file": rel, **_describe(runner), "parameters": _count_parameters(staging / rel)}
+            runner.close()
+            del runner
+        shared = _share_weights(staging, graphs, log) if config.share_weights else None
         _write_arrays(pipeline, staging, config.precision)
         meta = _bundle_json(ckpt, pipeline, config, graphs, validation, staging, source)
+        if shared is not None:
+            meta["shared_weights"] = shared
+            meta["meta_sha256"] = meta_checksum(meta)
         (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if config.validate and config.attention == "plugin":
             meta["validation"]["end_to_end"] = {"skipped": PLUGIN_END_TO_END}
@@ -353,6 +400,24 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
     staging.rename(output)
     log(f"bundle written to {output} (fingerprint {meta['fingerprint'][:12]})")
     return load_bundle(output)
+
+
+def _share_weights(staging: Path, graphs: dict[str, dict], log: Callable[[str], None]) -> dict:
+    """Each graph folder's weights into shared files (export/shared_weights.py); records each graph's
+    initializers in its bundle.json record. Returns bundle.json's "shared_weights": per folder, the files
+    and the distinct and referenced bytes."""
+    folders: dict[str, dict[str, Path]] = {}
+    for key, record in graphs.items():
+        folders.setdefault(str(Path(record["file"]).parent), {})[key] = staging / record["file"]
+    out = {}
+    for folder, files in folders.items():
+        names = {key.split("/")[-1]: path for key, path in files.items()}
+        report = share_weights(staging / folder, names, log)
+        for key in files:
+            graphs[key]["initializers"] = report["graphs"][key.split("/")[-1]]
+        out[folder] = {"files": {f"{folder}/{name}": size for name, size in report["files"].items()},
+                       "bytes": report["bytes"], "referenced_bytes": report["referenced_bytes"]}
+    return out
 
 
 def _write_arrays(pipeline: ReferencePipeline, staging: Path, precision: str) -> None:
@@ -452,6 +517,7 @@ def compare_runtime(pipeline: ReferencePipeline, runtime, docs: list[Document], 
     Jaccard overlap of the kept sets and the fraction of documents whose kept set is identical.
     """
     runtime.index(docs)  # cache every document once; each query then reads the same entries
+    runtime.release_document_graphs()  # a 2B model's vision and prefix sessions, freed before the band's open
     entries, overlaps = [], []
     for doc in docs:
         kept = runtime.store.get(runtime.key(doc)).meta.get("kept_visual")

@@ -47,13 +47,14 @@ class EmbedderGuide:
                 f"embedder {path}: its image preprocessing (patch, merge, min/max pixels) differs from the "
                 "reranker's, so its visual tokens would not line up; use an embedder of the same family"
             )
-        self.model = build_model(self.ckpt.config, load_state_dict(self.ckpt)).eval()
-        self.tokenizer = self.ckpt.load_tokenizer()
-        self.system_ids = self.encode(EMBEDDER_IMAGE_HEAD)
         n = self.ckpt.config.text.num_layers
         self.layer = n - 1 if guide_layer is None else guide_layer
         if not 0 <= self.layer < n:
             raise CheckpointError(f"guide_layer={self.layer} is outside the embedder's layers 0..{n - 1}")
+        config = self.ckpt.config.first_layers(self.layer + 1)  # the guide reads no layer past its own
+        self.model = build_model(config, load_state_dict(self.ckpt, config=config)).eval()
+        self.tokenizer = self.ckpt.load_tokenizer()
+        self.system_ids = self.encode(EMBEDDER_IMAGE_HEAD)
         self.system_k, self.system_v = system_kv(self.model, self.system_ids, self.layer + 1)
         self.num_deepstack = len(self.ckpt.config.vision.deepstack_indexes)
         self.graph = GuideGraph(self.model, self.layer, self.num_deepstack > 0)

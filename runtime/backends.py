@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..engines import BaseRunner, EngineError, open_runner
+from ..engines import BaseRunner, EngineError, choose_providers, open_runner
 from ..engines.device import cuda_device
 from ..engines.manifest import (BACKENDS as GPU_BACKENDS, check_manifest, check_plan, engines_folder, read_manifest,
                                 sha256_file, write_manifest)
@@ -41,6 +41,7 @@ from ..engines.onnxrt import OnnxRuntimeRunner, import_onnxruntime, tensorrt_pro
 from ..engines.profiles import AxisRange, ShapeRange, apply_overrides, graph_profile, parse_overrides
 from .bundle import Bundle, load_bundle
 from .graph_io import GRAPH_IO
+from .weights import SharedWeights
 
 BACKENDS = ("onnxruntime",) + GPU_BACKENDS
 BATCH_SIZE = 32           # the Reranker's default candidates per band/tail call
@@ -245,8 +246,7 @@ def graph_opener(bundle: Bundle, backend: str = "onnxruntime", providers: list[s
                           "minireranker.BandAttention nodes, which ONNX Runtime cannot run): use --backend tensorrt, "
                           "or build it again with --attention portable")
     if backend == "onnxruntime":
-        return (lambda key, record: open_runner(key.split("/")[-1], bundle.graph_path(record), providers,
-                                                threads)), None
+        return _shared_opener(bundle, providers, threads), None
     if providers:
         raise EngineError(f"--provider applies to the onnxruntime backend only; the {backend} backend chooses "
                           "its own (leave --provider out)")
@@ -279,6 +279,21 @@ def graph_opener(bundle: Bundle, backend: str = "onnxruntime", providers: list[s
         return _tensorrt_ep_runner(key, bundle.graph_path(record), folder, profile, config,
                                    manifest["precision"]["fp16_flag"], manifest["precision"]["int8_flag"])
     return open_ep, manifest
+
+
+def _shared_opener(bundle: Bundle, providers: list[str] | None, threads: int | None) -> Opener:
+    """The onnxruntime backend's opener: on the CPU, a graph's weights are views of the bundle's shared
+    weight files, mapped once for every graph (runtime/weights.py); elsewhere each session reads its own."""
+    on_cpu = choose_providers(providers)[0] == "CPUExecutionProvider"
+    mapped: dict[Path, SharedWeights] = {}
+
+    def open_graph(key: str, record: dict) -> BaseRunner:
+        path = bundle.graph_path(record)
+        views = None
+        if on_cpu and record.get("initializers"):
+            views = mapped.setdefault(path.parent, SharedWeights(path.parent)).views(record["initializers"])
+        return open_runner(key.split("/")[-1], path, providers, threads, initializers=views)
+    return open_graph
 
 
 def engine_limits(manifest: dict | None) -> dict[str, int]:

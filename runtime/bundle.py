@@ -123,6 +123,7 @@ STAMP_FILE = ".minireranker-verified.json"
 STAMP_VERSION = 1
 RACY_NS = 2_000_000_000  # 2 s: above the coarsest file time step in use (FAT's); see "Integrity" above
 PER_QUERY_GRAPHS = ("query_head", "band", "tail")  # the K/V entries do not depend on them
+QUERY_WEIGHTS_FILE = "weights.query.bin"  # their shared weights no document-side graph has (export/shared_weights.py)
 REBUILD = "rebuild the bundle with `minireranker build`"
 
 log = logging.getLogger("minireranker.runtime")
@@ -314,6 +315,9 @@ def meta_checksum(data: dict[str, Any]) -> str:
 def cache_namespace(data: dict[str, Any], spec: RerankSpec, checksums: dict[str, str]) -> str:
     """The K/V store namespace of a loaded bundle: see the module docstring."""
     per_query = {g["file"] for name, g in data["graphs"].items() if name in PER_QUERY_GRAPHS}
+    # the per-query graphs' own shared weights (export/shared_weights.py); the document side's are in weights.bin
+    per_query |= {f for folder in (data.get("shared_weights") or {}).values() for f in folder.get("files", {})
+                  if Path(f).name == QUERY_WEIGHTS_FILE}
     entry_files = {n: c for n, c in checksums.items()
                    if n not in per_query and not any(n.startswith(f + ".data") for f in per_query)}
     body = {"fingerprint": data["fingerprint"], "spec": spec.to_dict(), "template": data["template"],

@@ -5,13 +5,14 @@ against the graph I/O table when it is loaded.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..engines import BaseRunner
+from ..engines import BaseRunner, TensorSpec
 from .bundle import Bundle, BundleError
 from .graph_io import GRAPH_IO, GUIDE, VISION, GraphIO
 from .preprocess import preprocess_image
@@ -33,13 +34,27 @@ class Encoder:
         self.system_k = np.load(root / "system_k.npy")
         self.system_v = np.load(root / "system_v.npy")
         self.model = model
-        self.runners: dict[str, BaseRunner] = {}
+        self.runners: dict[str, LazyRunner] = {}
         for name, g in graphs.items():
-            runner = self.runners[name] = open_graph(prefix + name, g)
-            wrong = GRAPH_IO[name].mismatches(runner.input_metadata(), runner.output_metadata(), self.dtype)
-            if wrong:
-                raise BundleError(f"{bundle.path}: graph '{name}' ({g['file']}) does not fit the graph I/O table: "
-                                  f"{'; '.join(wrong)}; rebuild it with `minireranker build`")
+            def check(runner: BaseRunner, name: str = name, g: dict = g) -> None:
+                wrong = GRAPH_IO[name].mismatches(runner.input_metadata(), runner.output_metadata(), self.dtype)
+                if wrong:
+                    raise BundleError(f"{bundle.path}: graph '{name}' ({g['file']}) does not fit the graph I/O "
+                                      f"table: {'; '.join(wrong)}; rebuild it with `minireranker build`")
+
+            runner = self.runners[name] = LazyRunner(prefix + name, lambda k=prefix + name, g=g: open_graph(k, g), check)
+            # bundle.json's record of the graph's I/O is the file's own when checksums vouch for the file
+            recorded = _recorded(g) if bundle.integrity.get("checked") == "sha256" else None
+            if recorded is None:
+                runner.open()  # a bundle checked by size only, or without the record: open it now to check it
+            else:
+                check(recorded)
+
+    def close_graphs(self, names=None) -> None:
+        """Release the sessions of ``names`` (None: all); a released graph opens again on its next call."""
+        for name, runner in self.runners.items():
+            if names is None or name in names:
+                runner.close()
 
     def run(self, io: GraphIO, **arrays: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """One call of the graph ``io`` names, fed and read in the table's order."""
@@ -86,6 +101,84 @@ class Encoder:
                                 system_k=self.system_k[: layer + 1], system_v=self.system_v[: layer + 1],
                                 deepstack=dense)
         return attention.astype(np.float64)
+
+
+class _Recorded(BaseRunner):
+    """A graph's inputs and outputs as bundle.json records them (checked at load, before any session)."""
+
+    def __init__(self, name: str, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec]) -> None:
+        super().__init__(name)
+        self._inputs, self._outputs = inputs, outputs
+
+    def input_metadata(self) -> dict[str, TensorSpec]:
+        return self._inputs
+
+    def output_metadata(self) -> dict[str, TensorSpec]:
+        return self._outputs
+
+
+def _recorded(record: dict) -> _Recorded | None:
+    def specs(values: list[dict]) -> dict[str, TensorSpec]:
+        return {v["name"]: TensorSpec(v["name"], None if v["dtype"] is None else np.dtype(v["dtype"]),
+                                      tuple(v["shape"])) for v in values}
+    try:
+        return _Recorded(record["file"], specs(record["inputs"]), specs(record["outputs"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class LazyRunner(BaseRunner):
+    """A graph whose session is created on its first call, so a process holds the engines it uses only
+    (a rerank never loads the vision tower and the document prefix; an index never loads the band and tail).
+    ``check`` runs on the opened runner (the graph I/O table's check); :meth:`close` releases the session."""
+
+    def __init__(self, name: str, opener: Callable[[], BaseRunner], check: Callable[[BaseRunner], None]) -> None:
+        super().__init__(name)
+        self._opener, self._check = opener, check
+        self._runner: BaseRunner | None = None
+        self._lock = threading.Lock()  # a server's threads: one session per graph
+
+    @property
+    def is_open(self) -> bool:
+        return self._runner is not None
+
+    def open(self) -> BaseRunner:
+        runner = self._runner
+        if runner is not None:
+            return runner
+        with self._lock:
+            if self._runner is None:
+                runner = self._opener()
+                try:
+                    self._check(runner)
+                except BaseException:
+                    runner.close()
+                    raise
+                self._runner = runner
+            return self._runner
+
+    def __getattr__(self, attr: str):  # what a backend's runner adds (providers, path): from the open one
+        if attr in ("_opener", "_check", "_runner", "_lock"):  # before __init__ set them (copy, pickle)
+            raise AttributeError(attr)
+        return getattr(self.open(), attr)
+
+    def input_metadata(self) -> dict[str, TensorSpec]:
+        return self.open().input_metadata()
+
+    def output_metadata(self) -> dict[str, TensorSpec]:
+        return self.open().output_metadata()
+
+    def infer(self, feed):
+        return self.open().infer(feed)
+
+    def infer_impl(self, feed):
+        return self.open().infer_impl(feed)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._runner is not None:
+                self._runner.close()
+                self._runner = None
 
 
 def add_time(timings: dict[str, float] | None, stage: str, seconds: float) -> None:

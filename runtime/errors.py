@@ -50,3 +50,8 @@ class CacheFullError(CacheError):
 
     The reranker then scores the document uncached (and says so once); ``index`` reports it per document.
     """
+
+
+class NotCachedError(CacheError):
+    """A read-only reranker (``Reranker(read_only=True)``, ``serve --read-only``) was given a document its
+    cache does not hold; it never computes one. Index it through the writer, then ask again."""

@@ -15,7 +15,8 @@ A document is an image (path, bytes, PIL image, numpy array), a text, or both, w
 Its length is checked before any engine runs (:mod:`minireranker.runtime.limits`): one longer than
 ``max_document_tokens`` or the model's positions allow fails with DocumentTooLongError, per document.
 The store may decline an entry (over its bound, a read-only store, a full disk): ``index`` reports such
-documents in ``IndexReport.declined``; ``rerank`` scores them uncached and logs that once.
+documents in ``IndexReport.declined``; ``rerank`` scores them uncached and logs that once. A reranker made
+with ``read_only=True`` (a reader beside a writer process) computes no document: one not cached fails.
 Its cache key is its id when it has one, else a hash of its content; an id already indexed needs no
 content, and a document not yet cached is indexed on the fly. ``rerank`` is thread-safe.
 
@@ -48,7 +49,7 @@ from .backends import BATCH_SIZE, engine_limits, graph_opener
 from .bundle import Bundle, BundleError, load_bundle
 from .documents import Document, short_label
 from .encoder import Encoder, add_time
-from .errors import CacheError, DocumentError, MiniRerankerError, TokenizerError
+from .errors import CacheError, DocumentError, MiniRerankerError, NotCachedError, TokenizerError
 from .graph_io import BAND, DOC_PREFIX, QUERY_HEAD, TAIL
 from .kvstore import KVEntry, KVStore, StoreConfig
 from .limits import MAX_CHARS_PER_TOKEN, DocumentLimit
@@ -60,6 +61,7 @@ from .template import DocumentTokens, VisionFirstTemplate, document_positions, e
 
 log = logging.getLogger("minireranker.runtime")
 MAX_QUERY_TOKENS = 512
+DOCUMENT_GRAPHS = ("vision", "guide", "doc_prefix")  # what indexing runs; a rerank of cached documents never opens them
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,13 @@ class Reranker:
 
     def __init__(self, bundle: str | Path | Bundle, cache_dir: str | Path, providers: Sequence[str] | None = None,
                  max_cache_bytes: int | None = None, batch_size: int = BATCH_SIZE, int8_cache: bool = False,
-                 max_document_tokens: int | None = None, backend: str = "onnxruntime") -> None:
+                 max_document_tokens: int | None = None, backend: str = "onnxruntime", read_only: bool = False
+                 ) -> None:
         """``backend``: which engines run the graphs (runtime/backends.py); a GPU backend needs
-        ``minireranker engines`` first, and caps the batch, query and document sizes at its profiles'."""
+        ``minireranker engines`` first, and caps the batch, query and document sizes at its profiles'.
+        ``read_only``: a reader of a cache another process writes (docs/serve.md, "Many readers, one store"):
+        the store never writes, evicts or removes, and a document not cached fails with NotCachedError
+        instead of being computed."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         b = self.bundle
         self.backend = backend
@@ -147,8 +153,9 @@ class Reranker:
         self.max_document_tokens, self.model_document_tokens = self.document_limit.tokens, self.document_limit.model
         # the namespace derives from the verified checksums and the spec as loaded (runtime/bundle.py), not
         # the build's fingerprint alone: an edited bundle never reads entries written under the original
+        self.read_only = read_only
         self.store = KVStore(StoreConfig(Path(cache_dir), b.namespace, max_bytes=max_cache_bytes,
-                                         quantize_int8=int8_cache))
+                                         quantize_int8=int8_cache, read_only=read_only))
         self.stats: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
         self._said_uncached = False
@@ -180,6 +187,15 @@ class Reranker:
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
         self.store.close()
+        self.encoder.close_graphs()
+        if self.embedder is not None:
+            self.embedder.close_graphs()
+
+    def release_document_graphs(self) -> None:
+        """Free the sessions only indexing uses (vision, guide, document prefix); they open again if needed."""
+        self.encoder.close_graphs(DOCUMENT_GRAPHS)
+        if self.embedder is not None:
+            self.embedder.close_graphs()
 
     def __enter__(self) -> "Reranker":
         return self
@@ -303,6 +319,9 @@ class Reranker:
         """Index documents not yet cached (resumable: cached ones are skipped)."""
         report = IndexReport()
         docs = list(documents)
+        if self.read_only:
+            raise CacheError(f"this reranker reads the K/V cache at {self.store.namespace} read-only (read_only, "
+                             "--read-only): index documents through the writer, which shares that cache")
         if self.store.read_only:
             raise CacheError(f"the K/V cache at {self.store.namespace} is read-only: indexing needs a writable "
                              "cache directory; fix its permissions or choose another --cache")
@@ -385,6 +404,9 @@ class Reranker:
             doc = docs[i]
             try:
                 entry = self._still_current(doc, fresh[key] if key in fresh else stored[key])
+                if entry is None and self.read_only:
+                    raise NotCachedError("not in the cache; index it first with the writer (a read-only reader "
+                                         "computes no document)")
                 if entry is None:
                     t1 = time.perf_counter()
                     entry = fresh[key] = self._put(doc, self.encode_document(doc, timings))

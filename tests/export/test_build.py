@@ -76,12 +76,50 @@ def test_fingerprint_tracks_the_spec_and_precision_but_not_the_clock(tiny_checkp
 
 
 def test_large_weights_go_to_external_data(tiny_checkpoint, tmp_path):
-    """With the threshold lowered to 100 kB, graphs above it keep their weights in <graph>.onnx.data."""
-    bundle = build_bundle(tiny_checkpoint, tmp_path / "ext", SPEC, BuildConfig(external_data_threshold=100_000),
-                          log=lambda m: None)
+    """Without shared weights and with the threshold lowered to 100 kB, graphs above it keep their weights in
+    <graph>.onnx.data."""
+    bundle = build_bundle(tiny_checkpoint, tmp_path / "ext", SPEC,
+                          BuildConfig(external_data_threshold=100_000, share_weights=False), log=lambda m: None)
     files = bundle.data["files"]
     assert "onnx/vision.onnx.data" in files and files["onnx/vision.onnx"] < files["onnx/vision.onnx.data"]
+    assert "shared_weights" not in bundle.data and "onnx/weights.bin" not in files
     assert bundle.data["validation"]["end_to_end"]["scores"]["max_abs_diff"] <= 1e-4
+
+
+def test_shared_weights_store_each_tensor_once(tiny_bundle, tiny_checkpoint, tmp_path):
+    """The default bundle keeps every graph's initializers of 1 kB and more in onnx/weights.bin (document side)
+    and onnx/weights.query.bin (per-query graphs' own), each distinct tensor once: the graphs overlap (layers
+    0..2 in doc_prefix, query_head, band and guide), so the files are smaller than what the graphs reference,
+    the bundle is smaller than one built without sharing, and its scores are the same (1e-5)."""
+    from minireranker.runtime.reranker import Reranker
+
+    shared = load_bundle(tiny_bundle)
+    record = shared.data["shared_weights"]["onnx"]
+    files = shared.data["files"]
+    assert set(record["files"]) == {"onnx/weights.bin", "onnx/weights.query.bin"}
+    assert sum(files[f] for f in record["files"]) == record["bytes"] < record["referenced_bytes"]
+    assert not any(name.endswith(".onnx.data") for name in files)
+    for name, graph in shared.data["graphs"].items():
+        model = onnx.load(str(tiny_bundle / graph["file"]), load_external_data=False)
+        big = [t.name for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL
+               and len(t.raw_data) >= 1024]
+        assert not big, (name, big[:3])
+        assert set(graph["initializers"]) == {t.name for t in model.graph.initializer
+                                              if t.data_location == onnx.TensorProto.EXTERNAL}
+    # a per-query graph reads the layers it shares with the document side from weights.bin
+    band_files = {place[0] for place in shared.data["graphs"]["band"]["initializers"].values()}
+    assert "weights.bin" in band_files
+    plain = build_bundle(tiny_checkpoint, tmp_path / "plain", SPEC, BuildConfig(share_weights=False),
+                         log=lambda m: None)
+    assert sum(files.values()) < sum(plain.data["files"].values())
+    docs = onnx_export._sample_documents(1)  # two drawn images (one with a caption) and a text
+    scores = []
+    for path in (tiny_bundle, plain.path):
+        with Reranker(path, tmp_path / f"cache-{path.name}") as r:
+            out = r.rerank("which image is it?", docs)
+            assert not out.failed
+            scores.append(np.array([x.score for x in sorted(out.results, key=lambda x: x.index)]))
+    assert np.abs(scores[0] - scores[1]).max() <= 1e-5, scores
 
 
 def test_a_failing_check_fails_the_build_and_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):

@@ -96,10 +96,11 @@ def test_int8_bundle_reads_the_float_bundles_kv_entries(int8_bundle, tiny_bundle
 
 
 def test_int8_with_external_data_writes_the_small_graphs_back_inline(tiny_checkpoint, tmp_path):
-    """At a 100 kB threshold the fp32 band and tail go to external data; their int8 weights fit inline,
-    and the float graph's data file must not stay behind."""
+    """Without shared weights, at a 100 kB threshold the fp32 band and tail go to external data; their int8
+    weights fit inline, and the float graph's data file must not stay behind."""
     bundle = build_bundle(tiny_checkpoint, tmp_path / "ext", SPEC,
-                          BuildConfig(weights="int8", external_data_threshold=100_000), log=lambda m: None)
+                          BuildConfig(weights="int8", external_data_threshold=100_000, share_weights=False),
+                          log=lambda m: None)
     files = bundle.data["files"]
     assert "onnx/vision.onnx.data" in files                       # a float graph still above the threshold
     assert not {"onnx/band.onnx.data", "onnx/tail.onnx.data"} & set(files)
