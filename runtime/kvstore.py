@@ -45,7 +45,9 @@ mapped; a put replaces a FIFO, a link or a device at the entry's name, and refus
 
 Read-only stores: a store whose directory the process cannot write (or ``StoreConfig(read_only=True)``)
 opens for reads: ``get`` works on the entries there, ``put`` stores nothing and returns 0, recency is
-not updated, corrupted entries are reported but not removed, nothing is evicted; one warning says so.
+not updated, corrupted entries are reported but not removed, nothing is evicted; one warning says so
+(asked for, it is the reader of "many readers, one store", docs/serve.md: its directory must already hold
+a store, and it logs at info level only).
 
 A full disk: a put that fails with ENOSPC or EDQUOT raises :class:`~minireranker.runtime.errors.CacheFullError`
 (a CacheError), after removing its temp file.
@@ -175,8 +177,17 @@ class KVStore:
         if not isinstance(config, StoreConfig):
             raise CacheError(f"KVStore needs a StoreConfig, got {type(config).__name__}")
         self.config = config
+        directory = config.directory
+        if config.read_only and (not directory.exists()  # a file there: open_namespace says so
+                                 or directory.is_dir() and not os.path.lexists(directory / MARKER_NAME)):
+            raise CacheError(f"{directory} holds no K/V store yet, and a read-only store only reads what a "
+                             "writer stored: start the writer (minireranker serve without --read-only, or "
+                             "minireranker index) on this cache directory first")
         self.namespace, self.read_only = open_namespace(config.directory, config.fingerprint, config.read_only)
-        if self.read_only:
+        if config.read_only:
+            logger.info("the K/V cache at %s is opened read-only: reading the entries a writer stores, storing, "
+                        "evicting and removing none", self.namespace)
+        elif self.read_only:
             logger.warning("the K/V cache at %s is read-only: reading its entries, storing none (new documents "
                            "are computed on every use); make it writable to cache them", self.namespace)
         else:

@@ -82,6 +82,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help=f"ONNX Runtime execution provider (repeatable) [{env_name('provider')}, comma-separated]")
     p.add_argument("--int8-cache", action="store_true", default=None,
                    help=f"store K/V as int8 with per-channel scales [{env_name('int8-cache')}=1]")
+    p.add_argument("--read-only", action="store_true", default=None,
+                   help="read the cache that another serve process (the writer) or `minireranker index` fills: "
+                   "never write or evict; a document not cached fails (404) instead of being computed; POST and "
+                   f"DELETE /v1/documents answer 403; default off [{env_name('read-only')}=1]")
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -121,12 +125,18 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, flag.replace("-", "_"))
         env = os.environ.get(env_name(flag))
         lists[flag] = tuple(value) if value else tuple(x for x in (env or "").split(",") if x) or None
-    int8 = args.int8_cache if args.int8_cache is not None else os.environ.get(env_name("int8-cache")) in ("1", "true")
     limit_names = {f.name for f in fields(ServeLimits)}
     limits = ServeLimits(**{k: v for k, v in given.items() if k in limit_names},
                          allow_url_prefixes=lists["allow-url-prefix"] or ())
     return ServeConfig(bundle=args.bundle, cache=args.cache, limits=limits, providers=lists["provider"],
-                       int8_cache=bool(int8), **{k: v for k, v in given.items() if k not in limit_names})
+                       int8_cache=_switch(args, "int8-cache"), read_only=_switch(args, "read-only"),
+                       **{k: v for k, v in given.items() if k not in limit_names})
+
+
+def _switch(args: argparse.Namespace, flag: str) -> bool:
+    """An on/off flag: given on the command line, or its variable set to 1 or true."""
+    value = getattr(args, flag.replace("-", "_"))
+    return bool(value) if value is not None else os.environ.get(env_name(flag)) in ("1", "true")
 
 
 def _require_serve_extra() -> None:

@@ -13,6 +13,10 @@ processes): a put writes a temp file and ``os.replace``s it (a reader sees the o
 an entry's arrays are views of their own ``mmap`` (a delete or replace unlinks the name, the mapping a
 rerank is reading stays valid), and the store's counters sit behind its lock.
 
+A ``read_only`` service reads a cache that another process (the writer: a serve without it, or
+``minireranker index``) fills: a rerank of a document not cached answers 404 with every such document
+listed in ``failed``, and POST / DELETE /v1/documents answer 403 (docs/serve.md, "Many readers, one store").
+
 Loading is observable: ``start_loading`` opens the bundle on a thread; until it is done ``ready`` is
 unset and the HTTP layer answers 503.
 
@@ -34,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 from .batcher import DynamicBatcher
 from ..documents import Document
-from ..errors import DocumentTooLongError, MiniRerankerError, TokenizerError
+from ..errors import DocumentTooLongError, MiniRerankerError, NotCachedError, TokenizerError
 from ..spec import probability as score_probability
 from .api import DocumentRefusal, RequestError, RerankRequest, ServeLimits, rerank_response
 
@@ -60,6 +64,7 @@ class ServeConfig:
     int8_cache: bool = False
     drain_timeout_s: float = 30.0       # SIGTERM: how long in-flight requests may take to finish
     max_document_tokens: int | None = None  # tokens of one document (413, or cut with truncate); None: the model's
+    read_only: bool = False             # a reader of a cache a writer fills: never writes, evicts, or encodes
     limits: ServeLimits = field(default_factory=ServeLimits)
 
     def __post_init__(self) -> None:
@@ -110,6 +115,8 @@ class RerankService:
         extra = {}
         if c.max_document_tokens is not None and "max_document_tokens" in inspect.signature(Reranker).parameters:
             extra["max_document_tokens"] = c.max_document_tokens
+        if c.read_only:
+            extra["read_only"] = True
         return Reranker(c.bundle, c.cache, providers=c.providers, backend=c.backend, max_cache_bytes=c.max_cache_bytes,
                         batch_size=c.max_batch, int8_cache=c.int8_cache, **extra)
 
@@ -147,7 +154,7 @@ class RerankService:
     def _init_metrics(self) -> None:
         # prometheus_client (the serve extra) is imported here, not with the module: ServeConfig's defaults
         # are read for `minireranker --help` on a base install
-        from .metrics import COUNT_BUCKETS, Counter, Histogram, ReadAtScrape, new_registry
+        from .metrics import COUNT_BUCKETS, Counter, Histogram, MemoryCollector, ReadAtScrape, new_registry
 
         r = self.registry = new_registry()
         self.m_requests = Counter("minireranker_requests", "HTTP requests by route and status code.",
@@ -179,6 +186,7 @@ class RerankService:
             ("minireranker_ready", "1 once the engines are loaded.", "gauge", lambda: float(self.ready.is_set())),
         ]
         r.register(ReadAtScrape(scraped))
+        r.register(MemoryCollector(lambda: getattr(getattr(self.reranker, "store", None), "namespace", None)))
 
     def render_metrics(self) -> str:
         """The body of ``GET /metrics``."""
@@ -235,7 +243,7 @@ class RerankService:
         for stage in ("kv_lookup", "index"):
             self.m_stage.labels(stage=stage).observe(timings.get(stage, 0.0))
         if failed:
-            _raise_failures(failed, documents)
+            _raise_failures(failed, documents, listed=self.config.read_only)
         self.m_candidates.observe(len(entries))
         t2 = time.perf_counter()
         scores = self.batcher.submit([(state, e) for _, e in entries]).result()
@@ -305,6 +313,7 @@ class RerankService:
         of the batch could be indexed, the answer is that status (RequestError) with the same list.
         """
         reranker = self._require_ready()
+        self._refuse_if_read_only("index documents")
         failed = [{"index": r.index, "id": r.id, "status": r.status, "error": r.error} for r in refused]
         limit = self._document_limit()
         todo = []
@@ -343,16 +352,27 @@ class RerankService:
     def delete_document(self, doc_id: str) -> dict:
         """``DELETE /v1/documents/{id}`` (404 when it was not cached)."""
         reranker = self._require_ready()
+        self._refuse_if_read_only(f"delete {doc_id!r}")
         if not reranker.store.delete(reranker.key(Document(id=doc_id))):
             raise RequestError(404, f"document id {doc_id!r} is not in the cache")
         return {"id": doc_id, "deleted": True}
 
+    def _refuse_if_read_only(self, what: str) -> None:
+        if self.config.read_only:
+            raise RequestError(403, f"this server is --read-only, so it cannot {what}: send it to the writer "
+                               "(the serve process on the same --cache without --read-only)")
 
-def _raise_failures(failed: list, documents: Sequence[Document]) -> None:
+
+def _raise_failures(failed: list, documents: Sequence[Document], listed: bool = False) -> None:
+    """The first failure as the request's error; ``listed``: every failure in its ``failed`` field too."""
     first = failed[0]
     doc = documents[first.index]
     unknown = doc.image is None and not doc.text
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    if listed:
+        every = [{"index": f.index, "id": documents[f.index].id, "status": _failure_status(f), "error": f.error}
+                 for f in failed]
+        raise RequestError(_failure_status(first), f"documents[{first.index}]: {first.error}{more}", failed=every)
     if unknown:
         raise RequestError(404, f"documents[{first.index}]: id {doc.id!r} is not in the cache and has no "
                            f"content; index it with POST /v1/documents first{more}")
@@ -365,6 +385,9 @@ def _too_long(index: int, tokens: int, limit: int) -> str:
 
 
 def _failure_status(failure: Any) -> int:
-    """413 for a document over the token limit (the runtime's Failure carries what was raised), else 422."""
+    """413 for a document over the token limit, 404 for one a read-only reader has not in its cache (the
+    runtime's Failure carries what was raised), else 422."""
+    if isinstance(failure.exception, NotCachedError):
+        return 404
     return 413 if isinstance(failure.exception, DocumentTooLongError) else 422
 
