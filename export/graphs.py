@@ -76,6 +76,10 @@ class VisionGraph(nn.Module):
         super().__init__()
         self.vision = model.vision
 
+    def used_modules(self) -> list[nn.Module]:
+        """What the export reads (export/onnx_export.py's cast_in_place casts these alone)."""
+        return [self.vision]
+
     def forward(self, pixel_values: Tensor, pos_index: Tensor, pos_weight: Tensor, rot_cos: Tensor,
                 rot_sin: Tensor, window_id: Tensor | None = None) -> tuple[Tensor, Tensor]:
         grid = (pos_index, pos_weight, rot_cos, rot_sin) + (() if window_id is None else (window_id,))
@@ -93,6 +97,9 @@ class DocPrefixGraph(nn.Module):
     def __init__(self, model: TorchModel, band: tuple[int, int], exit_layer: int, has_deepstack: bool) -> None:
         super().__init__()
         self.model, self.band, self.exit_layer, self.has_deepstack = model, band, exit_layer, has_deepstack
+
+    def used_modules(self) -> list[nn.Module]:
+        return [self.model.rotary, *self.model.layers[: self.exit_layer + 1]]
 
     def forward(self, embeds: Tensor, positions: Tensor, system_k: Tensor, system_v: Tensor,
                 instruction_hidden: Tensor, instruction_positions: Tensor,
@@ -124,6 +131,9 @@ class GuideGraph(nn.Module):
         super().__init__()
         self.model, self.layer, self.has_deepstack = model, layer, has_deepstack
 
+    def used_modules(self) -> list[nn.Module]:
+        return [self.model.rotary, *self.model.layers[: self.layer + 1]]
+
     def forward(self, embeds: Tensor, positions: Tensor, system_k: Tensor, system_v: Tensor,
                 deepstack: Tensor | None = None) -> Tensor:
         # embeds [1, Td, D]; positions [3, 1, Td]; system_k/v [g+1, 1, Hkv, S, d] -> probs [S + Td]
@@ -143,6 +153,9 @@ class QueryHeadGraph(nn.Module):
     def __init__(self, model: TorchModel, band_start: int) -> None:
         super().__init__()
         self.model, self.band_start = model, band_start
+
+    def used_modules(self) -> list[nn.Module]:
+        return [self.model.rotary, *self.model.layers[: self.band_start]]
 
     def forward(self, embeds: Tensor, positions: Tensor, system_k: Tensor, system_v: Tensor,
                 instruction_k: Tensor, instruction_v: Tensor) -> Tensor:
@@ -168,6 +181,9 @@ class BandGraph(nn.Module):
     def with_plugin(self) -> "BandGraph":
         """This band (the same model, not copied) in the plugin form."""
         return BandGraph(self.model, self.band, plugin=True)
+
+    def used_modules(self) -> list[nn.Module]:
+        return [self.model.rotary, *self.model.layers[self.band[0]: self.band[1] + 1]]
 
     def forward(self, hidden: Tensor, positions: Tensor, doc_k: Tensor, doc_v: Tensor, doc_mask: Tensor,
                 instruction_k: Tensor, instruction_v: Tensor, system_k: Tensor, system_v: Tensor) -> Tensor:
@@ -211,6 +227,9 @@ class TailGraph(nn.Module):
         super().__init__()
         self.model, self.first = model, first
         self.head = head
+
+    def used_modules(self) -> list[nn.Module]:
+        return [self.model.rotary, *self.model.layers[self.first:], self.head]
 
     def forward(self, hidden: Tensor, positions: Tensor, instruction_k: Tensor, instruction_v: Tensor,
                 system_k: Tensor, system_v: Tensor) -> Tensor:

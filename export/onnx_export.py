@@ -188,13 +188,19 @@ def _export(module: nn.Module, kind: str, args: tuple, path: Path, config: Build
 def cast_in_place(module: nn.Module, dtype: torch.dtype):
     """``module.to(dtype)`` for the duration of the block, then its own tensors back: what a deep copy cast
     to ``dtype`` would export, without copying the reference (a graph holds the whole model: a copy of a
-    2B model per graph was 8 GB). Only the cast tensors are new, and they are freed after the block."""
-    if all(t.dtype == dtype for t in itertools.chain(module.parameters(), module.buffers()) if t.is_floating_point()):
+    2B model per graph was 8 GB). Only the modules the graph reads are cast (``used_modules``: a tail's
+    layers, not the vision tower), and the cast tensors are freed after the block."""
+    # a graph names the modules its export reads (export/graphs.py): the rest of the model is never cast
+    parts = module.used_modules() if hasattr(module, "used_modules") else [module]
+    tensors = [t for part in parts for t in itertools.chain(part.parameters(), part.buffers())]
+    if all(t.dtype == dtype for t in tensors if t.is_floating_point()):
         yield module
         return
-    params = [(p, p.data) for p in module.parameters()]
-    buffers = [(m, name, b) for m in module.modules() for name, b in m._buffers.items() if b is not None]
-    module.to(dtype)
+    params = list({id(p): (p, p.data) for part in parts for p in part.parameters()}.values())
+    buffers = [(m, name, b) for part in parts for m in part.modules() for name, b in m._buffers.items()
+               if b is not None]
+    for part in parts:
+        part.to(dtype)
     try:
         yield module
     finally:
