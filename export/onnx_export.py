@@ -408,6 +408,18 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
     return load_bundle(output)
 
 
+def build_and_load(checkpoint: str | Path, output: str | Path, spec: RerankSpec | None = None,
+                   config: BuildConfig | None = None, cache_dir: str | Path | None = None,
+                   log: Callable[[str], None] = print, **options):
+    """Build the bundle of ``checkpoint`` into ``output`` (as :func:`build_bundle`: a bundle already there is
+    replaced), then open it: returns :meth:`Reranker.from_pretrained(output, cache_dir, **options)
+    <minireranker.runtime.reranker.Reranker.from_pretrained>`, ready for ``rank``."""
+    from ..runtime.reranker import Reranker
+
+    build_bundle(checkpoint, output, spec, config, log=log)
+    return Reranker.from_pretrained(output, cache_dir, **options)
+
+
 def _share_weights(staging: Path, graphs: dict[str, dict], log: Callable[[str], None]) -> dict:
     """Each graph folder's weights into shared files (export/shared_weights.py); records each graph's
     initializers in its bundle.json record. Returns bundle.json's "shared_weights": per folder, the files

@@ -35,6 +35,7 @@ benchmarks/kvstore_bench.py measures) and indexes the misses.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -46,7 +47,7 @@ import numpy as np
 
 from ..engines import choose_providers
 from .backends import BATCH_SIZE, engine_limits, graph_opener
-from .bundle import Bundle, BundleError, load_bundle
+from .bundle import BUNDLE_FILE, Bundle, BundleError, load_bundle
 from .documents import Document, short_label
 from .encoder import Encoder, add_time
 from .errors import CacheError, DocumentError, MiniRerankerError, NotCachedError, TokenizerError
@@ -61,6 +62,7 @@ from .template import DocumentTokens, VisionFirstTemplate, document_positions, e
 
 log = logging.getLogger("minireranker.runtime")
 MAX_QUERY_TOKENS = 512
+CACHE_ENV = "MINIRERANKER_CACHE"  # where Reranker.from_pretrained keeps K/V when no cache_dir is given
 DOCUMENT_GRAPHS = ("vision", "guide", "doc_prefix")  # what indexing runs; a rerank of cached documents never opens them
 
 
@@ -159,6 +161,23 @@ class Reranker:
         self.stats: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
         self._said_uncached = False
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, cache_dir: str | Path | None = None, **options) -> "Reranker":
+        """Open the bundle at ``path`` (a directory ``minireranker build`` wrote) for :meth:`rank`.
+
+        ``cache_dir``: where document K/V is kept (default :func:`default_cache_dir`: ``$MINIRERANKER_CACHE``,
+        else ``$XDG_CACHE_HOME/minireranker/kv``, else ``~/.cache/minireranker/kv``); one directory holds the
+        entries of many bundles apart. ``options``: as for :class:`Reranker` (``backend``, ``providers``, ...).
+        A checkpoint is not a bundle: the runtime needs no torch, so it says how to build one
+        (``minireranker build``, or :func:`minireranker.export.onnx_export.build_and_load` on a build machine).
+        """
+        path = Path(path)
+        if not (path / BUNDLE_FILE).is_file() and (path / "config.json").is_file():
+            raise BundleError(f"{path} is a checkpoint, not a bundle: build its engines first with "
+                              f"`minireranker build {path} -o BUNDLE_DIR` (or, where torch is installed, "
+                              "minireranker.export.onnx_export.build_and_load), then load BUNDLE_DIR")
+        return cls(path, default_cache_dir() if cache_dir is None else cache_dir, **options)
 
     @staticmethod
     def template_of(bundle: Bundle, tokenizer=None) -> VisionFirstTemplate:
@@ -382,6 +401,25 @@ class Reranker:
         self._count("candidates", len(entries))
         return RerankOutput(query, results[:top_k] if top_k else results, failed, dict(timings))
 
+    def rank(self, query: str, documents: Sequence, top_k: int | None = None) -> list[RerankResult]:
+        """Score ``documents`` for ``query`` and return them best first (at most ``top_k``).
+
+        Each document is a ``str`` (a text), a ``pathlib.Path``, PIL image, numpy array or ``bytes`` (an
+        image), or a :class:`Document` (an image and a text, or an id: ``Document(id=...)`` of one already
+        indexed, or ``Document(image=..., id=...)`` to name it). A result's ``index`` is the document's
+        position in ``documents``, its ``id`` the id given (else None). Unlike :meth:`rerank`, which lists
+        failures apart and reads a ``str`` as an id, a document that cannot be scored raises
+        :class:`DocumentError` naming its position (or the error it met: DocumentTooLongError, ...).
+        """
+        out = self.rerank(query, [as_document(d, i) for i, d in enumerate(documents)], top_k)
+        if out.failed:
+            first = out.failed[0]
+            error = first.exception if first.exception is not None else DocumentError(first.error)
+            more = f" ({len(out.failed) - 1} more failed)" if len(out.failed) > 1 else ""
+            error.args = (f"document [{first.index}] {short_label(first.document)}: {first.error}{more}",)
+            raise error
+        return out.results
+
     def prepare_query(self, query: str) -> QueryState:
         """Tokenize ``query`` and run the query head once (raises TokenizerError like ``rerank``)."""
         ids = self.query_ids(query)
@@ -525,6 +563,34 @@ class Reranker:
                                      system_v=self.encoder.system_v[b + 1: e + 1])
         timings["tail"] = timings.get("tail", 0.0) + time.perf_counter() - t0
         return scores.astype(np.float64)
+
+
+def default_cache_dir() -> Path:
+    """The K/V cache of :meth:`Reranker.from_pretrained` when none is given: ``$MINIRERANKER_CACHE``, else
+    ``$XDG_CACHE_HOME/minireranker/kv``, else ``~/.cache/minireranker/kv``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "minireranker" / "kv"
+
+
+def as_document(item: object, index: int = 0) -> Document:
+    """What :meth:`Reranker.rank` makes of one of its documents: a ``str`` is a text; a path, PIL image,
+    numpy array or bytes an image; a :class:`Document` is itself. Anything else is a DocumentError."""
+    if isinstance(item, Document):
+        return item
+    if isinstance(item, str):
+        return Document(text=item)
+    if isinstance(item, (Path, bytes, bytearray, np.ndarray)) or _is_pil_image(item):
+        return Document(image=bytes(item) if isinstance(item, bytearray) else item)
+    raise DocumentError(f"document [{index}] is a {type(item).__name__}: pass a str (a text), a pathlib.Path, PIL "
+                        "image, numpy array or bytes (an image), or a Document (an image with a text, or an id)")
+
+
+def _is_pil_image(item: object) -> bool:
+    from PIL import Image
+
+    return isinstance(item, Image.Image)
 
 
 def index_documents(bundle: str | Path, cache_dir: str | Path, documents: Sequence[Document],
