@@ -11,6 +11,22 @@ files are documents: a FIFO, a device or a socket named like an image in a direc
 warning on the ``minireranker.runtime`` logger), and an image path is opened as a regular file of at most
 ``MAX_IMAGE_FILE_BYTES`` (runtime/preprocess.py) before anything reads it (runtime/files.py), so nothing
 blocks on a FIFO or reads ``/dev/zero`` without bound.
+
+Lists (:func:`expand_list_args`): an argument ``-`` stands for the lines of stdin, ``@FILE`` for the lines
+of FILE (a file, or a pipe such as ``@<(find photos -name '*.png')``): one DOC (or id) a line, taken as
+written but for the whitespace at its ends, blank lines skipped; a line is never a list itself.
+
+Ids on the command line (docs/cli.md): a document the command line parses gets the id
+:func:`command_line_id` gives it, and ``--ids X`` looks up :func:`resolve_id` of X, so that every spelling
+of a path (``./a.png``, ``../here/a.png``, its absolute path, a link to it) names one cache entry::
+
+    PATH                 the file's resolved absolute path (os.path.realpath: links resolved)
+    PATH::text:STRING    that path, then ::text:STRING
+    text:STRING          as written
+
+The library (:class:`Document`, the Reranker) and the server keep ids opaque: they resolve nothing, so a
+server never looks at a client's paths. Caches indexed before this rule hold ids as typed;
+:func:`ids_indexed_as_typed` finds the ``--ids`` arguments such a cache holds only under those.
 """
 
 from __future__ import annotations
@@ -19,9 +35,10 @@ import glob
 import hashlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence, TextIO
 
 from .errors import DocumentError
 from .files import FileTooLargeError, NotRegularFileError, file_kind, read_regular
@@ -158,3 +175,77 @@ def _regular_images(directory: Path) -> list[Path]:
                 kind = f"unreadable ({exc.strerror or exc})"
             log.warning("skipping %s in %s: it is %s, not a regular image file", entry.name, directory, kind)
     return files
+
+
+# -- the command line's ids ---------------------------------------------------------------------------
+def command_line_id(doc: Document) -> str:
+    """The id of a document the command line parsed: an image path's resolved absolute path (then
+    ``::text:STRING`` if it has a text), ``text:STRING`` for a text, or the id it already has."""
+    if doc.id is not None:
+        return str(doc.id)
+    if isinstance(doc.image, (str, Path)):
+        return os.path.realpath(doc.image) + (f"::text:{doc.text}" if doc.text else "")
+    return doc.label
+
+
+def resolve_id(typed: str) -> str:
+    """The id that ``--ids typed`` looks up: :func:`command_line_id` of the document ``typed`` names when it
+    names an existing file (``PATH`` or ``PATH::text:STRING``); anything else as written."""
+    if typed.startswith("text:"):
+        return typed
+    path, sep, rest = typed.partition("::")
+    if os.path.isfile(typed):
+        return os.path.realpath(typed)
+    if sep and rest.startswith("text:") and os.path.isfile(path):
+        return f"{os.path.realpath(path)}::{rest}"
+    return typed
+
+
+def typed_id_forms(typed: str) -> list[str]:
+    """The ids a cache indexed before :func:`resolve_id` may hold for ``--ids typed`` (ids were the
+    string typed at index time): ``typed`` itself, normalised, relative to here and absolute; [] when
+    ``typed`` resolves to itself (nothing changed for it)."""
+    resolved = resolve_id(typed)
+    if resolved == typed:
+        return []
+    path, sep, rest = typed.partition("::") if not os.path.isfile(typed) else (typed, "", "")
+    tail = sep + rest
+    forms = [typed, os.path.normpath(path) + tail, os.path.relpath(os.path.abspath(path)) + tail,
+             os.path.abspath(path) + tail]
+    return [f for f in dict.fromkeys(forms) if f != resolved]
+
+
+def ids_indexed_as_typed(typed: Sequence[str], cached: Callable[[str], bool]) -> list[str]:
+    """The ``--ids`` arguments whose resolved id ``cached`` (id -> whether the cache holds it) misses but
+    whose id as typed before (:func:`typed_id_forms`) it holds: documents to index again."""
+    return [t for t in typed if not cached(resolve_id(t)) and any(cached(form) for form in typed_id_forms(t))]
+
+
+# -- lists: - and @FILE ----------------------------------------------------------------------------
+def expand_list_args(args: Sequence[str], stdin: TextIO | None = None) -> list[str]:
+    """``args`` with ``-`` replaced by the lines of ``stdin`` (default ``sys.stdin``) and ``@FILE`` by the
+    lines of FILE (see the module docstring); any other argument as it is."""
+    out: list[str] = []
+    for arg in args:
+        if arg == "-":
+            out.extend(_list_lines(lambda: (stdin or sys.stdin).read(), "- (stdin)"))
+        elif arg.startswith("@") and len(arg) > 1:
+            out.extend(_list_lines(lambda: Path(arg[1:]).read_text(encoding="utf-8"), arg))
+        else:
+            out.append(arg)
+    return out
+
+
+def _list_lines(read, name: str) -> list[str]:
+    """The non-blank lines of what ``read()`` returns, stripped; an unreadable list is a DocumentError."""
+    try:
+        text = read()
+    except FileNotFoundError:
+        raise DocumentError(f"{name}: no such file; @FILE reads one DOC a line from FILE (write ./{name} for a "
+                            "document whose name starts with @)") from None
+    except IsADirectoryError:
+        raise DocumentError(f"{name}: is a directory; @FILE reads one DOC a line from the file FILE (a "
+                            f"directory of images is a DOC itself: write {name[1:]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DocumentError(f"{name}: cannot read it as UTF-8 text ({exc}); give a list of one DOC a line") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -14,11 +14,17 @@ import math
 import re
 from typing import Any, Callable
 
-from ..runtime.errors import MiniRerankerError
+from ..runtime.errors import DocumentError, MiniRerankerError
 from ..runtime.spec import SPEC_FLAGS, RerankSpec, read_spec
 
 DOC_HELP = ("a document: an image PATH, text:STRING, or PATH::text:STRING (image then text); directories and globs "
             "expand")
+LIST_HELP = "- reads more from stdin and @FILE from FILE, one a line (blank lines skipped); "
+DOCS_HELP = (f"{DOC_HELP}; {LIST_HELP}a path's id is its file's resolved absolute path, whatever the spelling "
+             "(docs/cli.md)")
+IDS_HELP = ("ids of documents already indexed: an existing file's PATH (or PATH::text:STRING) is looked up by its "
+            "resolved absolute path, as index names it; any other id (text:STRING, ...) as written; " + LIST_HELP
+            + "a listed id is read as if typed here")
 SPEC_FORMS = "a minireranker.json file, an inline JSON object such as '{\"exit_layer\": 2, \"band\": [1, 2], " \
              "\"query_position\": 64}', or 'exact'"
 
@@ -160,8 +166,28 @@ def reranker_options(args: argparse.Namespace) -> dict:
 
 
 def with_ids(docs: list) -> list:
-    """On the command line a document's id is how it was written (a path or text:...), so that
-    `rerank --ids PATH` finds what `index PATH` cached; a changed file under the same path is re-indexed."""
+    """On the command line a document's id is its command-line id (runtime/documents.py: a path's is the file's
+    resolved absolute path, a text's text:...), so that `rerank --ids X` finds what `index X` cached however
+    X is spelt; a changed file under the same path is re-indexed."""
     import dataclasses
 
-    return [d if d.id is not None else dataclasses.replace(d, id=d.label) for d in docs]
+    from ..runtime.documents import command_line_id
+
+    return [d if d.id is not None else dataclasses.replace(d, id=command_line_id(d)) for d in docs]
+
+
+def read_stdin_once(**lists: list[str] | str | None) -> None:
+    """Refuse ``-`` (stdin) in more than one place among the named arguments: stdin is read once."""
+    places = [name for name, value in lists.items() for v in ([value] if isinstance(value, str) else value or [])
+              if v == "-"]
+    if len(places) > 1:
+        raise DocumentError(f"'-' (stdin) is given {len(places)} times ({', '.join(places)}); stdin can be read "
+                            "once: put the other list in a file and pass @FILE")
+
+
+def documents_from_args(args: list[str]) -> list:
+    """The documents of DOC arguments (``-`` and ``@FILE`` lists expanded, then directories and globs), each
+    with its command-line id."""
+    from ..runtime.documents import expand_document_args, expand_list_args
+
+    return with_ids(expand_document_args(expand_list_args(args)))

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     # positional matching leaves them over, so they are appended to the documents here.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "documents") or any(x.startswith("-") for x in extra):
+        if not hasattr(args, "documents") or any(x.startswith("-") and x != "-" for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.documents = list(args.documents or []) + extra
     try:

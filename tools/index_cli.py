@@ -8,7 +8,8 @@ import sys
 import time
 
 from ..runtime.errors import MiniRerankerError
-from .args import DOC_HELP, add_runtime_arguments, keyword_defaults, positive_int, reranker_options, with_ids
+from .args import (DOCS_HELP, add_runtime_arguments, documents_from_args, keyword_defaults, positive_int,
+                   read_stdin_once, reranker_options)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -17,7 +18,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                               description="Index documents (skipping those already cached) into the K/V cache. "
                               "Exit status 1 if any document failed or was not stored (over --max-cache-bytes).")
     add_runtime_arguments(p)
-    p.add_argument("documents", nargs="+", metavar="DOC", help=DOC_HELP)
+    p.add_argument("documents", nargs="+", metavar="DOC", help=DOCS_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_ray_arguments(p)
     p.set_defaults(func=cmd_index)
@@ -43,13 +44,14 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ..runtime.documents import expand_document_args, short_label
+    from ..runtime.documents import short_label
 
     ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--workers", args.workers),
                                          ("--gpus-per-worker", args.gpus_per_worker or None)) if value is not None]
     if ray_only and not args.ray:
         raise MiniRerankerError(f"{', '.join(ray_only)}: options of a Ray job; add --ray")
-    docs = with_ids(expand_document_args(args.documents))
+    read_stdin_once(DOC=args.documents)
+    docs = documents_from_args(args.documents)
     t0 = time.perf_counter()
     report = _index(args, docs)
     seconds = time.perf_counter() - t0

@@ -10,7 +10,7 @@ import json
 
 from ..runtime.profiling.estimate import DEVICE_NAMES
 from ..runtime.profiling.profile import COLD_MODES, ProfileConfig
-from .args import add_backend_argument, add_spec_arguments, spec_from_args
+from .args import DOCS_HELP, IDS_HELP, add_backend_argument, add_spec_arguments, documents_from_args, read_stdin_once, spec_from_args
 
 _DEFAULTS = ProfileConfig()  # every default is defined once, in ProfileConfig
 
@@ -69,11 +69,11 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from ..runtime.documents import Document, expand_document_args
+    from ..runtime.documents import Document, expand_list_args, resolve_id
     from ..runtime.profiling.profile import run_profile
 
-    docs = [d if d.id is not None else Document(d.image, d.text, id=d.label)
-            for d in expand_document_args(args.documents)] + [Document(id=i) for i in args.ids or []]
+    read_stdin_once(DOC=args.documents, **{"--ids": args.ids})  # ids as `index` and `rerank` make them
+    docs = documents_from_args(args.documents) + [Document(id=resolve_id(i)) for i in expand_list_args(args.ids or [])]
     spec = spec_from_args(args)
     report = run_profile(args.bundle, args.cache, _config(args), documents=docs or None, estimate_device=args.estimate,
                          out_dir=args.out, progress=not args.quiet, spec=spec)
@@ -90,11 +90,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", nargs="?", default=None, help="bundle directory (optional with --estimate only)")
     p.add_argument("documents", nargs="*", metavar="DOC",
-                   help="documents to profile with instead of synthetic ones: an image PATH, text:STRING or "
-                        "PATH::text:STRING (repeated to fill the candidate counts)")
+                   help="documents to profile with instead of synthetic ones (repeated to fill the candidate "
+                   f"counts): {DOCS_HELP}")
     p.add_argument("--cache", default=None, help="K/V cache directory (required to profile; synthetic documents "
                    "are kept there under 'profile/...' ids, so a second run starts warm)")
-    p.add_argument("--ids", nargs="+", default=None, help="ids of documents already in the cache to profile with")
+    p.add_argument("--ids", nargs="+", default=None, help=IDS_HELP)
     p.add_argument("--candidates", type=_ints, default=None,
                    help=f"candidate counts, e.g. 10,100,1000 (default {','.join(map(str, d.candidates))})")
     p.add_argument("--query-tokens", type=_ints, default=None,
