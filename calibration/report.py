@@ -6,10 +6,14 @@ Markdown are written.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
-from ..runtime.profiling.report import pyplot as _pyplot
-from .metrics import METRICS
+import numpy as np
+
+from ..runtime.profiling.report import pyplot as _pyplot, save_figure
+from .metrics import METRICS, paired_difference, per_query
 
 LABELS = {"hit@1": "Hit@1", "mrr": "MRR", "ndcg@5": "nDCG@5", "ndcg@10": "nDCG@10"}
 
@@ -77,27 +81,81 @@ def eval_markdown(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def eval_plot(result: dict, path: Path) -> bool:
-    """Grouped bars: one group per metric, one bar per system."""
-    plt = _pyplot()
-    if plt is None:
-        return False
+def _mean_ci95(result: dict, system: dict, metric: str) -> tuple[float, float] | None:
+    """95% bootstrap interval of ``system``'s mean ``metric`` over the queries eval averaged (the interval of a
+    mean is that of its paired difference from zero); None where eval.json holds no per-query scores."""
+    if "scores" not in system or "queries" not in result:
+        return None
+    values = per_query(system["scores"], [q["grades"] for q in result["queries"]], metric)
+    if not len(values):
+        return None
+    low, high = paired_difference(values, np.zeros(len(values)))["ci95"]
+    return low, high
+
+
+def _eval_bars(ax, result: dict, colors) -> None:
+    """Grouped bars, one group per metric, one bar per system, each with its 95% bootstrap interval."""
     systems = result["systems"]
     width = 0.8 / len(systems)
-    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(METRICS) + 0.25 * len(systems), 4.2))
     for j, s in enumerate(systems):
         xs = [i + (j - (len(systems) - 1) / 2) * width for i in range(len(METRICS))]
-        ax.bar(xs, [s["metrics"][m] for m in METRICS], width, label=s["name"], color=plt.get_cmap("tab10")(j % 10))
+        means = [s["metrics"][m] for m in METRICS]
+        cis = [_mean_ci95(result, s, m) for m in METRICS]
+        err = None if None in cis else np.array([[mu - lo, hi - mu] for mu, (lo, hi) in zip(means, cis)]).T
+        ax.bar(xs, means, width, yerr=err, capsize=2.5, error_kw={"elinewidth": 1, "ecolor": "0.15"},
+               label=s["name"], color=colors(j))
     ax.set_xticks(range(len(METRICS)), [LABELS[m] for m in METRICS])
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("mean over queries")
-    ax.set_title(f"minireranker eval: {Path(result['data']).name}, {systems[0]['metrics']['queries']} queries")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylabel("mean over queries (whiskers: 95% bootstrap interval)")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+
+
+def _eval_differences(ax, result: dict, colors) -> None:
+    """Each system's nDCG@10 minus the reference's, with eval's paired 95% interval; 0 dashed."""
+    from matplotlib.ticker import MaxNLocator
+
+    ref = result.get("reference_system", "dense")
+    rows = [(j, s) for j, s in enumerate(result["systems"]) if s.get("vs_dense")]
+    for row, (j, s) in enumerate(rows):
+        v = s["vs_dense"]
+        ax.errorbar(v["delta"], row, xerr=[[v["delta"] - v["ci95"][0]], [v["ci95"][1] - v["delta"]]], fmt="o",
+                    color=colors(j), ecolor=colors(j), capsize=4, elinewidth=2, ms=7)
+    ax.axvline(0, color="0.3", ls="--", lw=1)
+    ax.xaxis.set_major_locator(MaxNLocator(5))  # differences of a few hundredths: few, readable labels
+    ax.set_yticks(range(len(rows)), [s["name"] for _, s in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel(f"nDCG@10 minus {ref}'s\n(mean and 95% paired interval)")
+    ax.set_title("an interval that excludes 0 is a clear difference", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def eval_figure(result: dict) -> Any:
+    """Left: grouped bars, one group per metric, one bar per system, with 95% bootstrap intervals of each mean;
+    right (when eval compared systems): nDCG@10 minus the reference's with eval's paired 95% intervals. The
+    matplotlib figure, or None without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    systems = result["systems"]
+    paired = any(s.get("vs_dense") for s in systems)
+    wide = 2.2 + 1.6 * len(METRICS) + 0.25 * len(systems)
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(wide + (4.2 if paired else 0), 4.4), squeeze=False,
+                             gridspec_kw={"width_ratios": [wide, 4.2] if paired else [1]}, layout="constrained")
+    def colors(j: int):  # a system's colour, the same in both panels
+        return plt.get_cmap("tab10")(j % 10)
+
+    _eval_bars(axes[0][0], result, colors)
+    if paired:
+        _eval_differences(axes[0][1], result, colors)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, ncol=len(systems), loc="outside lower center")
+    fig.suptitle(f"minireranker eval: {Path(result['data']).name}, {systems[0]['metrics']['queries']} queries")
+    return fig
+
+
+def eval_plot(result: dict, path: Path) -> bool:
+    """eval.png: :func:`eval_figure` as a PNG; False (nothing written) without matplotlib."""
+    fig = eval_figure(result)
+    return fig is not None and bool(save_figure(fig, path))
 
 
 def _mb(n: float) -> str:
@@ -161,34 +219,79 @@ def calibration_markdown(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def pareto_plot(result: dict, path: Path) -> bool:
-    """Fidelity against FLOPs and against K/V bytes per query; frontier joined, chosen starred, target dashed."""
+FLOP_UNITS = ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1.0, "FLOP"))
+BYTE_UNITS = ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"), (1, "bytes"))
+
+
+def _unit(values: list[float], units: tuple[tuple[float, str], ...]) -> tuple[float, str]:
+    """The largest unit in which the largest value is at least 1, so ticks read 75, 150 rather than 0.075."""
+    top = max(values, default=0.0)
+    return next(((scale, name) for scale, name in units if top >= scale), units[-1])
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick positions for a log axis over [lo, hi] (lo > 0): 1-2-5 steps, 1-1.5-2-3-5-7 where that gives fewer
+    than four, decades alone (at most seven) where it gives more than seven, the ends and middle where a range
+    is too narrow for any of these; labelled plainly (``%g``), they never crowd."""
+    exponents = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        ticks = [m * 10.0 ** e for e in exponents for m in mantissas if lo <= m * 10.0 ** e <= hi]
+        if len(ticks) >= 4:
+            break
+    if len(ticks) < 2:  # a range narrower than 1 to 1.5: its ends and middle, to two significant digits
+        return sorted({float(f"{x:.2g}") for x in (lo * 1.05, math.sqrt(lo * hi), hi / 1.05)})
+    if len(ticks) <= 7:
+        return ticks
+    decades = [t for t in ticks if math.log10(t) == round(math.log10(t))]
+    return decades[::math.ceil(len(decades) / 7)]  # every other (third...) decade past seven
+
+
+def _log_axis(ax, values: list[float]) -> None:
+    """Log x axis over ``values`` with a margin, plain major labels at :func:`log_ticks`, no minor labels."""
+    from matplotlib.ticker import NullFormatter
+
+    lo, hi = min(values) / 1.15, max(values) * 1.15
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_xticks(ticks := log_ticks(lo, hi), [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def pareto_figure(result: dict) -> Any:
+    """Fidelity against FLOPs and against K/V bytes per query, each spec coloured by its keep ratio (the colour
+    bar at the right); frontier circled, chosen starred, target dashed. Log x axes with plain, spaced labels
+    when every cost is positive. The matplotlib figure, or None without matplotlib."""
     plt = _pyplot()
     if plt is None:
-        return False
+        return None
     pts, chosen = result["points"], result["chosen"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    for ax, key, label in ((axes[0], "flops_per_query", "GFLOP per query"),
-                           (axes[1], "kv_bytes_per_query", "K/V MiB read per query")):
-        scale = 1e9 if key.startswith("flops") else 2**20
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True, layout="constrained")
+    for ax, key, units, what in ((axes[0], "flops_per_query", FLOP_UNITS, "compute per query"),
+                                 (axes[1], "kv_bytes_per_query", BYTE_UNITS, "K/V read per query")):
+        scale, unit = _unit([p[key] for p in pts], units)
         xs = [p[key] / scale for p in pts]
-        ax.scatter(xs, [p["fidelity"] for p in pts], s=14, c=[p["keep_ratio"] for p in pts], cmap="viridis",
-                   vmin=0, vmax=1, alpha=0.6, label="swept spec (colour: keep ratio)")
-        front = sorted((p[key] / scale, p["fidelity"]) for p in pts if p["on_frontier"])
-        ax.plot([f[0] for f in front], [f[1] for f in front], "o", mfc="none", mec="crimson", ms=8,
-                label="Pareto frontier")
+        dots = ax.scatter(xs, [p["fidelity"] for p in pts], s=18, c=[p["keep_ratio"] for p in pts],
+                          cmap="viridis", vmin=0, vmax=1, alpha=0.75, label="swept spec (colour: keep ratio)")
         ax.axhline(result["target"], ls="--", color="grey", lw=1, label=f"target {result['target']:g}")
-        if chosen is not None:
-            ax.plot(pts[chosen][key] / scale, pts[chosen]["fidelity"], "*", color="crimson", ms=16,
-                    label=f"chosen: {pts[chosen]['label']}")
+        if chosen is not None:  # under the frontier's rings, so the ring around the chosen spec still shows
+            ax.plot(pts[chosen][key] / scale, pts[chosen]["fidelity"], "*", color="gold", mec="black", ms=17,
+                    zorder=3, label=f"chosen: {pts[chosen]['label']}")
+        front = sorted((p[key] / scale, p["fidelity"]) for p in pts if p["on_frontier"])
+        ax.plot([f[0] for f in front], [f[1] for f in front], "o", mfc="none", mec="crimson", ms=8, zorder=4,
+                label="Pareto frontier")
         if min(xs) > 0:
-            ax.set_xscale("log")
-        ax.set_xlabel(label + " (log)")
+            _log_axis(ax, xs)
+        ax.set_xlabel(f"{what} ({unit}" + (", log scale)" if min(xs) > 0 else ")"))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"fidelity ({result['fidelity']['short']})")
     axes[0].legend(fontsize=7, loc="lower right")
+    fig.colorbar(dots, ax=list(axes), fraction=0.03, pad=0.02).set_label(
+        "keep ratio (share of document tokens kept)")
     fig.suptitle(f"minireranker calibrate: {Path(result['checkpoint']).name}, {result['cost']['candidates']} candidates")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return fig
+
+
+def pareto_plot(result: dict, path: Path) -> bool:
+    """pareto.png: :func:`pareto_figure` as a PNG; False (nothing written) without matplotlib."""
+    fig = pareto_figure(result)
+    return fig is not None and bool(save_figure(fig, path))

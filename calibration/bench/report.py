@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from ...runtime.profiling.report import pyplot, write_report
+from ...runtime.profiling.report import pyplot, save_figure, write_report
 from .flags import ERRORS
 from .systems import STAGES
 
@@ -108,40 +108,69 @@ def _marginal_lines(result: dict) -> list[str]:
     return out
 
 
-def write_plot(result: dict, path: Path) -> bool:
-    """Left: each system's stages stacked, in seconds per query on a log axis (where the totals differ by
-    orders of magnitude); right: the same stages as shares of each total. False without matplotlib."""
-    plt = pyplot()
-    if plt is None:
-        return False
-    systems = list(result["systems"].values())
+SHARE_LABEL_MIN = 6.0  # percent: a share this wide or wider is written inside its segment
+
+
+def _stage_seconds(systems: list[dict]) -> tuple[list[str], list[dict[str, float]]]:
+    """The stages (and ``other``) any system spent time in, and each system's median seconds per stage."""
     seconds = [{k: max(0.0, (s["other_s"] if k == "other" else s["stages_s"][k])["median"]) for k in (*STAGES, "other")}
                for s in systems]
-    names = [k for k in (*STAGES, "other") if any(x[k] > 0 for x in seconds)]
-    fig, (ax, share) = plt.subplots(1, 2, figsize=(13, 1.8 + 0.6 * len(systems)), sharey=True,
-                                    gridspec_kw={"width_ratios": [3, 2]})
-    for row, (s, x) in enumerate(zip(systems, seconds)):
-        total, left, part = sum(x[k] for k in names), 0.0, 0.0
-        for j, k in enumerate(names):
-            color = plt.get_cmap("tab10")(j)
-            ax.barh(row, x[k], left=left, color=color, label=k if row == 0 else None)
-            share.barh(row, 100 * x[k] / total, left=part, color=color)
-            left, part = left + x[k], part + 100 * x[k] / total
-        ax.text(left * 1.15, row, _s(s["total_s"]["median"]), va="center", fontsize=8)
+    return [k for k in (*STAGES, "other") if any(x[k] > 0 for x in seconds)], seconds
+
+
+def _share_bars(ax: Any, names: list[str], seconds: list[dict[str, float]], colors: dict[str, Any]) -> None:
+    """One bar per system (row), its stages' shares of its time stacked from 0 to 100% on a linear axis."""
+    for row, x in enumerate(seconds):
+        total, left = sum(x[k] for k in names), 0.0
+        for k in names:
+            pct = 100 * x[k] / total if total > 0 else 0.0
+            ax.barh(row, pct, left=left, height=0.7, color=colors[k], label=k if row == 0 else None)
+            if pct >= SHARE_LABEL_MIN:
+                ax.text(left + pct / 2, row, f"{pct:.0f}%", ha="center", va="center", fontsize=7,
+                        color="black" if k == "other" else "white")
+            left += pct
+    ax.set_xlim(0, 100)
+    ax.set_xticks(range(0, 101, 20))
+    ax.set_xlabel("share of the system's time per stage (%, linear)")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def stage_figure(result: dict) -> Any:
+    """Left: each system's total seconds per query (median) as a dot on a log axis, where totals differ by
+    orders of magnitude; right: its stages as shares of that total, stacked on a linear 0-100% axis, so a
+    stage's width is its share. Stages are never stacked on the log axis (a log axis turns a stacked
+    segment's length into nonsense). The matplotlib figure, or None without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    systems = list(result["systems"].values())
+    names, seconds = _stage_seconds(systems)
+    colors = {k: "0.75" if k == "other" else plt.get_cmap("tab10")(j) for j, k in enumerate(names)}
+    fig, (ax, share) = plt.subplots(1, 2, figsize=(12, 1.9 + 0.55 * len(systems)), sharey=True,
+                                    gridspec_kw={"width_ratios": [2, 3]})
+    rows = range(len(systems))
+    totals = [s["total_s"]["median"] for s in systems]
+    ax.plot(totals, rows, "o", color="black", ms=6, zorder=3)
+    for row, t in zip(rows, totals):
+        ax.annotate(_s(t), (t, row), xytext=(7, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlim(left=min(s["total_s"]["median"] for s in systems) / 20)  # the first stage starts off-axis
-    ax.set_yticks(range(len(systems)), [s["label"] for s in systems], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds per query, median (log scale, stages stacked)")
-    share.set_xlabel("share of the system's time (%)")
-    share.set_xlim(0, 100)
+    ax.set_xlim(min(totals) / 3, max(totals) * 6)  # room for the labels right of the dots
+    ax.set_xlabel("total seconds per query, median (log scale)")
+    ax.grid(axis="x", which="major", alpha=0.4)
+    ax.set_yticks(list(rows), [s["label"] for s in systems], fontsize=8)
+    ax.set_ylim(len(systems) - 0.5, -0.5)  # first system on top
+    _share_bars(share, names, seconds, colors)
     st = result["settings"]
     fig.suptitle(f"minireranker bench: preset {result['preset']['name']}, {st['candidates']} candidates")
-    fig.legend(fontsize=7, ncol=len(names), loc="lower center")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    fig.legend(fontsize=8, ncol=len(names), loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))  # the legend's row, 0.35 inch, below the axes
+    return fig
+
+
+def write_plot(result: dict, path: Path) -> bool:
+    """results.png: :func:`stage_figure` as a PNG; False (nothing written) without matplotlib."""
+    fig = stage_figure(result)
+    return fig is not None and bool(save_figure(fig, path))
 
 
 def write_results(out: Path, result: dict, log: Callable[[str], None]) -> None:

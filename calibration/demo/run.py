@@ -19,14 +19,16 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ...runtime.documents import Document, expand_document_args
 from ...runtime.errors import DocumentError
+from ...runtime.preprocess import load_image, to_rgb
 from ...runtime.spec import RerankSpec, read_spec
 
 if TYPE_CHECKING:  # torch loads in run_demo, so that the command line reads its defaults without it
@@ -34,7 +36,10 @@ if TYPE_CHECKING:  # torch loads in run_demo, so that the command line reads its
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_QUERIES = 5    # how many of corpus/queries.txt the default run shows: one of each kind
-TILE = 150             # contact-sheet thumbnail side, pixels
+THUMB = 150            # contact-sheet thumbnail height, pixels (images are scaled up or down to it)
+MAX_ASPECT = 2.5       # a wider image is scaled to THUMB * MAX_ASPECT pixels wide instead
+TILE_MIN_WIDTH = 130   # pixels: room for the rank, score and probability over a narrow image
+HEADER, BORDER, GAP, TITLE = 20, 4, 6, 28   # pixels of a tile's header, its border, between tiles, the query line
 
 
 def load_corpus(path: Path) -> list[Document]:
@@ -90,28 +95,100 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _tile(doc: Document, caption: str) -> Image.Image:
-    tile = Image.new("RGB", (TILE, TILE + 34), "white")
-    draw = ImageDraw.Draw(tile)
-    if doc.image is not None:
-        img = Image.open(doc.image) if isinstance(doc.image, (str, Path)) else doc.image
-        img = img.convert("RGB")
-        img.thumbnail((TILE - 8, TILE - 8 - (24 if doc.text else 0)))
-        tile.paste(img, ((TILE - img.width) // 2, 4))
-    if doc.text:
-        top = 4 if doc.image is None else TILE - 28
-        lines = textwrap.wrap(doc.text, 24)[: (10 if doc.image is None else 2)]
-        draw.multiline_text((6, top), "\n".join(lines), fill=(40, 40, 40), spacing=2)
-    draw.multiline_text((4, TILE + 2), caption, fill=(0, 0, 0), spacing=1)
-    return tile
+@dataclass(frozen=True)
+class SheetTile:
+    """One result on a contact sheet: the document, its rank (from 1), its score (a logit), a short name, and
+    its relevance grade where labels are known (None: unknown, and no relevance mark is drawn)."""
+
+    doc: Document
+    rank: int
+    score: float
+    name: str
+    grade: int | None = None
 
 
-def contact_sheet(query: str, ranked: list[tuple[Document, str]], path: Path) -> Path:
-    """One row of thumbnails, best first, each captioned; the query across the top."""
-    sheet = Image.new("RGB", (max(1, len(ranked)) * (TILE + 6) + 6, TILE + 34 + 30), (235, 235, 235))
-    ImageDraw.Draw(sheet).text((8, 8), f"query: {query}", fill=(0, 0, 0))
-    for i, (doc, caption) in enumerate(ranked):
-        sheet.paste(_tile(doc, caption), (6 + i * (TILE + 6), 26))
+def relevance_mark(grade: int | None) -> tuple[tuple[int, int, int], str] | None:
+    """A result's border colour and tag for its grade (relevant = grade > 0, as in eval); None without a label."""
+    if grade is None:
+        return None
+    if grade > 0:
+        return ((0, 140, 60) if grade >= 2 else (110, 180, 50)), f"relevant, grade {grade}"
+    return (190, 50, 50), f"not relevant, grade {grade}"
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size only
+        return ImageFont.load_default()
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont) -> str:
+    """``text`` cut (with an ellipsis) to at most ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _thumbnail(doc: Document) -> Image.Image:
+    """The document as the tile shows it: its image scaled (up or down) to THUMB pixels high, at most
+    MAX_ASPECT times as wide; its text under the image (two lines) or, without an image, as the thumbnail,
+    only as tall as its lines."""
+    img = None
+    if doc.image is not None:  # any image source a Document takes, transparency on white
+        img = Image.fromarray(to_rgb(load_image(doc.image)))
+        scale = min(THUMB / img.height, MAX_ASPECT * THUMB / img.width)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+        if not doc.text:
+            return img
+    width = img.width if img is not None else THUMB
+    lines = textwrap.wrap(doc.text or "", max(8, width // 6))[: (11 if img is None else 2)]
+    top = img.height + 4 if img is not None else 4
+    out = Image.new("RGB", (width, top + 13 * len(lines) + 2), "white")  # the text's own height: no blank box
+    if img is not None:
+        out.paste(img, (0, 0))
+    ImageDraw.Draw(out).multiline_text((4, top), "\n".join(lines), fill=(40, 40, 40), font=_font(11), spacing=2)
+    return out
+
+
+def _tile(tile: SheetTile) -> Image.Image:
+    """Rank, score and probability over the thumbnail, the name (and relevance tag) under it; a coloured border
+    when the grade is known."""
+    thumb, mark = _thumbnail(tile.doc), relevance_mark(tile.grade)
+    width = max(thumb.width, TILE_MIN_WIDTH)
+    lines = 2 if mark else 1
+    out = Image.new("RGB", (width + 2 * BORDER, thumb.height + HEADER + 15 * lines + 2 * BORDER + 2),
+                    mark[0] if mark else (200, 200, 200))
+    out.paste(Image.new("RGB", (width, out.height - 2 * BORDER), "white"), (BORDER, BORDER))
+    out.paste(thumb, (BORDER + (width - thumb.width) // 2, BORDER + HEADER))
+    draw, bold, small = ImageDraw.Draw(out), _font(13), _font(11)
+    prob = 1.0 / (1.0 + np.exp(-tile.score))
+    draw.text((BORDER + 3, BORDER + 2), f"#{tile.rank}  {tile.score:+.2f}  p={prob:.2f}", fill=(0, 0, 0), font=bold)
+    below = BORDER + HEADER + thumb.height + 2
+    draw.text((BORDER + 3, below), _fit(draw, tile.name, width - 6, small), fill=(60, 60, 60), font=small)
+    if mark:
+        draw.text((BORDER + 3, below + 15), mark[1], fill=mark[0], font=small)
+    return out
+
+
+def contact_sheet(query: str, tiles: list[SheetTile], path: Path) -> Path:
+    """One row of results, best first, each sized to its image; the query across the top. Tiles whose grade is
+    known get a relevance border and tag (green: relevant, red: not); others get neither."""
+    images = [_tile(t) for t in tiles]
+    height = max((im.height for im in images), default=0)
+    width = sum(im.width + GAP for im in images) + GAP
+    title = f"query: {query}" + ("" if all(t.grade is None for t in tiles) else "   (border: green relevant, red not)")
+    font = _font(14)
+    width = max(width, int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 16)
+    sheet = Image.new("RGB", (width, height + TITLE + GAP), (235, 235, 235))
+    ImageDraw.Draw(sheet).text((8, 6), title, fill=(0, 0, 0), font=font)
+    x = GAP
+    for im in images:
+        sheet.paste(im, (x, TITLE))
+        x += im.width + GAP
     sheet.save(path)
     return path
 
@@ -159,8 +236,8 @@ def run_demo(output: Path, checkpoint: str | None = None, embedder: str | None =
             report["embed_corpus_s"] = time.perf_counter() - t0
         for qi, query in enumerate(queries):
             row = _one_query(query, docs, runtime, dense, first, matrix, candidates, show)
-            sheet = contact_sheet(query, [(docs[i], cap) for i, cap in row.pop("tiles")],
-                                  output / f"contact-{qi + 1}.png")
+            sheet = contact_sheet(query, [SheetTile(docs[i], rank, score, _short(docs[i]))
+                                          for i, rank, score in row.pop("tiles")], output / f"contact-{qi + 1}.png")
             row["contact_sheet"] = str(sheet)
             print(f"  contact sheet: {sheet}")
             report["queries"].append(row)
@@ -223,7 +300,7 @@ def _one_query(query: str, docs: list[Document], runtime, dense: ReferencePipeli
         extra = f"  {r.index + 1:>16}" if first is not None else ""
         print(f"  {rank:>4}  {_short(docs[doc_index])[:22]:<22} {r.score:+7.3f} {prob:5.2f}  {exact[r.index]:+7.3f}  "
               f"{dense_order.index(doc_index) + 1:>10}{extra}")
-        tiles.append((doc_index, f"#{rank} {_short(docs[doc_index])[:20]}\n{r.score:+.2f}  p={prob:.2f}"))
+        tiles.append((doc_index, rank, float(r.score)))
     return {"query": query, "candidates": [docs[i].label for i in pool],
             "ranking": [r.document for r in out.results], "scores": [r.score for r in out.results],
             "dense_ranking": [docs[i].label for i in dense_order],

@@ -36,7 +36,7 @@ import numpy as np
 from ..documents import Document
 from ..errors import MiniRerankerError
 from .estimate import STAGES, compare_with_estimate, estimate, format_comparison, format_estimate, get_device
-from .report import pyplot, write_report
+from .report import pyplot, save_figure, write_report
 from .synthetic import Pool, synthetic_query
 from .telemetry import evict_page_cache, filesystem_type, machine_info, open_samplers, peak_rss_mb, summarize
 
@@ -333,28 +333,47 @@ def format_table(profile: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_profile(profile: dict[str, Any], path: Path) -> Path | None:
-    """Latency (p50) vs candidates per stage, log-log, one panel per provider chain and cache mode; None
-    (and nothing written) without matplotlib."""
+STAGE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # one per stage, so coinciding lines stay told apart
+
+
+def _plot_panel(ax: Any, runs: list[dict[str, Any]], colors: dict[str, Any]) -> int:
+    """One panel's lines; returns the query length the stages are drawn at (the middle one).
+
+    ``total`` goes underneath as a wide translucent band and every stage over it with its own marker, so a
+    stage that is nearly all of the total (``index`` on a cold call) shows as a line inside the band rather
+    than vanishing under it."""
+    qs = sorted({r["query_tokens"] for r in runs})
+    mid = qs[len(qs) // 2]
+
+    def points(stage: str, q: int) -> list[tuple[int, float]]:
+        pts = sorted((r["candidates"], (r["total"] if stage == "total" else r["stages"][stage])["p50"])
+                     for r in runs if r["query_tokens"] == q)
+        return [(n, v) for n, v in pts if v > 0]  # log axes: a stage that did not run is left out
+
+    ax.plot(*zip(*points("total", mid)), color="black", alpha=0.25, linewidth=7, solid_capstyle="round",
+            zorder=1, label=f"total (wall), q={mid}")
+    for q in (q for q in qs if q != mid):
+        ax.plot(*zip(*points("total", q)), color="0.45", linestyle="--", linewidth=1, marker="x", zorder=2,
+                label=f"total, q={q}")
+    for stage, marker in zip(STAGES, STAGE_MARKERS):
+        if pts := points(stage, mid):
+            ax.plot(*zip(*pts), marker=marker, markersize=5, color=colors[stage], linewidth=1.5, zorder=3,
+                    label=stage)
+    return mid
+
+
+def profile_figure(profile: dict[str, Any]) -> Any:
+    """Latency (p50) vs candidates per stage, log-log, one panel per provider chain and cache mode; ``total``
+    as a grey band under the stages. The matplotlib figure, or None without matplotlib."""
     plt = pyplot()
     if plt is None:
         return None
     panels = [(c, mode) for c in profile["providers"] for mode in dict.fromkeys(r["cache"] for r in c["runs"])]
-    colors = dict(zip((*STAGES, "total"), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    colors = dict(zip(STAGES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 1.4, 4.2), squeeze=False, layout="constrained")
     for ax, (chain, mode) in zip(axes[0], panels):
         runs = [r for r in chain["runs"] if r["cache"] == mode]
-        qs = sorted({r["query_tokens"] for r in runs})
-        mid = qs[len(qs) // 2]
-        lines = [(s, mid) for s in (*STAGES, "total")] + [("total", q) for q in qs if q != mid]
-        for stage, q in lines:
-            pts = sorted((r["candidates"], (r["total"] if stage == "total" else r["stages"][stage])["p50"])
-                         for r in runs if r["query_tokens"] == q)
-            pts = [(n, v) for n, v in pts if v > 0]  # log axes: a stage that did not run is left out
-            if pts:
-                ax.plot(*zip(*pts), marker="o" if q == mid else "x", color=colors.get(stage),
-                        label=stage if q == mid else f"total, q={q}",
-                        linewidth=2.5 if stage == "total" else 1.2, linestyle="-" if q == mid else "--")
+        mid = _plot_panel(ax, runs, colors)
         ax.set_xscale("log")
         ax.set_yscale("log")
         counts = sorted({r["candidates"] for r in runs})
@@ -365,11 +384,16 @@ def plot_profile(profile: dict[str, Any], path: Path) -> Path | None:
         ax.set_title(f"{chain['providers'][0].replace('ExecutionProvider', '')} {mode} (stages at query {mid} tokens)",
                      fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+    order = [k for k in handles if k not in STAGES] + [k for k in STAGES if k in handles]  # totals, then stages
+    fig.legend([handles[k] for k in order], order, fontsize=8, loc="outside right center")
+    return fig
+
+
+def plot_profile(profile: dict[str, Any], path: Path) -> Path | None:
+    """profile.png: :func:`profile_figure` as a PNG; None (and nothing written) without matplotlib."""
+    fig = profile_figure(profile)
+    return None if fig is None else save_figure(fig, path)
 
 
 def run_profile(bundle: str | Path | None, cache_dir: str | Path | None = None, config: ProfileConfig | None = None,

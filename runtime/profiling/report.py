@@ -30,6 +30,18 @@ def pyplot() -> Any:
     return plt
 
 
+PLOT_DPI = 100  # every report's PNG: legible at this resolution and small (tens of KB)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write the matplotlib figure ``fig`` to ``path`` as a PNG at :data:`PLOT_DPI`, then close it."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+    return path
+
+
 @dataclass(frozen=True)
 class WrittenReport:
     """The files one report wrote; ``png`` None: no plot (not asked for, or no matplotlib)."""
