@@ -49,11 +49,7 @@ def test_readme_walkthrough_and_runtime_example_run(tmp_path):
             assert out.returncode == 0, (command, out.stderr)
             assert "Traceback" not in out.stderr
     assert "a.png" in out.stdout or "fingerprint" in out.stdout  # inspect printed the bundle
-    # the bench block (tiny preset)
-    bench = next(line for b in blocks("bash") for line in b.splitlines() if "bench --preset tiny" in line)
-    out = subprocess.run(moved(bench.split("#")[0].strip()), shell=True, capture_output=True, text=True,
-                         cwd=tmp_path, timeout=600)
-    assert out.returncode == 0 and (tmp_path / "bench-tiny" / "results.json").is_file(), out.stderr
+    # the bench block's tiny line runs once, as tests/calibration/bench/test_bench.py's fixture (README_BENCH)
     # the profile block's estimate line (the full default sweep takes minutes: tests/runtime/profiling/test_profile.py)
     estimate = next(line for b in blocks("bash") for line in b.splitlines() if "--estimate" in line)
     out = subprocess.run(moved(estimate.split("#")[0].strip()), shell=True, capture_output=True, text=True,
@@ -63,6 +59,11 @@ def test_readme_walkthrough_and_runtime_example_run(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     assert re.search(r"^\d a ", out.stdout, flags=re.M) and "[]" in out.stdout, out.stdout
+    code = moved(next(b for b in blocks("python") if "Reranker.from_pretrained(" in b))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ranked = re.findall(r"^([0-2]) (None|b) (-?\d+\.\d+) (\d\.\d+)$", out.stdout, flags=re.M)
+    assert len(ranked) == 2 and float(ranked[0][2]) >= float(ranked[1][2]), out.stdout  # top_k=2, best first
 
 
 def test_readme_spec_example_is_a_valid_spec():

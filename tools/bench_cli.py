@@ -62,10 +62,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from ..calibration.bench.harness import run_bench
+def config_of(args: argparse.Namespace):
+    """The BenchConfig of parsed ``bench`` arguments (a flag not given keeps BenchConfig's default)."""
     from ..calibration.bench.presets import BenchConfig
 
     given = {name: getattr(args, name) for name in _defaults() if getattr(args, name, None) is not None}
-    run_bench(BenchConfig(**{**given, "spec_files": tuple(given.get("spec_files", ()))}))
+    return BenchConfig(**{**given, "spec_files": tuple(given.get("spec_files", ()))})
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..calibration.bench.harness import run_bench
+
+    run_bench(config_of(args))
     return 0

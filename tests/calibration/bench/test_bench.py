@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,16 +35,36 @@ from minireranker.tools.bench_cli import register  # noqa: E402
 EPS = 1e-9  # seconds: float summation slack when comparing stage sums with totals
 
 
+README = Path(__file__).resolve().parents[3] / "README.md"
+README_BENCH = next(line.split("#")[0].strip() for line in README.read_text(encoding="utf-8").splitlines()
+                    if line.startswith("minireranker bench --preset tiny"))
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
+    """The README's bench line, run once for the suite here (tests/test_readme.py leaves it to this module),
+    through the command line in this process: its results.json is what every test below reads."""
+    from minireranker.tools.cli import main
+
     out = tmp_path_factory.mktemp("bench")
-    result = run_bench(BenchConfig.tiny(out), log=lambda _: None)
-    return out, result
+    argv = shlex.split(README_BENCH)[1:]
+    argv[argv.index("--out") + 1] = str(out)
+    assert main(argv) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_the_readme_line_is_the_tiny_test_configuration():
+    """What the README runs is BenchConfig.tiny: the suite's configuration, documented as the README's."""
+    from minireranker.tools.bench_cli import config_of
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(shlex.split(README_BENCH)[1:])
+    assert config_of(args) == BenchConfig.tiny(Path(args.out))
 
 
 def test_outputs_are_written_and_the_json_is_the_result(bench):
-    out, result = bench
-    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(result))
+    out, result = bench  # result: results.json as the command wrote it
     table = (out / "results.md").read_text()
     assert table == render_markdown(result)
     for s in result["systems"].values():
