@@ -13,6 +13,13 @@ the last loader is called)::
       -> EngineFromNetwork(save_timing_cache)          build
       -> SaveEngine(plan)                              write the serialized plan
 
+Weights once. A bundle's ONNX graphs already hold every weight (once: export/shared_weights.py), so by default
+a plan is built **weight-stripped** (``STRIP_PLAN`` with ``REFIT_IDENTICAL``, TensorRT 10.0 and later: the
+builder optimizes for these very weights, and the plan keeps only what cannot be refitted) and, when it is
+loaded, refitted from its graph's ONNX (``OnnxParserRefitter.refit_from_file``, which reads the shared weight
+files through the graph's external data). The plans then add almost nothing to the bundle on disk. On the GPU
+each engine holds its own copy of the weights it uses: TensorRT engines share no weights between them.
+
 Precision. An fp16 bundle's graphs already carry fp16 types, so they are parsed **strongly typed** (the
 network's types are obeyed; the only form TensorRT 11 accepts, which drops the FP16/INT8 builder flags). An
 fp32 bundle with ``fp16=True`` uses the FP16 builder flag (weak typing), refused on TensorRT 11: build an
@@ -87,9 +94,11 @@ class _WorkspaceLimit(Mapping):
 
 def plan_loader(onnx_path: str | Path, plan_path: str | Path, profile: Mapping[str, ShapeRange],
                 strongly_typed: bool, fp16: bool = False, int8: bool = False, workspace_bytes: int | None = None,
-                timing_cache: str | Path | None = None):
+                timing_cache: str | Path | None = None, strip_weights: bool = False):
     """The lazy polygraphy chain that builds ``onnx_path`` into ``plan_path`` (see the module docstring);
-    calling it builds and returns the engine. Nothing is imported from TensorRT until then."""
+    calling it builds and returns the engine. Nothing is imported from TensorRT until then.
+    ``strip_weights``: a weight-stripped plan, to be refitted from ``onnx_path`` when loaded
+    (:class:`TensorRTRunner` ``refit_from``)."""
     poly = _import_polygraphy_trt()
     if strongly_typed and (fp16 or int8):
         raise EngineError("a strongly typed network takes its precision from the graph: leave --fp16/--int8 out "
@@ -102,8 +111,36 @@ def plan_loader(onnx_path: str | Path, plan_path: str | Path, profile: Mapping[s
     config = poly.CreateConfig(profiles=[trt_profile], fp16=fp16 or None, int8=int8 or None,
                                memory_pool_limits=None if not workspace_bytes else _WorkspaceLimit(workspace_bytes),
                                load_timing_cache=cache if cache and Path(cache).is_file() else None)
+    if strip_weights:
+        config = poly.PostprocessConfig(config, strip_plan_flags)
     engine = poly.EngineFromNetwork(network, config=config, save_timing_cache=cache)
     return poly.SaveEngine(engine, path=str(plan_path))
+
+
+def strip_plan_flags(builder, network, config) -> None:
+    """polygraphy's PostprocessConfig hook: a weight-stripped plan, refittable with the same weights only."""
+    trt = import_tensorrt()
+    for flag in ("STRIP_PLAN", "REFIT_IDENTICAL"):
+        if not hasattr(trt.BuilderFlag, flag):
+            raise EngineError(f"TensorRT {trt.__version__} has no BuilderFlag.{flag} (weight-stripped plans need "
+                              "TensorRT 10.0 or later): build with --keep-weights")
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+
+
+def refit_from_onnx(trt, engine, onnx_path: str | Path, name: str) -> None:
+    """Fill a weight-stripped ``engine`` with the weights of its graph ``onnx_path`` (its external data
+    included); a graph that does not match the plan is an EngineError naming it."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    refitter = trt.Refitter(engine, logger)
+    parser = trt.OnnxParserRefitter(refitter, logger)
+    if not parser.refit_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no detail"
+        raise EngineError(f"cannot refit the TensorRT plan of graph '{name}' from {onnx_path}: {errors}; rebuild "
+                          "the engines with `minireranker engines`")
+    if not refitter.refit_cuda_engine():
+        missing = list(refitter.get_missing_weights())
+        raise EngineError(f"refitting the TensorRT plan of graph '{name}' left {len(missing)} weights unset "
+                          f"({', '.join(missing[:5])}); rebuild the engines with `minireranker engines`")
 
 
 def _numpy_dtype(trt, dtype) -> np.dtype | None:
@@ -117,9 +154,10 @@ class TensorRTRunner(BaseRunner):
     """One plan, deserialized here and run with polygraphy's ``TrtRunner`` (its CUDA wrapper, no torch).
 
     Inputs are numpy arrays on the host, copied to the device per call; outputs come back to the host.
+    ``refit_from``: the graph's ONNX, for a weight-stripped plan (its weights are read from there).
     """
 
-    def __init__(self, name: str, plan_path: str | Path) -> None:
+    def __init__(self, name: str, plan_path: str | Path, refit_from: str | Path | None = None) -> None:
         super().__init__(name)
         trt = import_tensorrt()
         poly = _import_polygraphy_trt()
@@ -129,6 +167,8 @@ class TensorRTRunner(BaseRunner):
         except Exception as exc:  # TensorRT and polygraphy raise their own types
             raise EngineError(f"cannot load the TensorRT plan of graph '{name}' from {self.path}: {exc}; "
                               "rebuild it with `minireranker engines`") from None
+        if refit_from is not None:
+            refit_from_onnx(trt, engine, refit_from, name)
         self._inputs, self._outputs = {}, {}
         for i in range(engine.num_io_tensors):
             tensor = engine.get_tensor_name(i)

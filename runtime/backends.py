@@ -65,6 +65,7 @@ class EngineBuildConfig:
     workspace_mib: int | None = None
     profiles: tuple[str, ...] = field(default_factory=tuple)
     batch_size: int = BATCH_SIZE
+    strip_weights: bool = True  # tensorrt: weight-stripped plans, refitted from the bundle's ONNX when loaded
 
     def __post_init__(self) -> None:
         if self.backend not in GPU_BACKENDS:
@@ -201,8 +202,9 @@ def build_engines(bundle_dir: str | Path, config: EngineBuildConfig,
             plan.parent.mkdir(parents=True, exist_ok=True)
             plan_loader(onnx_path, plan, profiles[key], strongly_typed, fp16=fp16_flag, int8=int8_flag,
                         workspace_bytes=(config.workspace_mib or 0) << 20 or None,
-                        timing_cache=folder / "timing.cache")()
-            entry.update({"file": plan.relative_to(folder).as_posix(), "sha256": sha256_file(plan)})
+                        timing_cache=folder / "timing.cache", strip_weights=config.strip_weights)()
+            entry.update({"file": plan.relative_to(folder).as_posix(), "sha256": sha256_file(plan),
+                          "weights": "stripped" if config.strip_weights else "included"})
         elif backend == "onnxruntime-tensorrt":
             with _tensorrt_ep_runner(key, onnx_path, folder, profiles[key], config, fp16_flag, int8_flag) as runner:
                 runner.infer(_feed_at(runner, profiles[key], "opt"))  # builds the engine into the cache
@@ -266,8 +268,11 @@ def graph_opener(bundle: Bundle, backend: str = "onnxruntime", providers: list[s
     if backend == "tensorrt":
         from ..engines.tensorrt import TensorRTRunner
 
-        return (lambda key, record: TensorRTRunner(key, check_plan(folder, key, entry(key), bundle.path,
-                                                                   backend))), manifest
+        def open_plan(key: str, record: dict) -> BaseRunner:
+            plan = check_plan(folder, key, entry(key), bundle.path, backend)
+            stripped = entry(key).get("weights") == "stripped"  # refitted from the graph the manifest checked
+            return TensorRTRunner(key, plan, refit_from=bundle.graph_path(record) if stripped else None)
+        return open_plan, manifest
     if backend == "onnxruntime-cuda":
         return (lambda key, record: OnnxRuntimeRunner(key, bundle.graph_path(record), ["CUDAExecutionProvider",
                 "CPUExecutionProvider"], threads, io_binding=IO_BINDING_DEVICE, resident=RESIDENT_INPUTS)), manifest

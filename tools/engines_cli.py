@@ -38,6 +38,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "1024x1024 image and a 32-token query)")
     p.add_argument("--batch-size", type=positive_int, default=d["batch_size"],
                    help="largest candidates per band/tail call the engines take (default %(default)s, the runtime's)")
+    p.add_argument("--keep-weights", dest="strip_weights", action="store_false", default=d["strip_weights"],
+                   help="tensorrt: plans that carry their own weights (default: weight-stripped plans, refitted from "
+                   "the bundle's ONNX when loaded, so each weight is stored once; TensorRT 10.0 and later)")
     p.set_defaults(func=cmd_engines)
     return p
 
@@ -46,6 +49,7 @@ def cmd_engines(args: argparse.Namespace) -> int:
     from ..runtime.backends import EngineBuildConfig, build_engines
 
     config = EngineBuildConfig(args.backend, fp16=args.fp16, int8=args.int8, workspace_mib=args.workspace,
-                               profiles=tuple(args.profile or ()), batch_size=args.batch_size)
+                               profiles=tuple(args.profile or ()), batch_size=args.batch_size,
+                               strip_weights=args.strip_weights)
     build_engines(args.bundle, config)
     return 0
