@@ -189,7 +189,8 @@ def cast_in_place(module: nn.Module, dtype: torch.dtype):
     """``module.to(dtype)`` for the duration of the block, then its own tensors back: what a deep copy cast
     to ``dtype`` would export, without copying the reference (a graph holds the whole model: a copy of a
     2B model per graph was 8 GB). Only the modules the graph reads are cast (``used_modules``: a tail's
-    layers, not the vision tower), and the cast tensors are freed after the block."""
+    layers, not the vision tower), and the cast tensors are freed after the block. A module marked
+    ``keeps_float32`` (the rotary's angles) keeps its buffers: it casts its own outputs."""
     # a graph names the modules its export reads (export/graphs.py): the rest of the model is never cast
     parts = module.used_modules() if hasattr(module, "used_modules") else [module]
     tensors = [t for part in parts for t in itertools.chain(part.parameters(), part.buffers())]
@@ -201,6 +202,9 @@ def cast_in_place(module: nn.Module, dtype: torch.dtype):
                if b is not None]
     for part in parts:
         part.to(dtype)
+    for m, name, b in buffers:  # a module that computes in float32 whatever the graph's type (TextRotary)
+        if getattr(m, "keeps_float32", False):
+            m._buffers[name] = b
     try:
         yield module
     finally:

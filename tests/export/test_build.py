@@ -142,3 +142,36 @@ def test_build_refuses_to_overwrite_a_directory_that_is_not_a_bundle(tiny_checkp
 def test_bundle_json_round_trips_the_spec(tiny_bundle):
     data = json.loads((tiny_bundle / "bundle.json").read_text())
     assert RerankSpec.from_dict(data["spec"]) == load_bundle(tiny_bundle).spec == SPEC.resolve(4)
+
+
+def test_an_fp16_graph_keeps_the_rotary_angles_in_float32(tiny_checkpoint):
+    """cast_in_place casts a graph's layers, not the rotary's inv_freq: an fp16 inv_freq turns the angle at
+    position p by up to p * 2^-11 rad (docs: export/arch/decoder_torch.py TextRotary)."""
+    import torch
+
+    from minireranker.export.onnx_export import cast_in_place
+    from minireranker.export.reference import ReferencePipeline
+
+    pipeline = ReferencePipeline(tiny_checkpoint, SPEC)
+    graph = pipeline.graphs["doc_prefix"]
+    rotary = graph.model.rotary
+    positions = torch.full((3, 1, 1), 3000)
+    cos32, sin32 = rotary(positions, torch.float16)
+    with cast_in_place(graph, torch.float16):
+        assert graph.model.layers[0].q_proj.weight.dtype == torch.float16  # the layers are cast
+        assert rotary.inv_freq.dtype == torch.float32
+        cos16, sin16 = rotary(positions, torch.float16)
+    assert rotary.inv_freq.dtype == torch.float32 and graph.model.layers[0].q_proj.weight.dtype == torch.float32
+    assert torch.equal(cos16, cos32) and torch.equal(sin16, sin32)
+    # what a float16 inv_freq gives at this position: off by far more than fp16's rounding of cos (1e-3)
+    angle = (3000 * rotary.inv_freq.half().float() - 3000 * rotary.inv_freq).abs().max()
+    assert angle > 0.05, angle
+
+
+def test_an_fp16_build_at_a_far_query_position_validates(tiny_checkpoint, tmp_path):
+    """The instruction sits after the query position; with float32 angles its keys match the fp32
+    reference at fp16's tolerance however far it sits (3e-2 scaled: export/onnx_export.py TOLERANCES)."""
+    spec = RerankSpec(exit_layer=3, band=(1, 2), keep_ratio=1.0, query_position=2000)
+    bundle = build_bundle(tiny_checkpoint, tmp_path / "b", spec, BuildConfig(precision="fp16"), log=lambda m: None)
+    checked = bundle.data["validation"]["doc_prefix"]["instruction_k"]
+    assert checked["max_abs_diff"] <= checked["tolerance"] == 3e-2
