@@ -8,7 +8,7 @@ included), indexing ``--pages`` distinct A4 pages cold, each entry then register
 transformers on ``--dense-pairs`` pairs (scaled to the candidates, said so). Writes scale.json and
 scale.md under ``--out``.
 
-    python benchmarks/scale.py --out bench-out/scale [--preset 2b] [--pages 5] [--copies 20] [--precision fp16]
+    python benchmarks/scale.py --out bench-out/scale [--preset 2b] [--pages 5] [--copies 20] [--precision fp16] [--exact]
 
 Run it alone: it is minutes of both cores per stage, and a second heavy job skews every time in it.
 """
@@ -51,11 +51,14 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=5, help="distinct pages indexed cold (default: 5)")
     ap.add_argument("--copies", type=int, default=20, help="ids each page is registered under (default: 20)")
     ap.add_argument("--dense-pairs", type=int, default=1, help="pairs dense transformers scores (default: 1)")
+    ap.add_argument("--exact", action="store_true", help="the exact spec (every layer, every token) instead of "
+                    "the preset's")
     ap.add_argument("--skip", nargs="*", default=[], help="stages to skip: checkpoint build index rerank dense")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ck, bundle, cache = out / f"checkpoint-{args.preset}", out / f"bundle-{args.precision}", out / f"cache-{args.precision}"
+    tag = f"{args.precision}-exact" if args.exact else args.precision
+    ck, bundle, cache = out / f"checkpoint-{args.preset}", out / f"bundle-{tag}", out / f"cache-{tag}"
     corpus = out / "corpus"
     stages = {}
     if "checkpoint" not in args.skip:
@@ -75,6 +78,7 @@ def main() -> None:
     p = BENCH_PRESETS[args.preset].spec  # 2b: --exit-layer 15 --band 8:11 --keep-ratio 0.25 --query-position 256
     spec = f"--exit-layer {p.exit_layer} --band {p.band[0]}:{p.band[1]} --keep-ratio {p.keep_ratio}"
     spec += f" --query-position {p.query_position}" if p.query_position is not None else ""
+    spec = "--exact" if args.exact else spec
     if "build" not in args.skip:
         stages["build"] = run_stage("build", f"""
             import contextlib, json, sys
@@ -139,7 +143,8 @@ def main() -> None:
             r = d.run(draw_query(0))
             print(json.dumps({{"pairs": r["measured_pairs"], "total_s": r["total_s"], "stages": r["stages"]}}))
         """, out)
-    result = {"preset": args.preset, "precision": args.precision, "pages": len(pages), "copies": args.copies,
+    result = {"preset": args.preset, "precision": args.precision, "exact": args.exact, "pages": len(pages),
+              "copies": args.copies,
               "machine": os.uname().machine, "cpus": os.cpu_count(), "stages": stages}
     (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out / "scale.md").write_text(table(result), encoding="utf-8")
