@@ -19,9 +19,9 @@ JSONL_HELP = ("a JSONL file of queries, or - for stdin: one query a line, in eva
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``rerank`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from ..runtime.reranker import MAX_QUERY_TOKENS, rerank_documents
+    from ..runtime.reranker import MAX_QUERY_TOKENS, Reranker
 
-    top_k = keyword_defaults(rerank_documents)["top_k"]
+    top_k = keyword_defaults(Reranker.rerank)["top_k"]  # the call cmd_rerank makes
     p = subparsers.add_parser("rerank", help="rerank documents or cached ids for a query, or a JSONL file of queries",
                               description="Score documents for a query with the bundle's engines and the K/V "
                               "cache; documents not yet cached are indexed on the fly. Exit status 1 if any "
