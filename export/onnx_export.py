@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import gc
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -58,6 +60,7 @@ from ..runtime.spec import RerankSpec
 from .build_config import BuildConfig, BuildError  # torch-free, so that `build --help` can read its defaults
 from .checkpoint import Checkpoint, open_checkpoint
 from .graphs import BandGraph
+from .onnx_files import stored_bytes, stream_to_one_file
 from .plugin_attention import DOMAIN, DOMAIN_VERSION, PluginCpuRunner, register_symbolic
 from .quantize import quantize_weights
 from .shared_weights import share_weights
@@ -218,27 +221,45 @@ def finalize_onnx(path: Path, kind: str, threshold: int, fused: bool = False, ta
     """Run the ONNX checker; move the weights to ``<graph>.onnx.data`` when they exceed ``threshold``
     bytes (protobuf cannot hold more than 2 GB, so the default threshold is just under that). ``fused``:
     write RMSNormalization back as basic ops, so TensorRT 10.14 parses the graph (export/trt_compat.py).
-    ``target``: write the graph there (the exporter's output at ``path`` is left for its caller to remove)."""
-    import onnx
+    ``target``: write the graph there (the exporter's output at ``path`` is left for its caller to remove).
 
-    model = onnx.load(str(path))
-    rewritten = fused and decompose_rmsnorm(model) > 0
-    weights = sum(t.ByteSize() for t in model.graph.initializer)
-    if target is not None and target != path:
-        path = target
-        rewritten = True  # written anew at the target
-    if rewritten and weights <= threshold:
-        onnx.save_model(model, str(path))
-    elif weights > threshold:
-        data = path.with_name(path.name + ".data")
-        for f in path.parent.glob(path.name + ".data*"):
-            f.unlink()
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
+    The weights are never all in memory: a graph over the threshold is read as structure only and its
+    tensors copied one by one (export/onnx_files.py); an inline graph the exporter wrote alone, with nothing
+    to rewrite, is moved as it is. (Loading and re-saving the exact spec's 2B ``doc_prefix`` held 5.2 GiB
+    beside the torch reference.)"""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    target = Path(target or path)
+    if not fused and target != path and _written_alone(path) and path.stat().st_size <= threshold:
+        os.replace(path, target)
+    else:
+        model = onnx.load(str(path), load_external_data=False)
+        rewritten = fused and decompose_rmsnorm(model) > 0
+        external = any(uses_external_data(t) for t in model.graph.initializer)
+        weights = sum(stored_bytes(t, path.parent) for t in model.graph.initializer)
+        if weights > threshold:
+            for f in target.parent.glob(target.name + ".data*"):
+                if not (target == path and f.name == target.name + ".data"):  # the file read from stays until done
+                    f.unlink()
+            stream_to_one_file(model, path.parent, target.with_name(target.name + ".data"), min_bytes=1024)
+            onnx.save_model(model, str(target))
+        elif rewritten or target != path:
+            if external:  # within the limit again (int8 weights are a quarter of the bytes): inline
+                load_external_data_for_model(model, str(path.parent))
+            onnx.save_model(model, str(target))
+            for f in target.parent.glob(target.name + ".data*"):
+                f.unlink()
+        del model
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(str(target), full_check=True)
     except Exception as exc:  # onnx raises ValidationError and others
         raise BuildError(f"graph '{kind}' fails the ONNX checker: {exc}") from None
+
+
+def _written_alone(path: Path) -> bool:
+    """The exporter wrote the graph as one file (it writes one file per tensor beside a graph past 2 GB)."""
+    return [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def _cpu_runner(kind: str, path: Path, plugin: bool = False) -> BaseRunner:
@@ -255,21 +276,36 @@ def validate_graph(graph: nn.Module, kind: str, samples: list[tuple], path: Path
                    weights: str = "float", plugin: bool = False, runner: BaseRunner | None = None) -> dict:
     """ONNX Runtime vs the torch fp32 graph on fresh samples; raises BuildError past the tolerance of
     ``precision`` (and ``weights``: "int8" for a graph :func:`~.quantize.quantize_weights` rewrote;
-    ``plugin``: the graph may hold BandAttention nodes; ``runner``: the graph already opened)."""
-    runner = runner or _cpu_runner(kind, path, plugin)
+    ``plugin``: the graph may hold BandAttention nodes; ``runner``: the graph already opened).
+    :func:`reference_outputs` then :func:`check_outputs`, which a build calls apart."""
+    expected = reference_outputs(graph, samples)
+    return check_outputs(kind, samples, expected, runner or _cpu_runner(kind, path, plugin), precision, weights)
+
+
+@torch.no_grad()
+def reference_outputs(graph: nn.Module, samples: list[tuple]) -> list[list[np.ndarray]]:
+    """The torch fp32 graph's outputs on each sample, as float32 arrays (kept while the reference is freed)."""
+    outputs = []
+    for args in samples:
+        got = graph(*(a for a in args if a is not None))
+        outputs.append([t.float().numpy() for t in (got if isinstance(got, tuple) else (got,))])
+    return outputs
+
+
+def check_outputs(kind: str, samples: list[tuple], expected: list[list[np.ndarray]], runner: BaseRunner,
+                  precision: str, weights: str = "float") -> dict:
+    """The graph in ``runner`` on ``samples`` vs the reference's ``expected`` outputs (:func:`reference_outputs`);
+    raises BuildError past the tolerance. Returns bundle.json's validation record of the graph."""
     np_dtype = np.float16 if precision == "fp16" else np.float32
     worst: dict[str, float] = {}
-    for args in samples:
+    for args, refs in zip(samples, expected):
         args = tuple(a for a in args if a is not None)
-        expected = graph(*args)
-        expected = expected if isinstance(expected, tuple) else (expected,)
         names, outputs, _ = _io_for(kind, args)
         feed = {n: (a.numpy().astype(np_dtype) if a.is_floating_point() else a.numpy())
                 for n, a in zip(names, args)}
         result = runner.infer(feed)  # checks the feed; leaves out inputs the exporter dropped
-        got = [result[name] for name in outputs]
-        for name, mine, ref in zip(outputs, got, expected):
-            ref = ref.float().numpy()
+        for name, ref in zip(outputs, refs):
+            mine = result[name]
             if mine.shape != ref.shape:
                 raise BuildError(f"graph '{kind}' output '{name}': shape {mine.shape} != reference {ref.shape}")
             scale = 1.0 if kind == "tail" else max(1.0, float(np.abs(ref).max(initial=0.0)))
@@ -354,42 +390,32 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
 
     The bundle is assembled in a staging directory and moved into place only after every graph passed
     validation, so a failed build never leaves a half bundle behind.
+
+    The torch reference and ONNX Runtime never hold their weights at once (docs/memory.md). While the
+    reference is loaded, every graph is exported and its reference outputs on the fresh samples recorded;
+    the reference is then freed, and each graph is checked in ONNX Runtime against those outputs; the
+    end-to-end check runs the runtime first and opens the reference again for its side.
     """
     config = config or BuildConfig()
     output = Path(output)
     ckpt = open_checkpoint(checkpoint, spec)
     # the plugin form's reference is the portable one: export_graph swaps the band's attention alone
-    pipeline = ReferencePipeline(ckpt, spec, attention="portable" if config.attention == "plugin" else config.attention,
-                                 up_to_exit=True)
+    attention = "portable" if config.attention == "plugin" else config.attention
+
+    def open_reference() -> ReferencePipeline:
+        return ReferencePipeline(ckpt, spec, attention=attention, up_to_exit=True)
+
     staging = _prepare_output(output)
     try:
-        log(f"recording sample inputs ({len(pipeline.graphs)} graphs)")
-        trace, fresh = record_samples(pipeline, seed=0), record_samples(pipeline, seed=1)
-        graphs: dict[str, dict] = {}
-        validation: dict[str, dict] = {}
-        for key, calls in trace.items():
-            kind = key.split("/")[-1]
-            graph = (pipeline.graphs[key] if "/" not in key else
-                     getattr(pipeline.guide, "vision_graph" if kind == "vision" else "graph"))
-            rel = f"{key.rsplit('/', 1)[0]}/onnx/{kind}.onnx" if "/" in key else f"onnx/{kind}.onnx"
-            log(f"exporting {key} ({config.precision}, {config.attention} attention, opset {config.opset})")
-            export_graph(graph, kind, calls[-1], staging / rel, config)
-            weights = "int8" if config.weights == "int8" and key in QUANTIZED_GRAPHS else "float"
-            if weights == "int8":
-                log(f"quantizing {key} to int8 weights")
-                quantize_weights(staging / rel, kind, config.external_data_threshold)
-                finalize_onnx(staging / rel, kind, config.external_data_threshold)  # the ONNX checker again
-            plugin = config.attention == "plugin" and key == "band"
-            runner = _cpu_runner(kind, staging / rel, plugin)  # one session per graph, then freed
-            if config.validate:  # the quantized graph, when it is, against the torch fp32 reference
-                validation[key] = validate_graph(graph, kind, fresh[key], staging / rel, config.precision, weights,
-                                                 plugin, runner)
-            graphs[key] = {"file": rel, **_describe(runner), "parameters": _count_parameters(staging / rel)}
-            runner.close()
-            del runner
-        shared = _share_weights(staging, graphs, log) if config.share_weights else None
+        pipeline = open_reference()
+        exported = _export_graphs(pipeline, staging, config, log)
         _write_arrays(pipeline, staging, config.precision)
-        meta = _bundle_json(ckpt, pipeline, config, graphs, validation, staging, source)
+        meta = _bundle_meta(ckpt, pipeline, config, source)
+        del pipeline
+        gc.collect()  # the reference's weights go before ONNX Runtime opens a graph
+        graphs, validation = _check_graphs(exported, staging, config)
+        shared = _share_weights(staging, graphs, log) if config.share_weights else None
+        meta = _finish_meta(meta, graphs, validation, staging)
         if shared is not None:
             meta["shared_weights"] = shared
             meta["meta_sha256"] = meta_checksum(meta)
@@ -399,7 +425,7 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
             (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         elif config.validate:
             log("validating end to end: the runtime on the new engines vs the torch reference")
-            meta["validation"]["end_to_end"] = validate_end_to_end(pipeline, staging, config.precision,
+            meta["validation"]["end_to_end"] = validate_end_to_end(open_reference, staging, config.precision,
                                                                    config.weights)
             (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     except BaseException:
@@ -410,6 +436,53 @@ def build_bundle(checkpoint: str | Path, output: str | Path, spec: RerankSpec | 
     staging.rename(output)
     log(f"bundle written to {output} (fingerprint {meta['fingerprint'][:12]})")
     return load_bundle(output)
+
+
+# One exported graph waiting for its check: where it lies, how to check it, and what the reference gave.
+_Exported = dict
+
+
+def _export_graphs(pipeline: ReferencePipeline, staging: Path, config: BuildConfig,
+                   log: Callable[[str], None]) -> dict[str, _Exported]:
+    """Export every graph of ``pipeline`` into ``staging`` (int8 weights where asked), with the reference's
+    outputs on the fresh samples for its check: {key: {"file", "kind", "weights", "plugin", "samples",
+    "expected"}}."""
+    log(f"recording sample inputs ({len(pipeline.graphs)} graphs)")
+    trace, fresh = record_samples(pipeline, seed=0), record_samples(pipeline, seed=1)
+    exported: dict[str, _Exported] = {}
+    for key, calls in trace.items():
+        kind = key.split("/")[-1]
+        graph = (pipeline.graphs[key] if "/" not in key else
+                 getattr(pipeline.guide, "vision_graph" if kind == "vision" else "graph"))
+        rel = f"{key.rsplit('/', 1)[0]}/onnx/{kind}.onnx" if "/" in key else f"onnx/{kind}.onnx"
+        log(f"exporting {key} ({config.precision}, {config.attention} attention, opset {config.opset})")
+        export_graph(graph, kind, calls[-1], staging / rel, config)
+        weights = "int8" if config.weights == "int8" and key in QUANTIZED_GRAPHS else "float"
+        if weights == "int8":
+            log(f"quantizing {key} to int8 weights")
+            quantize_weights(staging / rel, kind, config.external_data_threshold)
+            finalize_onnx(staging / rel, kind, config.external_data_threshold)  # the ONNX checker again
+        exported[key] = {"file": rel, "kind": kind, "weights": weights,
+                         "plugin": config.attention == "plugin" and key == "band", "samples": fresh[key],
+                         "expected": reference_outputs(graph, fresh[key]) if config.validate else None}
+    return exported
+
+
+def _check_graphs(exported: dict[str, _Exported], staging: Path, config: BuildConfig) -> tuple[dict, dict]:
+    """Open each exported graph in ONNX Runtime, one session at a time, check it against the reference's
+    outputs (when the build validates), and describe it: (bundle.json's graph records, validation)."""
+    graphs: dict[str, dict] = {}
+    validation: dict[str, dict] = {}
+    for key, e in exported.items():
+        path = staging / e["file"]
+        runner = _cpu_runner(e["kind"], path, e["plugin"])
+        if config.validate:  # the quantized graph, when it is, against the torch fp32 reference
+            validation[key] = check_outputs(e["kind"], e["samples"], e["expected"], runner, config.precision,
+                                            e["weights"])
+        graphs[key] = {"file": e["file"], **_describe(runner), "parameters": _count_parameters(path)}
+        runner.close()
+        del runner
+    return graphs, validation
 
 
 def build_and_load(checkpoint: str | Path, output: str | Path, spec: RerankSpec | None = None,
@@ -458,8 +531,10 @@ def _write_arrays(pipeline: ReferencePipeline, staging: Path, precision: str) ->
         _save_array(staging / "embedder" / "system_v.npy", guide.system_v, precision)
 
 
-def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildConfig, graphs: dict,
-                 validation: dict, staging: Path, source: dict | None = None) -> dict:
+def _bundle_meta(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildConfig,
+                 source: dict | None = None) -> dict:
+    """bundle.json's records the reference knows (read before it is freed); :func:`_finish_meta` adds the
+    graphs, the validation and the files."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -479,7 +554,7 @@ def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildCon
         guide = {"kind": "embedder", "layer": g.layer, "dir": "embedder", "source": str(g.ckpt.path),
                  "system_ids": g.system_ids, "image_pad_id": g.ckpt.config.image_token_id,
                  "model": _model_info(g.model, g.ckpt.config), "preprocess": g.ckpt.preprocess.to_dict(),
-                 "graphs": {k.split("/")[1]: v for k, v in graphs.items() if k.startswith("embedder/")}}
+                 "graphs": None}
     elif pipeline.guide_layer is not None:
         guide = {"kind": "self", "layer": pipeline.guide_layer}
     t = pipeline.template
@@ -501,10 +576,20 @@ def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildCon
         "attention": config.attention,
         "weights": config.weights,
         "opset": config.opset,
-        "graphs": {k: v for k, v in graphs.items() if "/" not in k},
+        "graphs": None,
         "guide": guide,
-        "validation": validation,
+        "validation": None,
     }
+    return meta
+
+
+def _finish_meta(meta: dict, graphs: dict, validation: dict, staging: Path) -> dict:
+    """:func:`_bundle_meta`'s record completed: each graph's record, the validation, every file's size and
+    checksum, and the record's own checksum."""
+    meta["graphs"] = {k: v for k, v in graphs.items() if "/" not in k}
+    if meta["guide"] is not None and meta["guide"]["kind"] == "embedder":
+        meta["guide"]["graphs"] = {k.split("/")[1]: v for k, v in graphs.items() if k.startswith("embedder/")}
+    meta["validation"] = validation
     files = [p for p in sorted(staging.rglob("*")) if p.is_file()]
     meta["files"] = {str(p.relative_to(staging)): p.stat().st_size for p in files}
     meta["sha256"] = {str(p.relative_to(staging)): sha256_file(p) for p in files}
@@ -512,9 +597,11 @@ def _bundle_json(ckpt: Checkpoint, pipeline: ReferencePipeline, config: BuildCon
     return meta
 
 
-def validate_end_to_end(pipeline: ReferencePipeline, bundle_dir: Path, precision: str,
-                        weights: str = "float") -> dict:
-    """Scores through the runtime (ONNX Runtime, numpy glue, K/V store) vs the torch reference."""
+def validate_end_to_end(reference: ReferencePipeline | Callable[[], ReferencePipeline], bundle_dir: Path,
+                        precision: str, weights: str = "float") -> dict:
+    """Scores through the runtime (ONNX Runtime, numpy glue, K/V store) vs the torch reference.
+    ``reference``: the pipeline, or a function that opens it; then the runtime runs first and is closed
+    before the reference is opened, so their weights are never in memory together (a build's case)."""
     import tempfile
 
     from ..runtime.reranker import Reranker
@@ -522,7 +609,14 @@ def validate_end_to_end(pipeline: ReferencePipeline, bundle_dir: Path, precision
     docs = _sample_documents(1) + _sample_documents(0)
     queries = ["a longer query, with seven words", "q"]
     with tempfile.TemporaryDirectory() as cache, Reranker(bundle_dir, cache) as runtime:
-        report = compare_runtime(pipeline, runtime, docs, queries)
+        if isinstance(reference, ReferencePipeline):
+            report = compare_runtime(reference, runtime, docs, queries)
+        else:
+            side = runtime_side(runtime, docs, queries)
+    if not isinstance(reference, ReferencePipeline):
+        del runtime
+        gc.collect()  # the runtime's sessions and weight mapping go before the reference opens
+        report = compare_sides(reference(), docs, queries, side)
     key = tolerance_key(precision, weights)
     tol = TOLERANCES[key].get("end_to_end", TOLERANCES[key]["score"])
     if not report["max_abs_diff"] <= tol:
@@ -538,22 +632,34 @@ def compare_runtime(pipeline: ReferencePipeline, runtime, docs: list[Document], 
     choice itself (a top-k over attention, where fp16 can flip a near-tie) is reported as the mean
     Jaccard overlap of the kept sets and the fraction of documents whose kept set is identical.
     """
+    return compare_sides(pipeline, docs, queries, runtime_side(runtime, docs, queries))
+
+
+def runtime_side(runtime, docs: list[Document], queries: list[str]) -> dict:
+    """What :func:`compare_runtime` needs of the runtime: each document's kept visual tokens (None: not
+    pruned) and each query's scores in document order."""
     runtime.index(docs)  # cache every document once; each query then reads the same entries
     runtime.release_document_graphs()  # a 2B model's vision and prefix sessions, freed before the band's open
-    entries, overlaps = [], []
-    for doc in docs:
-        kept = runtime.store.get(runtime.key(doc)).meta.get("kept_visual")
-        entries.append(pipeline.index(doc, None if kept is None else np.asarray(kept)))
-        if kept is not None:
-            own = set(pipeline.index(doc).kept_visual.tolist())
-            overlaps.append(len(set(kept) & own) / len(set(kept) | own))
-    worst = 0.0
+    kept = [runtime.store.get(runtime.key(doc)).meta.get("kept_visual") for doc in docs]
+    scores = []
     for query in queries:
         out = runtime.rerank(query, docs)
         if out.failed:
             raise BuildError(f"end-to-end check: the runtime failed on {out.failed[0].document}: {out.failed[0].error}")
-        got = np.array([r.score for r in sorted(out.results, key=lambda r: r.index)])
-        worst = max(worst, float(np.abs(got - pipeline.score(query, entries)).max()))
+        scores.append(np.array([r.score for r in sorted(out.results, key=lambda r: r.index)]))
+    return {"kept": kept, "scores": scores}
+
+
+def compare_sides(pipeline: ReferencePipeline, docs: list[Document], queries: list[str], side: dict) -> dict:
+    """:func:`compare_runtime`'s report from the runtime's side (:func:`runtime_side`) and the reference."""
+    entries, overlaps = [], []
+    for doc, kept in zip(docs, side["kept"]):
+        entries.append(pipeline.index(doc, None if kept is None else np.asarray(kept)))
+        if kept is not None:
+            own = set(pipeline.index(doc).kept_visual.tolist())
+            overlaps.append(len(set(kept) & own) / len(set(kept) | own))
+    worst = max((float(np.abs(got - pipeline.score(query, entries)).max())
+                 for query, got in zip(queries, side["scores"])), default=0.0)
     return {"max_abs_diff": worst, "pairs": len(docs) * len(queries),
             "kept_jaccard": float(np.mean(overlaps)) if overlaps else None,
             "kept_identical": float(np.mean([o == 1.0 for o in overlaps])) if overlaps else None}

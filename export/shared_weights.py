@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..runtime.bundle import PER_QUERY_GRAPHS as PER_QUERY, QUERY_WEIGHTS_FILE as QUERY_FILE
+from .onnx_files import make_inline, point_to, raw_bytes, stored_bytes
 
 DOCUMENT_FILE = "weights.bin"
 MIN_BYTES = 1024       # smaller initializers stay inline in the graph (shapes, scales, norms' eps)
@@ -58,11 +59,12 @@ class _Sink:
         self.file.close()
 
 
-def _raw(tensor) -> bytes | None:
-    """The tensor's bytes as stored (raw_data), or None for a tensor in typed fields or too small to move."""
-    if not tensor.HasField("raw_data") or len(tensor.raw_data) < MIN_BYTES or tensor.data_type not in ONNX_DTYPES:
+def _raw(tensor, base: Path) -> bytes | None:
+    """The tensor's bytes as stored (inline or its external data under ``base``), or None for a tensor in
+    typed fields or too small to move."""
+    if tensor.data_type not in ONNX_DTYPES or stored_bytes(tensor, base) < MIN_BYTES:
         return None
-    return tensor.raw_data
+    return raw_bytes(tensor, base)
 
 
 def share_weights(onnx_dir: Path, graph_files: dict[str, Path], log=lambda message: None) -> dict:
@@ -71,6 +73,7 @@ def share_weights(onnx_dir: Path, graph_files: dict[str, Path], log=lambda messa
     place of each initializer. Document-side graphs are written first, so per-query ones find their tensors.
     """
     import onnx
+    from onnx.external_data_helper import uses_external_data
 
     order = sorted(graph_files, key=lambda name: name in PER_QUERY)  # stable: document side first
     sinks = {False: _Sink(onnx_dir / DOCUMENT_FILE)}
@@ -80,12 +83,16 @@ def share_weights(onnx_dir: Path, graph_files: dict[str, Path], log=lambda messa
     try:
         for name in order:
             path = graph_files[name]
-            model = onnx.load(str(path))  # its external data (<graph>.onnx.data) read in
+            # the structure only: each tensor's bytes are read from <graph>.onnx.data when it is moved, so a
+            # 5.6 GB graph is never in memory (export/onnx_files.py)
+            model = onnx.load(str(path), load_external_data=False)
             per_query = name in PER_QUERY
             places: dict[str, list] = {}
             for tensor in model.graph.initializer:
-                raw = _raw(tensor)
+                raw = _raw(tensor, path.parent)
                 if raw is None:
+                    if uses_external_data(tensor):  # a small one in the graph's data file, which goes: inline
+                        make_inline(tensor, raw_bytes(tensor, path.parent))
                     continue
                 key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(raw).digest())
                 if key not in seen:
@@ -95,11 +102,8 @@ def share_weights(onnx_dir: Path, graph_files: dict[str, Path], log=lambda messa
                     seen[key] = (sink.name, sink.append(raw))
                 file, offset = seen[key]
                 referenced += len(raw)
-                tensor.ClearField("raw_data")
-                del tensor.external_data[:]
-                for k, v in (("location", file), ("offset", str(offset)), ("length", str(len(raw)))):
-                    tensor.external_data.add(key=k, value=v)
-                tensor.data_location = onnx.TensorProto.EXTERNAL
+                point_to(tensor, file, offset, len(raw))
+                del raw
                 places[tensor.name] = [file, offset, ONNX_DTYPES[tensor.data_type], list(tensor.dims)]
             for old in path.parent.glob(path.name + ".data*"):
                 old.unlink()

@@ -55,3 +55,27 @@ def test_views_are_read_only_and_a_bad_record_is_refused(tiny_bundle):
         weights.views({name: ["weights.bin", 10**12, "float32", [4]]})
     with pytest.raises(BundleError, match="missing"):
         weights.views({name: ["../bundle.json", 0, "float32", [4]]})
+
+
+def _mapped(path) -> bool:
+    """Whether this process maps ``path`` (/proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip().endswith(str(path)) for line in f)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+def test_closing_the_graphs_unmaps_the_weights(tiny_bundle, tmp_path):
+    """The mapping lives as long as a session's views: a closed Reranker leaves no weight pages mapped
+    (a build's end-to-end check opens the torch reference after it)."""
+    import gc
+
+    weights = (tiny_bundle / "onnx" / "weights.bin").resolve()
+    runtime = Reranker(tiny_bundle, tmp_path / "kv")
+    runtime.index(_images(1))
+    assert _mapped(weights)
+    runtime.release_document_graphs()
+    runtime.rerank("q", _images(1))  # the per-query graphs map the file again (they share its tensors)
+    assert _mapped(weights)
+    runtime.close()
+    gc.collect()
+    assert not _mapped(weights)
