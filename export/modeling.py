@@ -105,6 +105,27 @@ def attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None, fused: bo
     return segment_attention(q, [(k, v, visible)], fused)
 
 
+VISION_QUERY_BLOCKS = 8  # the vision tower's attention, in this many blocks of query rows (portable form)
+
+
+def blocked_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None, fused: bool,
+                      blocks: int = VISION_QUERY_BLOCKS) -> Tensor:
+    """:func:`attention` over ``blocks`` blocks of query rows, one after the other (portable form; fused:
+    one call). Each row's softmax is its own, so the result is the same; only one block's scores
+    [B, H, T/blocks, S] exist at a time. A 2B page's tower attends over 3,952 patches: 16 heads x 3,952^2
+    float32 scores are 1.0 GB per tensor, and the whole-image form held two of them. The block bounds are
+    computed from T in the graph, so the ONNX export keeps T dynamic (a block may be empty). With a mask
+    (Qwen2.5-VL's windows) it is one call: an empty block of a masked form cannot be reshaped."""
+    if fused or visible is not None:
+        return attention(q, k, v, visible, fused)
+    t = q.shape[2]
+    out = []
+    for i in range(blocks):
+        lo, hi = t * i // blocks, t * (i + 1) // blocks
+        out.append(attention(q[:, :, lo:hi], k, v, None, fused))
+    return torch.cat(out, dim=2)
+
+
 # A run of keys one query attends to: K and V [1|B, Hkv, P, d] (batch 1 is shared by every row of the
 # batch, never copied per row) and which keys each query row sees: bool, broadcastable to [B, 1, T, P]
 # ([B, 1, 1, P] for padding, [T, P] for a causal block), or None when every key is visible.

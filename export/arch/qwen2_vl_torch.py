@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ...runtime.vision_inputs import vision_inputs
 from ..config import VisionConfig
-from ..modeling import RMSNorm, WeightReader, attention, rotate_half
+from ..modeling import RMSNorm, WeightReader, blocked_attention, rotate_half
 from .common import VISUAL
 from .decoder_torch import QwenVLTorch
 
@@ -76,7 +76,7 @@ class VisionBlock(nn.Module):
         q, k, v = self.qkv(self.norm1(x)).reshape(n, 3, self.num_heads, -1).permute(1, 2, 0, 3)  # [Hv, N, d] each
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        attn = attention(q[None], k[None], v[None], visible, self.fused)[0]  # [Hv, N, d]
+        attn = blocked_attention(q[None], k[None], v[None], visible, self.fused)[0]  # [Hv, N, d]
         x = x + self.proj(attn.transpose(0, 1).reshape(n, -1))
         return x + self.mlp(self.norm2(x))
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ...runtime.vision_inputs import vision_inputs
 from ..config import VisionConfig
-from ..modeling import WeightReader, attention, rotate_half
+from ..modeling import WeightReader, blocked_attention, rotate_half
 from .common import VISUAL
 from .decoder_torch import DecoderLayer, QwenVLTorch, TextRotary
 
@@ -44,7 +44,7 @@ class VisionBlock(nn.Module):
         q, k, v = self.qkv(self.norm1(x)).reshape(n, 3, self.num_heads, -1).permute(1, 2, 0, 3)  # [Hv, N, d] each
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        attn = attention(q[None], k[None], v[None], None, self.fused)[0]  # [Hv, N, d]
+        attn = blocked_attention(q[None], k[None], v[None], None, self.fused)[0]  # [Hv, N, d]
         x = x + self.proj(attn.transpose(0, 1).reshape(n, -1))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
 

@@ -68,9 +68,11 @@ def test_closing_the_graphs_unmaps_the_weights(tiny_bundle, tmp_path):
     """The mapping lives as long as a session's views: a closed Reranker leaves no weight pages mapped
     (a build's end-to-end check opens the torch reference after it)."""
     import gc
+    import shutil
 
-    weights = (tiny_bundle / "onnx" / "weights.bin").resolve()
-    runtime = Reranker(tiny_bundle, tmp_path / "kv")
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")  # a copy no other test's object maps
+    weights = (bundle / "onnx" / "weights.bin").resolve()
+    runtime = Reranker(bundle, tmp_path / "kv")
     runtime.index(_images(1))
     assert _mapped(weights)
     runtime.release_document_graphs()
