@@ -272,17 +272,6 @@ def _cpu_runner(kind: str, path: Path, plugin: bool = False) -> BaseRunner:
 
 
 @torch.no_grad()
-def validate_graph(graph: nn.Module, kind: str, samples: list[tuple], path: Path, precision: str,
-                   weights: str = "float", plugin: bool = False, runner: BaseRunner | None = None) -> dict:
-    """ONNX Runtime vs the torch fp32 graph on fresh samples; raises BuildError past the tolerance of
-    ``precision`` (and ``weights``: "int8" for a graph :func:`~.quantize.quantize_weights` rewrote;
-    ``plugin``: the graph may hold BandAttention nodes; ``runner``: the graph already opened).
-    :func:`reference_outputs` then :func:`check_outputs`, which a build calls apart."""
-    expected = reference_outputs(graph, samples)
-    return check_outputs(kind, samples, expected, runner or _cpu_runner(kind, path, plugin), precision, weights)
-
-
-@torch.no_grad()
 def reference_outputs(graph: nn.Module, samples: list[tuple]) -> list[list[np.ndarray]]:
     """The torch fp32 graph's outputs on each sample, as float32 arrays (kept while the reference is freed)."""
     outputs = []
@@ -597,11 +586,10 @@ def _finish_meta(meta: dict, graphs: dict, validation: dict, staging: Path) -> d
     return meta
 
 
-def validate_end_to_end(reference: ReferencePipeline | Callable[[], ReferencePipeline], bundle_dir: Path,
-                        precision: str, weights: str = "float") -> dict:
-    """Scores through the runtime (ONNX Runtime, numpy glue, K/V store) vs the torch reference.
-    ``reference``: the pipeline, or a function that opens it; then the runtime runs first and is closed
-    before the reference is opened, so their weights are never in memory together (a build's case)."""
+def validate_end_to_end(open_reference: Callable[[], ReferencePipeline], bundle_dir: Path, precision: str,
+                        weights: str = "float") -> dict:
+    """Scores through the runtime (ONNX Runtime, numpy glue, K/V store) vs the torch reference, which
+    ``open_reference`` opens once the runtime is closed, so their weights are never in memory together."""
     import tempfile
 
     from ..runtime.reranker import Reranker
@@ -609,14 +597,10 @@ def validate_end_to_end(reference: ReferencePipeline | Callable[[], ReferencePip
     docs = _sample_documents(1) + _sample_documents(0)
     queries = ["a longer query, with seven words", "q"]
     with tempfile.TemporaryDirectory() as cache, Reranker(bundle_dir, cache) as runtime:
-        if isinstance(reference, ReferencePipeline):
-            report = compare_runtime(reference, runtime, docs, queries)
-        else:
-            side = runtime_side(runtime, docs, queries)
-    if not isinstance(reference, ReferencePipeline):
-        del runtime
-        gc.collect()  # the runtime's sessions and weight mapping go before the reference opens
-        report = compare_sides(reference(), docs, queries, side)
+        side = runtime_side(runtime, docs, queries)
+    del runtime
+    gc.collect()  # the runtime's sessions and weight mapping go before the reference opens
+    report = compare_sides(open_reference(), docs, queries, side)
     key = tolerance_key(precision, weights)
     tol = TOLERANCES[key].get("end_to_end", TOLERANCES[key]["score"])
     if not report["max_abs_diff"] <= tol:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 
 def stored_bytes(tensor, base: Path) -> int:
@@ -60,11 +60,6 @@ def make_inline(tensor, raw: bytes) -> None:
     tensor.raw_data = raw
 
 
-def initializers(model) -> Iterator:
-    """Every initializer of the graph (subgraphs have none in these exports)."""
-    return iter(model.graph.initializer)
-
-
 def stream_to_one_file(model, base: Path, data: Path, min_bytes: int) -> int:
     """Write every initializer of at least ``min_bytes`` into ``data`` (one file beside the graph; the graph
     is saved by the caller), one tensor at a time, and point the tensors at it; smaller ones stay or become
@@ -73,7 +68,7 @@ def stream_to_one_file(model, base: Path, data: Path, min_bytes: int) -> int:
     tmp = data.with_name(data.name + ".part")
     size = 0
     with open(tmp, "wb") as out:
-        for tensor in initializers(model):
+        for tensor in model.graph.initializer:
             raw = raw_bytes(tensor, base)
             if raw is None:
                 continue

@@ -103,7 +103,6 @@ def share_weights(onnx_dir: Path, graph_files: dict[str, Path], log=lambda messa
                 file, offset = seen[key]
                 referenced += len(raw)
                 point_to(tensor, file, offset, len(raw))
-                del raw
                 places[tensor.name] = [file, offset, ONNX_DTYPES[tensor.data_type], list(tensor.dims)]
             for old in path.parent.glob(path.name + ".data*"):
                 old.unlink()

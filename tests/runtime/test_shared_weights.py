@@ -3,6 +3,8 @@ use, and on the CPU every session computes with views of one mapping of the bund
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -63,7 +65,7 @@ def _mapped(path) -> bool:
         return any(line.rstrip().endswith(str(path)) for line in f)
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
 def test_closing_the_graphs_unmaps_the_weights(tiny_bundle, tmp_path):
     """The mapping lives as long as a session's views: a closed Reranker leaves no weight pages mapped
     (a build's end-to-end check opens the torch reference after it)."""
