@@ -27,7 +27,8 @@ import numpy as np
 from minireranker.calibration.data import load_labelled_set
 from minireranker.calibration.demo.run import ASSETS, demo_spec
 from minireranker.calibration.metrics import ndcg_at, spearman
-from minireranker.export.onnx_export import TOLERANCES, BuildConfig, build_bundle
+from minireranker.export.onnx_export import BuildConfig, build_bundle
+from minireranker.export.validation import TOLERANCES
 from minireranker.runtime.reranker import Reranker
 
 SYSTEMS = ("float", "int8")

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from minireranker.export.onnx_export import BuildConfig, build_bundle, compare_runtime
+from minireranker.export.onnx_export import BuildConfig, build_bundle
+from minireranker.export.validation import compare_runtime
 from minireranker.export.reference import ReferencePipeline
 from minireranker.export.tiny import PRESETS, write_tiny_checkpoint
 from minireranker.runtime.documents import Document

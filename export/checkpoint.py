@@ -13,6 +13,7 @@ checkpoint: :func:`checkpoint_for_build` merges it into its base first (see docs
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import tempfile
@@ -419,3 +420,16 @@ def checkpoint_for_build(path: str | Path, base: str | Path | None = None,
     with tempfile.TemporaryDirectory(prefix="minireranker-merged-") as tmp:
         log(f"merging the PEFT adapter {path} into {base_dir}")
         yield merge_adapter(path, base_dir, Path(tmp) / "checkpoint")
+
+
+def checkpoint_digest(ckpt: Checkpoint) -> str:
+    """sha256 over the checkpoint's config, tokenizer, preprocessor and every weight file's bytes."""
+    h = hashlib.sha256()
+    files = [ckpt.path / "config.json", ckpt.tokenizer_path, ckpt.path / "preprocessor_config.json",
+             *ckpt.weight_files]
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()

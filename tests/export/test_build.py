@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from minireranker.export import onnx_export  # noqa: E402
+from minireranker.export import validation  # noqa: E402
 from minireranker.export.onnx_export import BuildConfig, BuildError, build_bundle  # noqa: E402
 from minireranker.runtime.bundle import SCHEMA_VERSION, inspect_bundle, kv_bytes_per_token, load_bundle  # noqa: E402
 from minireranker.runtime.spec import RerankSpec  # noqa: E402
@@ -112,7 +112,7 @@ def test_shared_weights_store_each_tensor_once(tiny_bundle, tiny_checkpoint, tmp
     plain = build_bundle(tiny_checkpoint, tmp_path / "plain", SPEC, BuildConfig(share_weights=False),
                          log=lambda m: None)
     assert sum(files.values()) < sum(plain.data["files"].values())
-    docs = onnx_export._sample_documents(1)  # two drawn images (one with a caption) and a text
+    docs = validation.sample_documents(1)  # two drawn images (one with a caption) and a text
     scores = []
     for path in (tiny_bundle, plain.path):
         with Reranker(path, tmp_path / f"cache-{path.name}") as r:
@@ -123,7 +123,7 @@ def test_shared_weights_store_each_tensor_once(tiny_bundle, tiny_checkpoint, tmp
 
 
 def test_a_failing_check_fails_the_build_and_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setitem(onnx_export.TOLERANCES, "fp32", {"hidden": 0.0, "score": 0.0})
+    monkeypatch.setitem(validation.TOLERANCES, "fp32", {"hidden": 0.0, "score": 0.0})
     out = tmp_path / "bad"
     with pytest.raises(BuildError, match=r"graph '\w+' output '\w+' differs from the torch reference"):
         build_bundle(tiny_checkpoint, out, SPEC, log=lambda m: None)
@@ -170,7 +170,7 @@ def test_an_fp16_graph_keeps_the_rotary_angles_in_float32(tiny_checkpoint):
 
 def test_an_fp16_build_at_a_far_query_position_validates(tiny_checkpoint, tmp_path):
     """The instruction sits after the query position; with float32 angles its keys match the fp32
-    reference at fp16's tolerance however far it sits (3e-2 scaled: export/onnx_export.py TOLERANCES)."""
+    reference at fp16's tolerance however far it sits (3e-2 scaled: export/validation.py TOLERANCES)."""
     spec = RerankSpec(exit_layer=3, band=(1, 2), keep_ratio=1.0, query_position=2000)
     bundle = build_bundle(tiny_checkpoint, tmp_path / "b", spec, BuildConfig(precision="fp16"), log=lambda m: None)
     checked = bundle.data["validation"]["doc_prefix"]["instruction_k"]

@@ -65,12 +65,12 @@ def test_the_build_validated_the_plugin_band(plugin_bundle):
 
 
 def test_plugin_scores_equal_the_portable_bundles(plugin_bundle, bundle_factory, tmp_path, monkeypatch):
-    from minireranker.export.onnx_export import _sample_documents
+    from minireranker.export.validation import sample_documents
     from minireranker.export.plugin_attention import plugin_graph_opener
     from minireranker.runtime import reranker
     from minireranker.runtime.reranker import Reranker
 
-    docs = _sample_documents(0) + _sample_documents(1)
+    docs = sample_documents(0) + sample_documents(1)
     queries = ["which image is it?", "q"]
     with Reranker(bundle_factory("tiny", None, "fp32", "portable"), tmp_path / "portable") as runtime:
         expected = [[r.score for r in sorted(runtime.rerank(q, docs).results, key=lambda r: r.index)] for q in queries]
@@ -86,7 +86,7 @@ def test_plugin_scores_equal_the_portable_bundles(plugin_bundle, bundle_factory,
 
 def test_the_runtime_pads_documents_at_the_end_of_each_row(bundle_factory, tmp_path):
     # doc_lens = the count of True in a doc_mask row assumes the real keys come first (graphs.BandGraph)
-    from minireranker.export.onnx_export import _sample_documents
+    from minireranker.export.validation import sample_documents
     from minireranker.runtime.reranker import Reranker
 
     masks = []
@@ -94,7 +94,7 @@ def test_the_runtime_pads_documents_at_the_end_of_each_row(bundle_factory, tmp_p
         run = runtime.encoder.run
         runtime.encoder.run = lambda io, **arrays: (masks.append(arrays["doc_mask"]) if io.name == "band" else None,
                                                     run(io, **arrays))[1]
-        runtime.rerank("q", _sample_documents(0))
+        runtime.rerank("q", sample_documents(0))
     assert masks
     for mask in masks:
         lens = mask.sum(1)

@@ -12,7 +12,8 @@ pytest.importorskip("transformers")
 
 from minireranker.calibration.metrics import spearman  # noqa: E402
 from minireranker.export.build_config import BuildConfig, BuildError  # noqa: E402
-from minireranker.export.onnx_export import TOLERANCES, _sample_documents, build_bundle  # noqa: E402
+from minireranker.export.onnx_export import build_bundle  # noqa: E402
+from minireranker.export.validation import TOLERANCES, sample_documents  # noqa: E402
 from minireranker.export.quantize import QUANTIZED_OPS, quantize_weights  # noqa: E402
 from minireranker.runtime.bundle import inspect_bundle, load_bundle  # noqa: E402
 from minireranker.runtime.documents import Document  # noqa: E402
@@ -37,7 +38,7 @@ def _op_types(bundle, graph: str) -> set[str]:
 
 
 def _documents(images) -> list[Document]:
-    return [Document(image=img) for img in images.values()] + _sample_documents(0) + [
+    return [Document(image=img) for img in images.values()] + sample_documents(0) + [
         Document(text="a red circle on a white page"), Document(text="minutes of the meeting")]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from minireranker.export.onnx_export import compare_runtime  # noqa: E402
+from minireranker.export.validation import compare_runtime  # noqa: E402
 from minireranker.export.reference import ReferencePipeline  # noqa: E402
 from minireranker.export.tiny import PRESETS  # noqa: E402
 from minireranker.runtime.bundle import load_bundle  # noqa: E402

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from ranking_helpers import assert_ranking_within  # noqa: E402
 
-from minireranker.export.onnx_export import compare_runtime  # noqa: E402
+from minireranker.export.validation import compare_runtime  # noqa: E402
 from minireranker.export.reference import ReferencePipeline  # noqa: E402
 from minireranker.export.tiny import PRESETS  # noqa: E402
 from minireranker.runtime.bundle import load_bundle  # noqa: E402
