@@ -31,9 +31,9 @@ class BuildConfig:
     attention: str = "portable"
     weights: str = "float"
     validate: bool = True
-    external_data_threshold: int = 2_000_000_000  # bytes of weights above which a graph uses external data
+    external_data_threshold: int = 2_000_000_000  # weights past this many bytes: external data (vision: always)
     # each distinct tensor once, in onnx/weights.bin (+ weights.query.bin), for every graph (export/shared_weights.py);
-    # False: each graph keeps its own weights (inline, or <graph>.onnx.data above the threshold)
+    # False: each graph keeps its own weights (inline, or <graph>.onnx.data above the threshold or for vision)
     share_weights: bool = True
 
     def __post_init__(self) -> None:

@@ -47,6 +47,7 @@ from .quantize import quantize_weights
 from .shared_weights import share_weights
 from .reference import ReferencePipeline
 from .validation import check_outputs, cpu_runner, io_for, reference_outputs, sample_documents, validate_end_to_end
+from . import weights_as_inputs
 from .trt_compat import decompose_rmsnorm
 
 EXPORT_VERSION = 2  # 2: the instruction segment is computed with the document (a new entry layout)
@@ -135,6 +136,8 @@ def _export(module: nn.Module, kind: str, args: tuple, path: Path, config: Build
                                for name in inputs)
                 torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                                   dynamic_shapes=shapes, opset_version=config.opset, dynamo=True, verbose=False)
+            elif kind in weights_as_inputs.KINDS and not plugin:  # no copy of the weights in the exporter
+                weights_as_inputs.export(module, args, path, inputs, outputs, axes, config.opset)
             else:
                 torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                                   dynamic_axes=axes, opset_version=config.opset, dynamo=False,
@@ -182,13 +185,18 @@ def finalize_onnx(path: Path, kind: str, threshold: int, fused: bool = False, ta
 
     The weights are never all in memory: a graph over the threshold is read as structure only and its
     tensors copied one by one (export/onnx_files.py); an inline graph the exporter wrote alone, with nothing
-    to rewrite, is moved as it is. (Loading and re-saving the exact spec's 2B ``doc_prefix`` held 5.2 GiB
+    to rewrite, is moved as it is, and so is a graph with the one data file that
+    export/weights_as_inputs.py writes, whatever its size. (Loading and re-saving the exact spec's 2B ``doc_prefix`` held 5.2 GiB
     beside the torch reference.)"""
     import onnx
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
     target = Path(target or path)
-    if not fused and target != path and _written_alone(path) and path.stat().st_size <= threshold:
+    if not fused and target != path and _written_alone(path, threshold):
+        data = path.with_name(path.name + ".data")
+        if data.exists():  # its locations name the file, and target keeps the graph's name
+            assert target.name == path.name, (target, path)
+            os.replace(data, target.with_name(data.name))
         os.replace(path, target)
     else:
         model = onnx.load(str(path), load_external_data=False)
@@ -214,9 +222,14 @@ def finalize_onnx(path: Path, kind: str, threshold: int, fused: bool = False, ta
         raise BuildError(f"graph '{kind}' fails the ONNX checker: {exc}") from None
 
 
-def _written_alone(path: Path) -> bool:
-    """The exporter wrote the graph as one file (it writes one file per tensor beside a graph past 2 GB)."""
-    return [p.name for p in path.parent.iterdir()] == [path.name]
+def _written_alone(path: Path, threshold: int) -> bool:
+    """The export is in its final form: the graph alone, inline and within ``threshold``, or the graph and
+    the one data file beside it that export/weights_as_inputs.py writes (the TorchScript exporter writes
+    one file per tensor beside a graph past 2 GB)."""
+    names = sorted(p.name for p in path.parent.iterdir())
+    if names == [path.name]:
+        return path.stat().st_size <= threshold
+    return names == [path.name, path.name + ".data"]
 
 
 def _describe(runner: BaseRunner) -> dict:

@@ -75,13 +75,16 @@ def stream_to_one_file(model, base: Path, data: Path, min_bytes: int) -> int:
             if len(raw) < min_bytes:
                 make_inline(tensor, raw)
                 continue
-            size += _append(out, size, raw, tensor, data.name)
+            size += append_tensor(out, size, raw, tensor, data.name)
     os.replace(tmp, data)
     return size
 
 
-def _append(out: BinaryIO, size: int, raw: bytes, tensor, location: str) -> int:
+def append_tensor(out: BinaryIO, size: int, raw: bytes | memoryview, tensor, location: str) -> int:
+    """Write ``raw`` to ``out`` (``size`` bytes written so far) on a 64-byte boundary and point ``tensor`` at
+    it in ``location``; returns the bytes written, padding included."""
     pad = -size % 64  # each tensor on a 64-byte boundary
-    out.write(b"\0" * pad + raw)
+    out.write(b"\0" * pad)
+    out.write(raw)
     point_to(tensor, location, size + pad, len(raw))
     return pad + len(raw)
