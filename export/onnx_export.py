@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from ..engines import BaseRunner
 from ..runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, load_bundle, meta_checksum, sha256_file
 from ..runtime.spec import RerankSpec
+from . import weights_as_inputs
 from .build_config import BuildConfig, BuildError  # torch-free, so that `build --help` can read its defaults
 from .checkpoint import Checkpoint, checkpoint_digest, open_checkpoint
 from .graphs import BandGraph
@@ -47,7 +48,6 @@ from .quantize import quantize_weights
 from .shared_weights import share_weights
 from .reference import ReferencePipeline
 from .validation import check_outputs, cpu_runner, io_for, reference_outputs, sample_documents, validate_end_to_end
-from . import weights_as_inputs
 from .trt_compat import decompose_rmsnorm
 
 EXPORT_VERSION = 2  # 2: the instruction segment is computed with the document (a new entry layout)
@@ -185,9 +185,9 @@ def finalize_onnx(path: Path, kind: str, threshold: int, fused: bool = False, ta
 
     The weights are never all in memory: a graph over the threshold is read as structure only and its
     tensors copied one by one (export/onnx_files.py); an inline graph the exporter wrote alone, with nothing
-    to rewrite, is moved as it is, and so is a graph with the one data file that
-    export/weights_as_inputs.py writes, whatever its size. (Loading and re-saving the exact spec's 2B ``doc_prefix`` held 5.2 GiB
-    beside the torch reference.)"""
+    to rewrite, is moved as it is, and so is a graph with the one data file that export/weights_as_inputs.py
+    writes, whatever its size. (Loading and re-saving the exact spec's 2B ``doc_prefix`` held 5.2 GiB beside
+    the torch reference.)"""
     import onnx
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
