@@ -2,7 +2,7 @@
 recovers, on the held-out split, with a small sweep of steps and learning rate.
 
     python benchmarks/adapt_sweep.py --out bench-out/adapt [--checkpoint DIR] [--spec FILE] [--data FILE]
-                                     [--steps 200,400] [--lr 5e-4,2e-3]
+                                     [--steps 200,400] [--lr 5e-4,2e-3] [--rank 16] [--label-weight 0.5]
 
 Default checkpoint: the bundled query-first demo reranker (``assets/reranker-query-first``, trained in
 Qwen3-VL-Reranker's order: the stock checkpoint a user brings); default spec: the layers and pruning of the
@@ -18,8 +18,10 @@ of the difference to row 1, nDCG@10 per query kind):
 2. the same weights vision-first, exact spec;
 3. the spec, zero-shot (the yes/no rows at its exit layer), and with an exit head fitted on the adaptation
    data without training the body (``calibrate --exit-head``'s head);
-4. after ``adapt`` for each (steps, lr), with the yes/no rows and with the exit head (one run gives both:
-   ``--exit-head`` fits the head on the adapted body).
+4. after ``adapt`` for each (steps, lr, LoRA rank, label weight), with the yes/no rows and with the exit head (one run gives both:
+   ``--exit-head`` fits the head on the adapted body). A rank other than adapt's default keeps its
+   alpha/rank ratio (alpha = 2 x rank), so the LoRA update's scale, and with it the learning rate's meaning,
+   does not change with the rank.
 
 The defaults are picked on the calibration split (mean nDCG@10 of the exit-head variant), never on the
 held-out split. Writes results.json and results.md (and prints the table).
@@ -110,6 +112,9 @@ def main() -> None:
     parser.add_argument("--no-head-only", action="store_true", help="skip the exit-head-alone row")
     parser.add_argument("--steps", default="200,400")
     parser.add_argument("--lr", default="5e-4,2e-3")
+    parser.add_argument("--rank", default=str(AdaptConfig.rank), help="LoRA ranks (alpha = 2 x rank)")
+    parser.add_argument("--label-weight", default=str(AdaptConfig.label_weight),
+                        help="weights of the label loss (the adaptation data's grades)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,31 +147,37 @@ def main() -> None:
                     scores_of(head_only, spec_with_head(head_only), heldout), teacher, heldout, kinds)
             r["wall_s"] = time.perf_counter() - t0
             rows.append(r)
-        for steps in (int(s) for s in args.steps.split(",")):
-            for lr in (float(x) for x in args.lr.split(",")):
-                target = out / f"adapted-{steps}-{lr:g}"
-                if (head_only / TEACHER_FILE).is_file():  # the same teacher labels: computed once
-                    target.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(head_only / TEACHER_FILE, target / TEACHER_FILE)
-                t0 = time.perf_counter()
-                report = run_adapt(AdaptConfig(str(checkpoint), str(data_file), str(target), spec=spec_json,
-                                               steps=steps, lr=lr, exit_head=True, progress=False, resume=False),
-                                   log=lambda _: None)
-                wall = time.perf_counter() - t0
-                trained = steps * report["settings"]["queries_per_step"] * adapt_set.num_pairs / len(adapt_set.queries)
-                variants = {"yes/no rows": spec_with_head(target, HeadSpec("yes_no")),
-                            "exit head": spec_with_head(target)}
-                for variant, s in variants.items():
-                    r = row(f"4. adapted, {steps} steps, lr {lr:g}, {variant}", scores_of(target, s, heldout),
-                            teacher, heldout, kinds)
-                    r.update({"steps": steps, "lr": lr, "variant": variant, "wall_s": wall,
-                              "training_pairs": trained, "s_per_1000_training_pairs": wall / trained * 1000,
-                              "loss_first": report["loss_first"], "loss_last": report["loss_last"],
-                              "calib": row("calib", scores_of(target, s, calib), calib_teacher, calib,
-                                           calib_kinds)["ndcg@10"]})
-                    rows.append(r)
-                    sweep.append(r)
-                    print({k: v for k, v in r.items() if k != "per_query"}, flush=True)
+        grid = [(steps, lr, rank, weight) for steps in (int(s) for s in args.steps.split(","))
+                for lr in (float(x) for x in args.lr.split(",")) for rank in (int(r) for r in args.rank.split(","))
+                for weight in (float(w) for w in args.label_weight.split(","))]
+        for steps, lr, rank, weight in grid:
+            extra = "".join([f", rank {rank}" if rank != AdaptConfig.rank else "",
+                             f", label weight {weight:g}" if weight != AdaptConfig.label_weight else ""])
+            target = out / f"adapted-{steps}-{lr:g}-r{rank}-w{weight:g}"
+            if (head_only / TEACHER_FILE).is_file():  # the same teacher labels: computed once
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(head_only / TEACHER_FILE, target / TEACHER_FILE)
+            t0 = time.perf_counter()
+            report = run_adapt(AdaptConfig(str(checkpoint), str(data_file), str(target), spec=spec_json,
+                                           steps=steps, lr=lr, rank=rank, alpha=2.0 * rank, label_weight=weight,
+                                           exit_head=True, progress=False, resume=False),
+                               log=lambda _: None)
+            wall = time.perf_counter() - t0
+            trained = steps * report["settings"]["queries_per_step"] * adapt_set.num_pairs / len(adapt_set.queries)
+            variants = {"yes/no rows": spec_with_head(target, HeadSpec("yes_no")),
+                        "exit head": spec_with_head(target)}
+            for variant, s in variants.items():
+                r = row(f"4. adapted, {steps} steps, lr {lr:g}{extra}, {variant}",
+                        scores_of(target, s, heldout), teacher, heldout, kinds)
+                r.update({"steps": steps, "lr": lr, "rank": rank, "label_weight": weight, "variant": variant,
+                          "wall_s": wall,
+                          "training_pairs": trained, "s_per_1000_training_pairs": wall / trained * 1000,
+                          "loss_first": report["loss_first"], "loss_last": report["loss_last"],
+                          "calib": row("calib", scores_of(target, s, calib), calib_teacher, calib,
+                                       calib_kinds)["ndcg@10"]})
+                rows.append(r)
+                sweep.append(r)
+                print({k: v for k, v in r.items() if k != "per_query"}, flush=True)
     zero_shot = rows[2]
     chosen = max((r for r in sweep if r["variant"] == "exit head"), key=lambda r: r["calib"], default=None)
     loss = 1 - zero_shot["fraction"]
@@ -175,7 +186,8 @@ def main() -> None:
     summary = {"checkpoint": str(checkpoint), "spec": spec.to_dict(), "adaptation_data": str(data_file),
                "adaptation_pairs": adapt_set.num_pairs, "adaptation_queries": len(adapt_set.queries),
                "heldout_queries": len(heldout.queries), "zero_shot_loss": loss,
-               "chosen_by_calib": None if chosen is None else {"steps": chosen["steps"], "lr": chosen["lr"]},
+               "chosen_by_calib": None if chosen is None else {k: chosen[k] for k in ("steps", "lr", "rank",
+                                                                                       "label_weight")},
                "rows": rows}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"Held-out split: {len(heldout.queries)} queries; adaptation data: {len(adapt_set.queries)} queries, "
