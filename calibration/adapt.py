@@ -89,17 +89,24 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def _teacher_scores(teacher, data: LabelledSet, out: Path, key: str, log: Callable[[str], None]) -> list[np.ndarray]:
-    """Dense trained-format scores of every pair, from ``teacher.json`` when it was written for ``key``."""
+def _teacher_scores(teacher, data: LabelledSet, out: Path, key: str, log: Callable[[str], None],
+                    given: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Dense trained-format scores of every pair: ``given`` (the caller computed them: ``calibrate``), else
+    from ``teacher.json`` when it was written for ``key``, else computed."""
     from .scoring import trained_dense_scores
 
     path = out / TEACHER_FILE
-    if path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            return [np.asarray(s, dtype=np.float64) for s in saved["scores"]]
-    log(f"labelling {data.num_pairs} pairs with the teacher (dense, {teacher.spec.trained})")
-    scores = [trained_dense_scores(teacher, q.query, q.candidates) for q in data.queries]
+    if given is not None:
+        shapes = [len(q.candidates) for q in data.queries]
+        if [len(s) for s in given] != shapes:
+            raise CalibrationError(f"adapt: the teacher scores given hold {[len(s) for s in given]} candidates per "
+                                   f"query, {data.path} has {shapes}")
+        scores = [np.asarray(s, dtype=np.float64) for s in given]
+    elif path.is_file() and (saved := json.loads(path.read_text(encoding="utf-8"))).get("key") == key:
+        return [np.asarray(s, dtype=np.float64) for s in saved["scores"]]
+    else:
+        log(f"labelling {data.num_pairs} pairs with the teacher (dense, {teacher.spec.trained})")
+        scores = [trained_dense_scores(teacher, q.query, q.candidates) for q in data.queries]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "scores": [s.tolist() for s in scores]}), encoding="utf-8")
     os.replace(tmp, path)
@@ -119,8 +126,11 @@ def _student_spec(loaded, config: AdaptConfig) -> RerankSpec:
 
 
 def run_adapt(config: AdaptConfig, log: Callable[[str], None] = print,
-              after_step: Callable[[int], None] | None = None) -> dict:
+              after_step: Callable[[int], None] | None = None, teacher: list[np.ndarray] | None = None) -> dict:
     """Train, merge and write ``config.out`` (module docstring); returns the report (``adapt.json``).
+
+    ``teacher``: the dense trained-format scores of ``config.data``'s pairs, one array per query, when the
+    caller has them (``calibrate --exit-head``): they are not computed again.
 
     ``after_step(step)`` is called after every step, once its state is saved when it is a save step
     (the tests stop a run there, as a kill would, and resume it).
@@ -141,10 +151,10 @@ def run_adapt(config: AdaptConfig, log: Callable[[str], None] = print,
                                    f"{loaded.ckpt.config.model_type}")
         spec = _student_spec(loaded, config)
         device = _device(config.device)
-        teacher = loaded.pipeline(loaded.exact_spec())
+        dense = loaded.pipeline(loaded.exact_spec())
         data_key = hashlib.sha256(Path(config.data).read_bytes()).hexdigest()
-        key = _digest(str(Path(config.checkpoint).resolve()), data_key, json.dumps(teacher.spec.to_dict()))
-        targets = _teacher_scores(teacher, data, out, key, log)
+        key = _digest(str(Path(config.checkpoint).resolve()), data_key, json.dumps(dense.spec.to_dict()))
+        targets = _teacher_scores(dense, data, out, key, log, teacher)
         student_base = loaded.pipeline(spec)
         before = _fidelity(student_base, data, targets)
         model, samples = _student(loaded, spec, student_base, data, config)
@@ -163,7 +173,7 @@ def run_adapt(config: AdaptConfig, log: Callable[[str], None] = print,
             after_yes_no = _fidelity(adapted.pipeline(rows), data, targets)
     report = {
         "schema_version": 1, "checkpoint": config.checkpoint, "data": config.data, "pairs": data.num_pairs,
-        "queries": len(data.queries), "spec": spec.to_dict(), "teacher": teacher.spec.trained,
+        "queries": len(data.queries), "spec": spec.to_dict(), "teacher": dense.spec.trained,
         "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress",)},
         "resumed_from_step": step0, "loss_first": float(np.mean(losses[:5])) if losses else None,
         "loss_last": float(np.mean(losses[-5:])) if losses else None, "losses": losses,

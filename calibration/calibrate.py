@@ -202,22 +202,26 @@ def _run_calibration(config: CalibrationConfig, log: Callable[[str], None]) -> d
     if result["chosen"] is not None:
         result["chosen_check_max_abs_diff"] = _check_chosen(loaded, data, points[result["chosen"]], config)
     if config.exit_head and result["chosen"] is not None:
-        result["exit_head"] = _exit_head(config, result["points"][result["chosen"]]["spec"], log)
+        trained = config.reference == "trained" or not format_changed(base.spec)
+        teacher = dense if trained else None  # the sweep's dense scores are adapt's teacher: not labelled twice
+        result["exit_head"] = _exit_head(config, result["points"][result["chosen"]]["spec"], log, teacher)
     result["wall_s"] = time.perf_counter() - t0
     _write(Path(config.out), result, log)
     return result
 
 
-def _exit_head(config: CalibrationConfig, spec: dict, log: Callable[[str], None]) -> dict:
+def _exit_head(config: CalibrationConfig, spec: dict, log: Callable[[str], None],
+               teacher: list[np.ndarray] | None) -> dict:
     """``--exit-head``: a linear head on the chosen exit layer's normed hidden state, least squares to the
-    dense scores in the checkpoint's trained order, the body untouched (``adapt`` with no training steps),
-    written with the base's weights as the checkpoint ``OUT/checkpoint/`` that every command reads."""
+    dense scores in the checkpoint's trained order (``teacher``, when the sweep's reference computed them),
+    the body untouched (``adapt`` with no training steps), written with the base's weights as the checkpoint
+    ``OUT/checkpoint/`` that every command reads."""
     from .adapt import AdaptConfig, run_adapt
 
     target = Path(config.out) / "checkpoint"
     report = run_adapt(AdaptConfig(config.checkpoint, config.data, str(target), spec=json.dumps(spec), steps=0,
                                    exit_head=True, resume=False, threads=config.threads, progress=config.progress),
-                       log=log)
+                       log=log, teacher=teacher)
     return {"checkpoint": str(target), "tensors": report["exit_head"], "yes_no_rows": report["before"],
             "exit_head": report["after"]}
 

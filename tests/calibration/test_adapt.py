@@ -180,6 +180,30 @@ def test_exit_head_alone_keeps_the_body_and_the_trained_order(tiny_checkpoint, l
     assert report["after"]["rmse"] <= report["before"]["rmse"] * (1 + 1e-3)
 
 
+def test_teacher_scores_given_by_the_caller_are_used_not_recomputed(tiny_checkpoint, labelled_set, tmp_path,
+                                                                     monkeypatch):
+    """``run_adapt(teacher=...)`` (``calibrate --exit-head`` hands over its dense pass): those scores are the
+    targets, written to teacher.json as given, the teacher is not run; a shape that is not the data's is refused."""
+    from minireranker.calibration import scoring
+    from minireranker.calibration.adapt import TEACHER_FILE
+    from minireranker.calibration.data import load_labelled_set
+
+    shapes = [len(q.candidates) for q in load_labelled_set(labelled_set, require_labels=False).queries]
+    given = [np.linspace(-1.0, 1.0, n) + i for i, n in enumerate(shapes)]
+
+    def not_called(*_):
+        raise AssertionError("the teacher ran although its scores were given")
+
+    monkeypatch.setattr(scoring, "trained_dense_scores", not_called)
+    out = tmp_path / "given"
+    config = config_for(tiny_checkpoint, labelled_set, out, steps=0, exit_head=True)
+    run_adapt(config, log=lambda _: None, teacher=given)
+    saved = json.loads((out / TEACHER_FILE).read_text())["scores"]
+    assert [np.asarray(s).tolist() for s in given] == saved
+    with pytest.raises(CalibrationError, match="teacher scores given hold"):
+        run_adapt(dataclasses.replace(config, out=str(tmp_path / "bad")), log=lambda _: None, teacher=given[1:])
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

@@ -172,10 +172,21 @@ def test_default_grid_fits_any_depth():
         assert len(bands) <= 45
 
 
-def test_exit_head_option_writes_a_checkpoint_with_the_head(tmp_path, tiny_checkpoint, labelled_set):
+def test_exit_head_option_writes_a_checkpoint_with_the_head(tmp_path, tiny_checkpoint, labelled_set, monkeypatch):
     """``calibrate --exit-head``: the chosen spec's head, fitted without training the body, in OUT/checkpoint/,
-    reported in calibration.json and report.md (one swept spec, so that the test stays short)."""
+    reported in calibration.json and report.md (one swept spec, so that the test stays short); the pairs are
+    labelled by the trained-order dense model once, the sweep's reference pass also being the head's teacher."""
     pytest.importorskip("peft")
+    from minireranker.calibration import scoring
+    from minireranker.calibration.data import load_labelled_set
+
+    calls, trained_dense = [], scoring.trained_dense_scores
+
+    def counted(*args):
+        calls.append(1)
+        return trained_dense(*args)
+
+    monkeypatch.setattr(scoring, "trained_dense_scores", counted)
     config = dataclasses.replace(CalibrationConfig.tiny(str(tiny_checkpoint), str(labelled_set), str(tmp_path)),
                                  exit_layers=(2,), bands=((1, 2),), keep_ratios=(1.0,), target=0.01,
                                  exit_head=True)
@@ -186,3 +197,4 @@ def test_exit_head_option_writes_a_checkpoint_with_the_head(tmp_path, tiny_check
     assert spec.head.kind == "linear" and spec.exit_layer == 2 and spec.band == (1, 2)
     assert head["exit_head"]["rmse"] <= head["yes_no_rows"]["rmse"] * (1 + 1e-3)
     assert "**Exit head**" in (tmp_path / "report.md").read_text()
+    assert len(calls) == len(load_labelled_set(labelled_set).queries)
