@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ...export.tiny import TinyPreset
 from .reranker_stage import CAPTION_WEIGHT, GROUND_LAYER, GROUND_WEIGHT
 from .evaluation import DENSE_ROW, TRAINED_ROW
 from .train_config import EMBEDDER_PRESET, RERANKER_PRESET, TrainConfig
+
+
+SHIPPED_REPORT = Path(__file__).resolve().parent / "assets" / "train_report.json"  # the shipped models' run
+
+
+def _shipped_embedder_loss() -> str:
+    """The shipped embedder's last-tenth loss, read from the shipped run's report."""
+    report = json.loads(SHIPPED_REPORT.read_text(encoding="utf-8"))
+    return f"{report['loss']['embedder']['last']:.3f}"
 
 
 def _reference(by_name: dict) -> str:
@@ -96,6 +108,7 @@ def model_card(kind: str, report: dict, cfg: TrainConfig) -> str:
   queries are that noisy).
 {_CHOICES[kind].format(cfg=cfg, CAPTION_WEIGHT=CAPTION_WEIGHT, GROUND_WEIGHT=GROUND_WEIGHT,
                        embedder_last=f"{report['loss']['embedder']['last']:.3f}",
+                       shipped_last=_shipped_embedder_loss() if kind == "reranker-query-first" else "",
                        GROUND_LAYER=GROUND_LAYER)}
 
 ## Metrics (measured by this run)
@@ -178,7 +191,7 @@ _CHOICES = {
   kinds of relevant, partial, hard and random candidates; the same steps, learning rate and schedule; the same
   start procedure (stage 0, then the embedder, then `init_from_embedder`), run again by this training run. With
   two torch threads float sums are not reproducible bit for bit, and over the embedder's steps the two runs
-  diverged (embedder loss at the end: {embedder_last}, the shipped embedder's 2.707): the two rerankers start from
+  diverged (embedder loss at the end: {embedder_last}, the shipped embedder's {shipped_last}): the two rerankers start from
   equally made but not identical weights.
 - Every pair is one dense sequence in the query-first order; no band, no pruning, no fixed query position.
 - Loss: the same pointwise BCE against graded targets and listwise softmax, at the last layer only (no deep

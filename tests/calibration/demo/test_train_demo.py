@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn", reason="the demo data is generated from sklearn's digits (the dev extra)")
 
-from minireranker.calibration.demo import checkpoints, data, embedder_stage, evaluation, images, pools  # noqa: E402
-from minireranker.calibration.demo import reranker_stage, train_config, trainable, vision_stage  # noqa: E402
+from minireranker.calibration.demo import cards, checkpoints, data, embedder_stage, evaluation, images  # noqa: E402
+from minireranker.calibration.demo import pools, reranker_stage, train_config, trainable, vision_stage  # noqa: E402
 from minireranker.calibration.demo import train as td  # noqa: E402
 from minireranker.export.checkpoint import open_checkpoint  # noqa: E402
 from minireranker.export.pruning import EmbedderGuide  # noqa: E402
@@ -210,6 +210,9 @@ def test_the_script_writes_loadable_checkpoints_and_cards(tmp_path, order, reran
     assert report["loss"]["reranker"]["steps"] == 2 and report["config"]["order"] == order
     for kind in (reranker, "embedder"):
         assert "## What was chosen" in (tmp_path / kind / "README.md").read_text()
+    if order == "query-first":  # the shipped embedder's loss, read from the shipped run's report
+        shipped = json.loads(cards.SHIPPED_REPORT.read_text())["loss"]["embedder"]["last"]
+        assert f"the shipped embedder's {shipped:.3f})" in (tmp_path / reranker / "README.md").read_text()
     assert (tmp_path / "DATA_CARD.md").is_file() and (tmp_path / "eval" / "heldout.jsonl").is_file()
     scores = ReferencePipeline(tmp_path / reranker).rerank("a handwritten seven",
                                                             [Document(text="The handwritten digit seven.")])
