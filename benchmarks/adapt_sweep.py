@@ -3,6 +3,8 @@ recovers, on the held-out split, with a small sweep of steps and learning rate.
 
     python benchmarks/adapt_sweep.py --out bench-out/adapt [--checkpoint DIR] [--spec FILE] [--data FILE]
                                      [--steps 200,400] [--lr 5e-4,2e-3] [--rank 16] [--label-weight 0.5]
+                                     [--lora-dropout 0] [--adapt-data default|large]
+                                     [--heldout shipped|confirm|FILE]
 
 Default checkpoint: the bundled query-first demo reranker (``assets/reranker-query-first``, trained in
 Qwen3-VL-Reranker's order: the stock checkpoint a user brings); default spec: the layers and pruning of the
@@ -63,6 +65,25 @@ def adaptation_data(out: Path, size: str = "default") -> Path:
     return path
 
 
+CONFIRM_SEED = 11  # --heldout confirm: the shipped held-out split is seed 1 (train.py: the demo's seed + 1)
+
+
+def heldout_file(out: Path, which: str) -> Path:
+    """The split the rows are scored on: ``shipped`` (``assets/eval/heldout.jsonl``), ``confirm`` (a second
+    held-out split, written here: the same generator, kinds and held-out digit images, another seed, so other
+    documents and candidate lists; for a configuration chosen by looking at the shipped one), or a file."""
+    if which == "shipped":
+        return ASSETS / "eval" / "heldout.jsonl"
+    if which != "confirm":
+        return Path(which)
+    from minireranker.calibration.demo import data_files, images
+
+    path = out / "confirm" / "heldout.jsonl"
+    if not path.is_file():
+        data_files.write_labelled_set(path.parent, "heldout", images.split_digits(0), seed=CONFIRM_SEED)
+    return path
+
+
 def demo_spec_layers() -> str:
     """The bundled demo's calibrated spec, its layer and pruning fields only (inline JSON)."""
     spec = json.loads((ASSETS / "reranker" / "minireranker.json").read_text(encoding="utf-8"))
@@ -109,19 +130,24 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="adaptation pairs (default: the training split's queries)")
     parser.add_argument("--adapt-data", choices=["default", "large"], default="default",
                         help="without --data: 130 (default) or 410 (large) queries of the training split")
+    parser.add_argument("--heldout", default="shipped", metavar="shipped|confirm|FILE",
+                        help="the split every row is scored on (default: the shipped held-out split; confirm: a "
+                        "second one, written with another seed)")
     parser.add_argument("--no-head-only", action="store_true", help="skip the exit-head-alone row")
     parser.add_argument("--steps", default="200,400")
     parser.add_argument("--lr", default="5e-4,2e-3")
     parser.add_argument("--rank", default=str(AdaptConfig.rank), help="LoRA ranks (alpha = 2 x rank)")
     parser.add_argument("--label-weight", default=str(AdaptConfig.label_weight),
                         help="weights of the label loss (the adaptation data's grades)")
+    parser.add_argument("--lora-dropout", default=str(AdaptConfig.lora_dropout),
+                        help="dropouts on the LoRA branch's input")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(args.checkpoint)
     spec_file = args.spec or demo_spec_layers()
     data_file = Path(args.data) if args.data else adaptation_data(out, args.adapt_data)
-    held_path, calib_path = ASSETS / "eval" / "heldout.jsonl", ASSETS / "eval" / "calib.jsonl"
+    held_path, calib_path = heldout_file(out, args.heldout), ASSETS / "eval" / "calib.jsonl"
     heldout, calib = load_labelled_set(held_path), load_labelled_set(calib_path)
     kinds, calib_kinds = kinds_of(held_path), kinds_of(calib_path)
     adapt_set = load_labelled_set(data_file, require_labels=False)
@@ -147,19 +173,23 @@ def main() -> None:
                     scores_of(head_only, spec_with_head(head_only), heldout), teacher, heldout, kinds)
             r["wall_s"] = time.perf_counter() - t0
             rows.append(r)
-        grid = [(steps, lr, rank, weight) for steps in (int(s) for s in args.steps.split(","))
+        grid = [(steps, lr, rank, weight, dropout) for steps in (int(s) for s in args.steps.split(","))
                 for lr in (float(x) for x in args.lr.split(",")) for rank in (int(r) for r in args.rank.split(","))
-                for weight in (float(w) for w in args.label_weight.split(","))]
-        for steps, lr, rank, weight in grid:
+                for weight in (float(w) for w in args.label_weight.split(","))
+                for dropout in (float(d) for d in args.lora_dropout.split(","))]
+        for steps, lr, rank, weight, dropout in grid:
             extra = "".join([f", rank {rank}" if rank != AdaptConfig.rank else "",
-                             f", label weight {weight:g}" if weight != AdaptConfig.label_weight else ""])
-            target = out / f"adapted-{steps}-{lr:g}-r{rank}-w{weight:g}"
+                             f", label weight {weight:g}" if weight != AdaptConfig.label_weight else "",
+                             f", dropout {dropout:g}" if dropout != AdaptConfig.lora_dropout else ""])
+            target = out / (f"adapted-{steps}-{lr:g}-r{rank}-w{weight:g}"
+                            + (f"-d{dropout:g}" if dropout != AdaptConfig.lora_dropout else ""))
             if (head_only / TEACHER_FILE).is_file():  # the same teacher labels: computed once
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(head_only / TEACHER_FILE, target / TEACHER_FILE)
             t0 = time.perf_counter()
             report = run_adapt(AdaptConfig(str(checkpoint), str(data_file), str(target), spec=spec_json,
                                            steps=steps, lr=lr, rank=rank, alpha=2.0 * rank, label_weight=weight,
+                                           lora_dropout=dropout,
                                            exit_head=True, progress=False, resume=False),
                                log=lambda _: None)
             wall = time.perf_counter() - t0
@@ -169,7 +199,8 @@ def main() -> None:
             for variant, s in variants.items():
                 r = row(f"4. adapted, {steps} steps, lr {lr:g}{extra}, {variant}",
                         scores_of(target, s, heldout), teacher, heldout, kinds)
-                r.update({"steps": steps, "lr": lr, "rank": rank, "label_weight": weight, "variant": variant,
+                r.update({"steps": steps, "lr": lr, "rank": rank, "label_weight": weight, "lora_dropout": dropout,
+                          "variant": variant,
                           "wall_s": wall,
                           "training_pairs": trained, "s_per_1000_training_pairs": wall / trained * 1000,
                           "loss_first": report["loss_first"], "loss_last": report["loss_last"],
@@ -184,13 +215,15 @@ def main() -> None:
     for r in rows:
         r["recovered"] = (r["fraction"] - zero_shot["fraction"]) / loss if loss > 0.02 else None
     summary = {"checkpoint": str(checkpoint), "spec": spec.to_dict(), "adaptation_data": str(data_file),
+               "heldout": str(held_path),
                "adaptation_pairs": adapt_set.num_pairs, "adaptation_queries": len(adapt_set.queries),
                "heldout_queries": len(heldout.queries), "zero_shot_loss": loss,
                "chosen_by_calib": None if chosen is None else {k: chosen[k] for k in ("steps", "lr", "rank",
-                                                                                       "label_weight")},
+                                                                                       "label_weight",
+                                                                                       "lora_dropout")},
                "rows": rows}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [f"Held-out split: {len(heldout.queries)} queries; adaptation data: {len(adapt_set.queries)} queries, "
+    lines = [f"Held-out split: {held_path} ({len(heldout.queries)} queries); adaptation data: {len(adapt_set.queries)} queries, "
              f"{adapt_set.num_pairs} pairs of the training split; spec: exit {spec.exit_layer}, band "
              f"{list(spec.band)}, keep {spec.keep_ratio}, query position {spec.query_position}.", "",
              "| system | nDCG@10 | fraction of (1) | difference to (1), 95% interval | recovered of (3)'s loss | "

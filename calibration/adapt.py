@@ -18,8 +18,9 @@
   command reads) with the base's config, tokenizer and preprocessor files, ``minireranker.json`` (the
   spec, ``"trained"`` now its template), ``README.md`` (the card: data, settings, steps, time, the
   before/after table), ``adapt.json`` (the same as data), ``adapt-state.pt`` (the resumable state:
-  step, LoRA weights, optimizer, random state; written every ``save_every`` steps by rename, so a kill
-  leaves the previous one whole), ``teacher.json``.
+  step, LoRA weights, optimizer, the sampler's and torch's random states, the latter for ``lora_dropout``'s
+  masks; written every ``save_every`` steps by rename, so a kill leaves the previous one whole),
+  ``teacher.json``.
 
 Supported: Qwen3-VL checkpoints with the yes/no head (the training forward is
 :class:`~.demo.trainable.TrainableQwen3VL`). Trains on the CPU at demo scale, and on a CUDA device where torch
@@ -32,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -46,6 +48,7 @@ from .data import LabelledSet, load_labelled_set
 from .errors import CalibrationError, require_torch
 
 STATE_FILE = "adapt-state.pt"
+MIN_PASSES = 5  # fewer passes over the data than this: a note suggests more steps (docs/adapt.md, the sweep)
 EXIT_HEAD = "minireranker.exit_head"  # the calibrated exit head's tensors: {EXIT_HEAD}.weight [1, D], .bias [1]
 TEACHER_FILE = "teacher.json"
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate", "up", "down")  # our DecoderLayer's Linears
@@ -65,7 +68,8 @@ class AdaptConfig:
     alpha: float = 32.0
     queries_per_step: int = 2
     save_every: int = 50
-    label_weight: float = 0.5
+    label_weight: float = 2.0           # the sweep: 2 beat 0.5 on both held-out splits (docs/adapt.md)
+    lora_dropout: float = 0.0           # dropout on the LoRA branch's input while training (none at inference)
     seed: int = 0
     exit_head: bool = False             # also fit a linear exit head to the teacher (EXIT_HEAD tensors)
     resume: bool = True
@@ -83,6 +87,19 @@ class AdaptConfig:
                                           if name == "steps" else ""))
         if not self.lr > 0 or not self.alpha > 0 or self.label_weight < 0:
             raise CalibrationError("adapt: --lr and --alpha must be positive and --label-weight non-negative")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise CalibrationError(f"adapt: --lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
+
+
+def passes_note(steps: int, queries_per_step: int, queries: int) -> str | None:
+    """A note when ``steps`` pass over the data fewer than :data:`MIN_PASSES` times (None otherwise, and
+    for the exit head alone): on the demo data 6-8 passes did best, 4 worse (docs/adapt.md)."""
+    passes = steps * queries_per_step / queries
+    if not steps or passes >= MIN_PASSES:
+        return None
+    return (f"note: {steps} steps of {queries_per_step} queries pass over the {queries} queries {passes:.1f} "
+            f"times; on the demo data 6-8 passes did best and 4 did worse (docs/adapt.md): try --steps "
+            f"{math.ceil(8 * queries / queries_per_step)}")
 
 
 def _digest(*parts: str) -> str:
@@ -144,6 +161,8 @@ def run_adapt(config: AdaptConfig, log: Callable[[str], None] = print,
     data = load_labelled_set(config.data, require_labels=False)
     if not data.queries:
         raise CalibrationError(f"{config.data}: no queries to adapt on")
+    if (note := passes_note(config.steps, config.queries_per_step, len(data.queries))) is not None:
+        log(note)
     with torch_threads(config.threads):
         loaded = LoadedReranker(config.checkpoint)
         if loaded.ckpt.config.model_type != "qwen3_vl":
@@ -240,7 +259,7 @@ def _student(loaded, spec: RerankSpec, base, data: LabelledSet, config: AdaptCon
     model = TrainableQwen3VL(loaded.ckpt.config, load_state_dict(loaded.ckpt), (template.yes_id, template.no_id))
     model.requires_grad_(False)
     layers = "|".join(str(i) for i in range(spec.exit_layer + 1))
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, bias="none",
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout, bias="none",
                       target_modules=rf"layers\.({layers})\.({'|'.join(PROJECTIONS)})")
     torch.manual_seed(config.seed)
     inject_adapter_in_model(lora, model.core)
@@ -326,6 +345,9 @@ def _train(model, samples, targets, data: LabelledSet, spec: RerankSpec, config:
             params[name].data.copy_(value)
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])  # --lora-dropout's masks continue as the unbroken run's
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step0, losses = state["step"], list(state["losses"])
         log(f"resuming from step {step0} ({state_path})")
     bar = progress_bar(total=config.steps - step0, desc="adapt", unit="step", disable=not config.progress)
@@ -346,7 +368,9 @@ def _train(model, samples, targets, data: LabelledSet, spec: RerankSpec, config:
                 _save_state(state_path, {"key": key, "settings": _resumable(config), "step": step + 1,
                                          "lora": {n: p.detach().cpu().clone() for n, p in params.items()},
                                          "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-                                         "losses": losses})
+                                         "torch_rng": torch.get_rng_state(),
+                                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                                         else None, "losses": losses})
             if after_step is not None:
                 after_step(step + 1)
     finally:
@@ -357,7 +381,7 @@ def _train(model, samples, targets, data: LabelledSet, spec: RerankSpec, config:
 def _resumable(config: AdaptConfig) -> dict:
     """The settings a resumed run must share with the one that saved the state."""
     return {k: getattr(config, k) for k in ("spec", "steps", "lr", "rank", "alpha", "queries_per_step", "seed",
-                                            "label_weight")}
+                                            "label_weight", "lora_dropout")}
 
 
 def _save_state(path: Path, state: dict) -> None:

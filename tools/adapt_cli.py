@@ -29,7 +29,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="the spec to adapt to (default: the checkpoint's minireranker.json)")
     p.add_argument("-o", "--output", required=True, help="folder for the adapted checkpoint")
     p.add_argument("--steps", type=int, default=d.steps,
-                   help=f"training steps (default {d.steps}; 0 with --exit-head fits the head alone)")
+                   help=f"training steps (default {d.steps}, 6 passes over 130 queries; aim for 6-8 passes over "
+                   "the data, about 4 x its queries at 2 queries per step (below 5 passes a note suggests more); "
+                   "0 with --exit-head fits the head alone)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate of the LoRA weights (default {d.lr})")
     p.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
     p.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default {d.alpha:g})")
@@ -39,6 +41,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help=f"write the resumable state every N steps (default {d.save_every})")
     p.add_argument("--label-weight", type=float, default=d.label_weight,
                    help=f"weight of the listwise loss on the file's grades, when it has them (default {d.label_weight})")
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout,
+                   help="dropout on the LoRA branch's input while training, a regulariser for small data "
+                   f"(default {d.lora_dropout:g}: none)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--exit-head", action="store_true",
                    help="also fit a linear exit head on layer E to the teacher's scores (minireranker.exit_head.*), "
@@ -59,7 +64,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     run_adapt(AdaptConfig(args.checkpoint, args.data, args.output, spec=args.spec, steps=args.steps, lr=args.lr,
                           rank=args.rank, alpha=args.alpha, queries_per_step=args.queries_per_step,
-                          save_every=args.save_every, label_weight=args.label_weight, seed=args.seed, exit_head=args.exit_head,
+                          save_every=args.save_every, label_weight=args.label_weight,
+                          lora_dropout=args.lora_dropout, seed=args.seed, exit_head=args.exit_head,
                           resume=not args.no_resume, threads=args.threads, progress=not args.quiet,
                           device=args.device))
     return 0

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from minireranker.calibration.adapt import STATE_FILE, AdaptConfig, run_adapt  # noqa: E402
+from minireranker.calibration.adapt import STATE_FILE, AdaptConfig, passes_note, run_adapt  # noqa: E402
 from minireranker.calibration.errors import CalibrationError, EvalDataError  # noqa: E402
 from minireranker.runtime.spec import RerankSpec  # noqa: E402
 
@@ -90,12 +90,45 @@ def test_resume_after_a_kill_continues_from_the_last_state(adapted, tiny_checkpo
     lines: list[str] = []
     report = run_adapt(config, log=lines.append)
     assert report["resumed_from_step"] == 4 and any("resuming from step 4" in line for line in lines)
+    assert any("pass over the 5 queries 4.8 times" in line and "--steps 20" in line for line in lines)
     uninterrupted, _ = adapted
     np.testing.assert_allclose(report["losses"], uninterrupted["losses"], rtol=0, atol=1e-6)
     mine = torch.load(tmp_path / STATE_FILE, weights_only=False)["lora"]
     theirs = torch.load(adapted[1] / STATE_FILE, weights_only=False)["lora"]
     for name in theirs:
         torch.testing.assert_close(mine[name], theirs[name], atol=1e-6, rtol=0)
+
+
+def test_lora_dropout_trains_otherwise_and_resumes_exactly(adapted, tiny_checkpoint, labelled_set, tmp_path):
+    """--lora-dropout draws its masks from torch's generator: the saved state carries it, so a resumed run
+    takes the unbroken run's masks (without it, the masks restart from the seed and the losses part)."""
+    config = config_for(tiny_checkpoint, labelled_set, tmp_path / "whole", lora_dropout=0.3)
+    whole = run_adapt(config, log=lambda _: None)
+    assert whole["settings"]["lora_dropout"] == 0.3
+    assert np.abs(np.array(whole["losses"][1:]) - np.array(adapted[0]["losses"][1:])).max() > 1e-4
+
+    def kill_at_six(step):
+        if step == 6:
+            raise Killed()
+
+    broken = dataclasses.replace(config, out=str(tmp_path / "broken"))
+    with pytest.raises(Killed):
+        run_adapt(broken, log=lambda _: None, after_step=kill_at_six)
+    resumed = run_adapt(broken, log=lambda _: None)
+    assert resumed["resumed_from_step"] == 4
+    np.testing.assert_allclose(resumed["losses"], whole["losses"], rtol=0, atol=1e-6)
+    with pytest.raises(CalibrationError, match="another run"):  # the dropout is a setting a resume must share
+        run_adapt(dataclasses.replace(broken, lora_dropout=0.1), log=lambda _: None)
+    with pytest.raises(CalibrationError, match="lora-dropout"):
+        dataclasses.replace(config, lora_dropout=1.0)
+
+
+def test_too_few_passes_over_the_data_get_a_note():
+    assert passes_note(400, 2, 130) is None  # the demo's default: 6.2 passes
+    assert passes_note(1600, 2, 410) is None  # the proof's run: 7.8 passes
+    assert passes_note(0, 2, 410) is None  # the exit head alone trains nothing
+    note = passes_note(400, 2, 410)
+    assert note is not None and "2.0 times" in note and "--steps 1640" in note
 
 
 def test_the_adapted_checkpoint_is_plain_and_exact(adapted, images):
