@@ -469,8 +469,12 @@ def _card(report: dict) -> str:
                f"projections of layers 0..{report['spec']['exit_layer']}, merged into the weights here."
                if s["steps"] else "Body: the base weights, unchanged.")
     if s["steps"]:
-        training = (f"Training: {s['steps']} steps of {s['queries_per_step']} queries, learning rate {s['lr']}, seed "
-                    f"{s['seed']}; loss {report['loss_first']:.4f} (first 5 steps) -> {report['loss_last']:.4f} (last 5)")
+        passes = s["steps"] * s["queries_per_step"] / report["queries"]
+        training = (f"Training: {s['steps']} steps of {s['queries_per_step']} queries ({passes:.1f} passes over the "
+                    f"data), learning rate {s['lr']}, label weight {s['label_weight']:g}, LoRA dropout "
+                    f"{s['lora_dropout']:g}, seed {s['seed']}; loss {report['loss_first']:.4f} (first 5 steps) -> "
+                    f"{report['loss_last']:.4f} (last 5). The defaults, and the sweep on the bundled demo data they "
+                    "came from, are in docs/adapt.md")
     else:
         training = ("Training: none; the exit head alone was fitted on the base weights (`--steps 0 --exit-head`), "
                     "and the body keeps its trained order")

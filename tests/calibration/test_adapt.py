@@ -50,6 +50,7 @@ def test_a_short_run_lowers_the_distillation_loss(adapted):
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
     card = (out / "README.md").read_text()
     assert "| mean abs score difference to the teacher |" in card and "query-first" in card
+    assert "12 steps of 2 queries (4.8 passes over the data)" in card and "label weight 2, LoRA dropout 0" in card
 
 
 def test_merged_weights_are_base_plus_lora(adapted, tiny_checkpoint):
