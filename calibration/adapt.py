@@ -91,13 +91,18 @@ class AdaptConfig:
             raise CalibrationError(f"adapt: --lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
 
 
+def passes(steps: int, queries_per_step: int, queries: int) -> float:
+    """How many times ``steps`` of ``queries_per_step`` queries go over ``queries`` queries."""
+    return steps * queries_per_step / queries
+
+
 def passes_note(steps: int, queries_per_step: int, queries: int) -> str | None:
     """A note when ``steps`` pass over the data fewer than :data:`MIN_PASSES` times (None otherwise, and
     for the exit head alone): on the demo data 6-8 passes did best, 4 worse (docs/adapt.md)."""
-    passes = steps * queries_per_step / queries
-    if not steps or passes >= MIN_PASSES:
+    made = passes(steps, queries_per_step, queries)
+    if not steps or made >= MIN_PASSES:
         return None
-    return (f"note: {steps} steps of {queries_per_step} queries pass over the {queries} queries {passes:.1f} "
+    return (f"note: {steps} steps of {queries_per_step} queries pass over the {queries} queries {made:.1f} "
             f"times; on the demo data 6-8 passes did best and 4 did worse (docs/adapt.md): try --steps "
             f"{math.ceil(8 * queries / queries_per_step)}")
 
@@ -469,8 +474,8 @@ def _card(report: dict) -> str:
                f"projections of layers 0..{report['spec']['exit_layer']}, merged into the weights here."
                if s["steps"] else "Body: the base weights, unchanged.")
     if s["steps"]:
-        passes = s["steps"] * s["queries_per_step"] / report["queries"]
-        training = (f"Training: {s['steps']} steps of {s['queries_per_step']} queries ({passes:.1f} passes over the "
+        made = passes(s["steps"], s["queries_per_step"], report["queries"])
+        training = (f"Training: {s['steps']} steps of {s['queries_per_step']} queries ({made:.1f} passes over the "
                     f"data), learning rate {s['lr']}, label weight {s['label_weight']:g}, LoRA dropout "
                     f"{s['lora_dropout']:g}, seed {s['seed']}; loss {report['loss_first']:.4f} (first 5 steps) -> "
                     f"{report['loss_last']:.4f} (last 5). The defaults, and the sweep on the bundled demo data they "
